@@ -1,0 +1,176 @@
+"""Noise schedules: the variances beta_t of the discrete forward process and their continuous view.
+
+A schedule is data, not a class with behaviour: a `Schedule` pytree of two float32 arrays of shape
+[T], `betas` (beta_t) and `alphas_cumprod` (alpha-bar_t = prod_{s<=t} (1 - beta_s), Ho et al. 2020
+eq. 4). Index t runs over 0..T-1 (the DDPM paper's 1..T shifted by one, as in every codebase).
+
+The tables are computed in float64 on the host and stored in float32, whatever dtype the network
+runs in. `alpha_sigma` and `log_snr` give the continuous-time view (Kingma et al. 2021): for
+fractional t the log-SNR is interpolated linearly between integer steps, which is what sigma-space
+samplers and continuous likelihood computations need.
+"""
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+SCHEDULE_NAMES = ("linear", "scaled_linear", "cosine", "sigmoid")
+
+# Defaults (beta_start, beta_end) per schedule: Ho et al. 2020 for "linear" and "sigmoid";
+# Rombach et al. 2022 / Stable Diffusion for "scaled_linear" (their configs call it "linear").
+_DEFAULT_BETAS = {
+    "linear": (1e-4, 2e-2),
+    "scaled_linear": (0.00085, 0.012),
+    "sigmoid": (1e-4, 2e-2),
+}
+
+# Smallest alpha-bar kept after rescaling to zero terminal SNR (2^-24, as diffusers' Euler scheduler
+# does): SNR(T) = 6e-8 is zero for every practical purpose, and an epsilon-prediction model still
+# has a finite x0 = (x_t - sigma * eps) / alpha at the last step.
+ZERO_SNR_ALPHA_BAR = 2.0**-24
+
+
+class Schedule(NamedTuple):
+  """The discrete forward process q(x_t | x_{t-1}) = N(sqrt(1 - beta_t) x_{t-1}, beta_t I).
+
+  Attributes:
+    betas: float32 [T], beta_t.
+    alphas_cumprod: float32 [T], alpha-bar_t.
+  """
+
+  betas: jax.Array
+  alphas_cumprod: jax.Array
+
+  @property
+  def num_timesteps(self) -> int:
+    return self.betas.shape[0]
+
+
+def _betas_float64(name, num_timesteps, beta_start, beta_end, cosine_s, max_beta):
+  """beta_t for t = 0..T-1 in float64."""
+  T = num_timesteps
+  if name == "linear":
+    return np.linspace(beta_start, beta_end, T, dtype=np.float64)
+  if name == "scaled_linear":
+    return np.linspace(beta_start**0.5, beta_end**0.5, T, dtype=np.float64) ** 2
+  if name == "sigmoid":
+    s = 1.0 / (1.0 + np.exp(-np.linspace(-6.0, 6.0, T, dtype=np.float64)))
+    return s * (beta_end - beta_start) + beta_start
+  # "cosine": alpha-bar(t) = cos^2(((t / T) + s) / (1 + s) * pi / 2) (Nichol & Dhariwal 2021, eq. 17),
+  # beta_t = 1 - alpha-bar(t + 1) / alpha-bar(t), clipped at max_beta to avoid a singularity at t = T.
+  f = lambda u: np.cos((u / T + cosine_s) / (1.0 + cosine_s) * np.pi / 2.0) ** 2
+  u = np.arange(T, dtype=np.float64)
+  return np.minimum(1.0 - f(u + 1.0) / f(u), max_beta)
+
+
+def get_schedule(
+    name: str,
+    num_timesteps: int = 1000,
+    *,
+    beta_start: float | None = None,
+    beta_end: float | None = None,
+    cosine_s: float = 0.008,
+    max_beta: float = 0.999,
+) -> Schedule:
+  """Builds a named noise schedule.
+
+  Args:
+    name: one of SCHEDULE_NAMES. "linear": beta linear from 1e-4 to 0.02 (Ho et al. 2020);
+      "scaled_linear": sqrt(beta) linear from sqrt(0.00085) to sqrt(0.012) (LDM / Stable Diffusion);
+      "cosine": Nichol & Dhariwal 2021 with offset `cosine_s` and beta clipped at `max_beta`;
+      "sigmoid": beta = sigmoid(linspace(-6, 6)) rescaled to [beta_start, beta_end].
+    num_timesteps: T >= 1.
+    beta_start, beta_end: override the endpoints (not used by "cosine").
+  Returns:
+    A float32 `Schedule` with arrays of shape [T].
+  """
+  if name not in SCHEDULE_NAMES:
+    raise ValueError(f"Unknown schedule name {name!r}; valid names: {', '.join(SCHEDULE_NAMES)}.")
+  if not isinstance(num_timesteps, (int, np.integer)) or num_timesteps < 1:
+    raise ValueError(f"num_timesteps must be an integer >= 1, got {num_timesteps!r}.")
+  if name == "cosine" and (beta_start is not None or beta_end is not None):
+    raise ValueError("beta_start / beta_end do not apply to the 'cosine' schedule; use cosine_s / max_beta.")
+  default_start, default_end = _DEFAULT_BETAS.get(name, (None, None))
+  beta_start = default_start if beta_start is None else float(beta_start)
+  beta_end = default_end if beta_end is None else float(beta_end)
+  if name != "cosine" and not 0.0 < beta_start <= beta_end < 1.0:
+    raise ValueError(f"Need 0 < beta_start <= beta_end < 1, got beta_start={beta_start}, beta_end={beta_end}.")
+  betas = _betas_float64(name, int(num_timesteps), beta_start, beta_end, cosine_s, max_beta)
+  return _from_betas_float64(betas)
+
+
+def _from_betas_float64(betas: np.ndarray) -> Schedule:
+  alphas_cumprod = np.cumprod(1.0 - betas)
+  return Schedule(jnp.asarray(betas, jnp.float32), jnp.asarray(alphas_cumprod, jnp.float32))
+
+
+def from_betas(betas) -> Schedule:
+  """A schedule from explicit beta_t values [T] (each in (0, 1])."""
+  betas = np.asarray(betas, np.float64)
+  if betas.ndim != 1 or betas.size < 1 or np.any(betas <= 0) or np.any(betas > 1):
+    raise ValueError(f"betas must be a non-empty 1-D array with values in (0, 1], got shape {betas.shape}.")
+  return _from_betas_float64(betas)
+
+
+def rescale_zero_terminal_snr(schedule: Schedule) -> Schedule:
+  """Rescales a schedule to zero terminal SNR (Lin et al. 2023, Algorithm 1).
+
+  sqrt(alpha-bar) is shifted so that its last value is 0 and scaled so that its first value is
+  unchanged; betas are recomputed from the new alpha-bar. The terminal alpha-bar is then clamped to
+  ZERO_SNR_ALPHA_BAR (2^-24) so that epsilon-prediction models keep a finite x0 estimate.
+  """
+  sqrt_ab = np.sqrt(np.asarray(schedule.alphas_cumprod, np.float64))
+  first, last = sqrt_ab[0], sqrt_ab[-1]
+  sqrt_ab = (sqrt_ab - last) * first / (first - last)
+  alphas_cumprod = np.maximum(sqrt_ab**2, ZERO_SNR_ALPHA_BAR)
+  prev = np.concatenate([[1.0], alphas_cumprod[:-1]])
+  betas = 1.0 - alphas_cumprod / prev
+  return Schedule(jnp.asarray(betas, jnp.float32), jnp.asarray(alphas_cumprod, jnp.float32))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Continuous-time view (Kingma et al. 2021): z_t = alpha_t x + sigma_t eps with alpha_t^2 + sigma_t^2 = 1.
+
+
+def log_snr_table(schedule: Schedule) -> jax.Array:
+  """lambda_t = log(alpha-bar_t / (1 - alpha-bar_t)) at t = 0..T-1, float32 [T]."""
+  a = schedule.alphas_cumprod.astype(jnp.float32)
+  return jnp.log(a) - jnp.log1p(-a)
+
+
+def log_snr(schedule: Schedule, t) -> jax.Array:
+  """lambda(t) at float or int timesteps t (any shape), linear in t between integer steps.
+
+  t is clipped to [0, T-1] (callers validate ranges at their public edges).
+  """
+  table = log_snr_table(schedule)
+  t = jnp.clip(jnp.asarray(t, jnp.float32), 0.0, schedule.num_timesteps - 1)
+  lo = jnp.floor(t).astype(jnp.int32)
+  hi = jnp.minimum(lo + 1, schedule.num_timesteps - 1)
+  w = t - lo.astype(jnp.float32)
+  return table[lo] * (1.0 - w) + table[hi] * w
+
+
+def alpha_sigma(schedule: Schedule, t) -> tuple[jax.Array, jax.Array]:
+  """(alpha_t, sigma_t) = (sqrt(alpha-bar_t), sqrt(1 - alpha-bar_t)), float32, shape of t.
+
+  Integer t indexes the table exactly; float t uses the interpolated log-SNR,
+  alpha_t^2 = sigmoid(lambda), sigma_t^2 = sigmoid(-lambda).
+  """
+  t = jnp.asarray(t)
+  if jnp.issubdtype(t.dtype, jnp.integer):
+    a = schedule.alphas_cumprod[t].astype(jnp.float32)
+    return jnp.sqrt(a), jnp.sqrt(1.0 - a)
+  lam = log_snr(schedule, t)
+  return jnp.sqrt(jax.nn.sigmoid(lam)), jnp.sqrt(jax.nn.sigmoid(-lam))
+
+
+def sigmas(schedule: Schedule) -> jax.Array:
+  """Variance-exploding noise levels sigma_t = sqrt((1 - alpha-bar_t) / alpha-bar_t), float32 [T].
+
+  x_t / alpha_t = x_0 + sigma_t * eps (Karras et al. 2022's parameterisation of the same process).
+  """
+  a = schedule.alphas_cumprod.astype(jnp.float32)
+  return jnp.sqrt((1.0 - a) / a)
