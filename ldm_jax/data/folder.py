@@ -1,0 +1,103 @@
+"""A folder of images as a source: recursive *.png / *.jpg / *.jpeg, labels from subfolders.
+
+Files are found recursively (extensions case-insensitive) and ordered by relative path. If every
+image lies inside a subfolder of the root, its label is the index of its top-level subfolder in
+the sorted list of subfolder names (class_names); otherwise the folder has no labels.
+
+Validation happens when the source is opened, before any training: every file's header is read
+with PIL. Then, if the decoded images fit in `source.IN_MEMORY_BYTES`, all are decoded into
+memory at once, so any corrupt file is reported at creation; a larger folder is checked with PIL's
+`verify()` (structure and PNG checksums) and decoded per batch, and a file that still fails to
+decode raises a ValueError naming it.
+"""
+
+import pathlib
+
+import numpy as np
+from PIL import Image
+
+from ldm_jax.data import source as source_lib
+
+EXTENSIONS = (".png", ".jpg", ".jpeg")
+
+
+def find_images(root):
+  """Sorted image paths under root, and their top-level subfolder names (None at the root)."""
+  root = pathlib.Path(root)
+  if not root.is_dir():
+    raise ValueError(f"image folder {str(root)!r} does not exist or is not a directory.")
+  paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in EXTENSIONS and p.is_file())
+  if not paths:
+    raise ValueError(f"image folder {str(root)!r} contains no {'/'.join(EXTENSIONS)} files.")
+  groups = [p.relative_to(root).parts[0] if len(p.relative_to(root).parts) > 1 else None
+            for p in paths]
+  return paths, groups
+
+
+def decode(path):
+  """The image at path as uint8 [H, W, C]: C = 1 (grayscale), 3 (RGB) or 4 (RGBA)."""
+  try:
+    with Image.open(path) as im:
+      im.load()
+      if im.mode not in ("L", "RGB", "RGBA"):
+        has_alpha = "A" in im.getbands() or "transparency" in im.info
+        im = im.convert("L" if im.mode == "1" else "RGBA" if has_alpha else "RGB")
+      array = np.asarray(im, dtype=np.uint8)
+  except Exception as err:  # PIL raises several types (OSError, SyntaxError, ...)
+    raise ValueError(f"cannot decode image file {str(path)!r}: {err}") from err
+  return array[..., None] if array.ndim == 2 else array
+
+
+def _header(path):
+  """(width, height, bands) from the file header; ValueError naming a file PIL cannot open."""
+  try:
+    with Image.open(path) as im:
+      return im.size[0], im.size[1], len(im.getbands())
+  except Exception as err:
+    raise ValueError(f"cannot read image file {str(path)!r}: {err}") from err
+
+
+def _verify(path):
+  try:
+    with Image.open(path) as im:
+      im.verify()
+  except Exception as err:
+    raise ValueError(f"corrupt image file {str(path)!r}: {err}") from err
+
+
+class FolderSource:
+  """Decodes images from their files on every read (for folders too large for memory)."""
+
+  def __init__(self, paths, labels, class_names, description):
+    self._paths, self._labels = paths, labels
+    self.class_names = class_names
+    self.num_classes = None if class_names is None else len(class_names)
+    self.description = description
+
+  @property
+  def num_examples(self):
+    return len(self._paths)
+
+  def read(self, indices):
+    images = [decode(self._paths[i]) for i in indices]
+    labels = None if self._labels is None else self._labels[np.asarray(indices, np.int64)]
+    return images, labels
+
+
+def open_folder(root, in_memory=None):
+  """A source for the images under `root`; in_memory None = when the decoded size is small."""
+  paths, groups = find_images(root)
+  labels = class_names = None
+  if all(g is not None for g in groups):
+    class_names = tuple(sorted(set(groups)))
+    labels = np.asarray([class_names.index(g) for g in groups], np.int32)
+  decoded_bytes = sum(w * h * c for w, h, c in map(_header, paths))
+  in_memory = decoded_bytes <= source_lib.IN_MEMORY_BYTES if in_memory is None else in_memory
+  description = f"folder:{root} ({len(paths)} images)"
+  if in_memory:
+    images = source_lib.stack_if_same_shape([decode(p) for p in paths])
+    return source_lib.InMemorySource(images, labels, None if class_names is None else
+                                     len(class_names), class_names, description)
+  for p in paths:
+    _verify(p)
+  return FolderSource(paths, labels, class_names, description)
