@@ -26,9 +26,10 @@ _DEFAULT_BETAS = {
     "sigmoid": (1e-4, 2e-2),
 }
 
-# Smallest alpha-bar kept after rescaling to zero terminal SNR (2^-24, as diffusers' Euler scheduler
-# does): SNR(T) = 6e-8 is zero for every practical purpose, and an epsilon-prediction model still
-# has a finite x0 = (x_t - sigma * eps) / alpha at the last step.
+# Terminal alpha-bar after rescaling to zero terminal SNR (2^-24, as diffusers' Euler scheduler
+# does; lowered to alpha-bar_{T-2} / 2 where that is smaller, see rescale_zero_terminal_snr):
+# SNR(T) <= 6e-8 is zero for every practical purpose, and an epsilon-prediction model still has a
+# finite x0 = (x_t - sigma * eps) / alpha at the last step.
 ZERO_SNR_ALPHA_BAR = 2.0**-24
 
 
@@ -90,6 +91,8 @@ def get_schedule(
     raise ValueError(f"Unknown schedule name {name!r}; valid names: {', '.join(SCHEDULE_NAMES)}.")
   if not isinstance(num_timesteps, (int, np.integer)) or num_timesteps < 1:
     raise ValueError(f"num_timesteps must be an integer >= 1, got {num_timesteps!r}.")
+  if not cosine_s >= 0.0 or not 0.0 < max_beta < 1.0:
+    raise ValueError(f"Need cosine_s >= 0 and 0 < max_beta < 1, got cosine_s={cosine_s}, max_beta={max_beta}.")
   if name == "cosine" and (beta_start is not None or beta_end is not None):
     raise ValueError("beta_start / beta_end do not apply to the 'cosine' schedule; use cosine_s / max_beta.")
   default_start, default_end = _DEFAULT_BETAS.get(name, (None, None))
@@ -118,13 +121,21 @@ def rescale_zero_terminal_snr(schedule: Schedule) -> Schedule:
   """Rescales a schedule to zero terminal SNR (Lin et al. 2023, Algorithm 1).
 
   sqrt(alpha-bar) is shifted so that its last value is 0 and scaled so that its first value is
-  unchanged; betas are recomputed from the new alpha-bar. The terminal alpha-bar is then clamped to
-  ZERO_SNR_ALPHA_BAR (2^-24) so that epsilon-prediction models keep a finite x0 estimate.
+  unchanged; betas are recomputed from the new alpha-bar. The terminal alpha-bar (exactly 0 after
+  the shift) is then raised to min(ZERO_SNR_ALPHA_BAR, alpha-bar_{T-2} / 2) so that
+  epsilon-prediction models keep a finite x0 estimate. Only the terminal entry changes, and it stays
+  below alpha-bar_{T-2} so every beta stays in (0, 1) (for "linear" at T = 1000, alpha-bar_{T-2} is
+  already 4e-9 < 2^-24). Needs T >= 2.
   """
-  sqrt_ab = np.sqrt(np.asarray(schedule.alphas_cumprod, np.float64))
+  if schedule.num_timesteps < 2:
+    raise ValueError(f"rescale_zero_terminal_snr needs num_timesteps >= 2, got {schedule.num_timesteps}.")
+  # alpha-bar recomputed in float64 from the betas: the float32 table's rounding (6e-8) would become
+  # a 1e-3 relative error in the recomputed beta_t ~ 1e-4.
+  sqrt_ab = np.sqrt(np.cumprod(1.0 - np.asarray(schedule.betas, np.float64)))
   first, last = sqrt_ab[0], sqrt_ab[-1]
   sqrt_ab = (sqrt_ab - last) * first / (first - last)
-  alphas_cumprod = np.maximum(sqrt_ab**2, ZERO_SNR_ALPHA_BAR)
+  alphas_cumprod = sqrt_ab**2
+  alphas_cumprod[-1] = min(ZERO_SNR_ALPHA_BAR, 0.5 * alphas_cumprod[-2])
   prev = np.concatenate([[1.0], alphas_cumprod[:-1]])
   betas = 1.0 - alphas_cumprod / prev
   return Schedule(jnp.asarray(betas, jnp.float32), jnp.asarray(alphas_cumprod, jnp.float32))
@@ -174,3 +185,41 @@ def sigmas(schedule: Schedule) -> jax.Array:
   """
   a = schedule.alphas_cumprod.astype(jnp.float32)
   return jnp.sqrt((1.0 - a) / a)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Accurate derived tables (float32, computed inside jit from the stored float32 arrays).
+
+
+def one_minus_alphas_cumprod(schedule: Schedule) -> jax.Array:
+  """1 - alpha-bar_t, float32 [T], accurate to a few ulp also where alpha-bar_t is close to 1.
+
+  Computed as -expm1(sum_{s<=t} log1p(-beta_s)): the naive float32 `1 - alphas_cumprod` loses
+  about 3e-4 of its relative precision at t = 0 of the linear schedule (beta_0 = 1e-4), which the
+  posterior variance and the SNR inherit.
+  """
+  log_alphas_cumprod = jnp.cumsum(jnp.log1p(-schedule.betas.astype(jnp.float32)))
+  return -jnp.expm1(log_alphas_cumprod)
+
+
+def snr_table(schedule: Schedule) -> jax.Array:
+  """SNR_t = alpha-bar_t / (1 - alpha-bar_t) = alpha_t^2 / sigma_t^2 (Kingma et al. 2021), float32 [T]."""
+  return schedule.alphas_cumprod.astype(jnp.float32) / one_minus_alphas_cumprod(schedule)
+
+
+def from_log_snr(log_snr_values) -> Schedule:
+  """A schedule with prescribed log-SNR lambda_t = log(alpha-bar_t / (1 - alpha-bar_t)), t = 0..T-1.
+
+  alpha-bar_t = sigmoid(lambda_t) and beta_t = 1 - alpha-bar_t / alpha-bar_{t-1} (alpha-bar_{-1} = 1),
+  computed in float64. `lambda_t` must be strictly decreasing. With lambda linear in t the steps are
+  uniform in log-SNR, so the discrete variational bound converges to the continuous-time one as
+  T grows (Kingma et al. 2021); the named schedules instead have sigma_t^2 growing linearly in t
+  near t = 0, whose first steps double the noise variance for every T.
+  """
+  lam = np.asarray(log_snr_values, np.float64)
+  if lam.ndim != 1 or lam.size < 1 or np.any(np.diff(lam) >= 0) or not np.all(np.isfinite(lam)):
+    raise ValueError(f"log_snr_values must be a finite, strictly decreasing 1-D array, got shape {lam.shape}.")
+  alphas_cumprod = 1.0 / (1.0 + np.exp(-lam))
+  prev = np.concatenate([[1.0], alphas_cumprod[:-1]])
+  betas = -np.expm1(np.log(alphas_cumprod) - np.log(prev))
+  return Schedule(jnp.asarray(betas, jnp.float32), jnp.asarray(alphas_cumprod, jnp.float32))
