@@ -1,0 +1,77 @@
+"""MNIST KL autoencoder (f = 4, 32x32x1 -> 8x8x3) on the embedded offline MNIST.
+
+Launch:
+  python -m ldm_jax.main --config=experiments/configs/mnist_autoencoder.py --workdir=workdirs/mnist_ae
+Override any key, e.g. --config.train.num_steps=100 --config.parallel.mode=mesh.
+"""
+
+import ml_collections
+
+from ldm_jax.train import optim
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.stage = "autoencoder"
+  c.seed = 0
+
+  c.data = ml_collections.ConfigDict()
+  c.data.source = "tfds"              # "tfds" or "folder"
+  c.data.name = "mnist_embedded"      # any TFDS image dataset; mnist_embedded works offline
+  c.data.split = "train"
+  c.data.eval_split = "test"          # held-out split for PSNR / SSIM
+  c.data.image_size = 32              # 28 -> 32 by zero padding
+  c.data.channels = 1
+  c.data.crop = "none"
+  c.data.flip = False
+
+  c.model = ml_collections.ConfigDict()
+  c.model.preset = "AutoencoderKL"    # a class or preset name of ldm_jax.models.autoencoder
+  c.model.in_channels = 1
+  c.model.out_channels = 1
+  c.model.block_out_channels = (16, 32, 64)  # f = 4
+  c.model.layers_per_block = 1
+  c.model.z_channels = 3
+  c.model.norm_groups = 8
+  c.model.mid_attention = True
+
+  c.disc = ml_collections.ConfigDict()
+  c.disc.base_channels = 32           # PatchGAN width (ndf)
+  c.disc.num_layers = 2               # stride-2 layers: 32 -> 8 -> 7 patch grid
+  c.disc.norm = "batch"
+
+  c.loss = ml_collections.ConfigDict()
+  c.loss.rec_loss = "l1"              # "l1" or "l2"
+  c.loss.kl_weight = 1e-6             # LDM KL-f* autoencoders
+  c.loss.codebook_weight = 1.0        # VQ only
+  c.loss.disc_weight = 0.5
+  c.loss.disc_start = 1500            # step at which the adversarial term switches on
+  c.loss.disc_loss = "hinge"
+  c.loss.perceptual_weight = 0.0      # LPIPS needs weights that are not shipped
+
+  c.optim = optim.default_config()
+  c.optim.unlock()
+  c.optim.learning_rate = 4.5e-4
+  c.optim.b1, c.optim.b2 = 0.5, 0.9   # LDM / taming first-stage Adam betas
+  c.optim.weight_decay = 0.0
+  c.optim.warmup_steps = 100
+  c.optim.decay = "cosine"
+  c.optim.decay_steps = 3000
+  c.optim.end_lr_factor = 0.1
+  c.optim.lock()
+  c.disc_learning_rate = 4.5e-4
+
+  c.train = ml_collections.ConfigDict()
+  c.train.num_steps = 3000
+  c.train.global_batch_size = 64
+  c.train.save_every = 500
+  c.train.log_every = 50
+  c.train.ema_decay = 0.999
+  c.train.max_consecutive_bad = 20
+
+  c.parallel = ml_collections.ConfigDict()
+  c.parallel.mode = "pmap"            # "pmap" or "mesh"
+  c.parallel.num_devices = 0          # 0: all devices
+  c.parallel.num_fsdp = 1             # mesh mode: size of the "fsdp" axis
+  c.lock()
+  return c

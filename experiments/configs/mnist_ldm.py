@@ -1,0 +1,88 @@
+"""Class-conditional latent diffusion on MNIST, in the latent space of mnist_autoencoder (8x8x3).
+
+Launch (after the autoencoder run):
+  python -m ldm_jax.main --config=experiments/configs/mnist_ldm.py --workdir=workdirs/mnist_ldm \
+      --config.first_stage.workdir=workdirs/mnist_ae
+"""
+
+import ml_collections
+
+from ldm_jax.train import optim
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.stage = "latent_diffusion"
+  c.seed = 0
+
+  c.data = ml_collections.ConfigDict()
+  c.data.source = "tfds"
+  c.data.name = "mnist_embedded"
+  c.data.split = "train"
+  c.data.eval_split = "test"
+  c.data.image_size = 32
+  c.data.channels = 1
+  c.data.crop = "none"
+  c.data.flip = False
+
+  c.first_stage = ml_collections.ConfigDict()
+  c.first_stage.workdir = ""          # workdir of the autoencoder run (its EMA weights are used)
+  c.first_stage.use_ema = True
+  c.first_stage.scale_factor = 0.0    # 0: estimate 1/std from the first batch (LDM app. D.1)
+
+  c.model = ml_collections.ConfigDict()  # the UNet (ldm_jax.models.unet.UNet fields)
+  c.model.preset = "UNet"
+  c.model.block_out_channels = (32, 64)
+  c.model.layers_per_block = 2
+  c.model.down_block_types = ("DownBlock2D", "AttnDownBlock2D")
+  c.model.up_block_types = ("AttnUpBlock2D", "UpBlock2D")
+  c.model.mid_block_type = "UNetMidBlock2D"
+  c.model.attention_head_dim = 32
+  c.model.num_attention_heads = None
+  c.model.cross_attention_dim = None
+  c.model.norm_num_groups = 16
+  c.model.dropout = 0.0
+
+  c.diffusion = ml_collections.ConfigDict()
+  c.diffusion.schedule = "scaled_linear"  # LDM's "linear" (linear in sqrt(beta))
+  c.diffusion.beta_start = 0.0015         # LDM configs' linear_start / linear_end
+  c.diffusion.beta_end = 0.0195
+  c.diffusion.num_timesteps = 1000
+  c.diffusion.zero_terminal_snr = False
+  c.diffusion.prediction_type = "epsilon"
+  c.diffusion.weighting = "simple"
+  c.diffusion.min_snr_gamma = 5.0
+  c.diffusion.conditioning = "class"      # "class" or "none"
+  c.diffusion.num_classes = 10
+  c.diffusion.p_uncond = 0.1              # label dropout for classifier-free guidance
+
+  c.optim = optim.default_config()
+  c.optim.unlock()
+  c.optim.learning_rate = 5e-4
+  c.optim.warmup_steps = 200
+  c.optim.decay = "cosine"
+  c.optim.decay_steps = 4000
+  c.optim.end_lr_factor = 0.05
+  c.optim.weight_decay = 0.0
+  c.optim.lock()
+
+  c.train = ml_collections.ConfigDict()
+  c.train.num_steps = 4000
+  c.train.global_batch_size = 128
+  c.train.save_every = 500
+  c.train.log_every = 50
+  c.train.ema_decay = 0.999
+  c.train.max_consecutive_bad = 20
+
+  c.sample = ml_collections.ConfigDict()  # the per-class grid written at the end
+  c.sample.method = "dpmpp_2m"
+  c.sample.num_steps = 25
+  c.sample.guidance_scale = 2.0
+  c.sample.per_class = 10
+
+  c.parallel = ml_collections.ConfigDict()
+  c.parallel.mode = "pmap"
+  c.parallel.num_devices = 0
+  c.parallel.num_fsdp = 1
+  c.lock()
+  return c

@@ -1,0 +1,79 @@
+"""Command line of ldm_jax: train a stage, or sample a grid from a trained model.
+
+  # train (the stage is config.stage; any key can be overridden):
+  python -m ldm_jax.main --config=experiments/configs/mnist_autoencoder.py --workdir=workdirs/mnist_ae
+  python -m ldm_jax.main --config=experiments/configs/mnist_ldm.py --workdir=workdirs/mnist_ldm \
+      --config.first_stage.workdir=workdirs/mnist_ae
+  # sample a PNG grid (one row per label):
+  python -m ldm_jax.main sample --workdir=workdirs/mnist_ldm --out=samples.png \
+      --labels=0,1,2,3,4,5,6,7,8,9 --per_label=8 --method=dpmpp_2m --num_steps=25 --guidance_scale=2
+
+On a CPU-only host one XLA device is simulated per core (data parallelism over the cores), unless
+XLA_FLAGS already says otherwise.
+"""
+
+import os
+import sys
+
+if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                             f" --xla_force_host_platform_device_count={os.cpu_count() or 1}").strip()
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from absl import app  # pylint: disable=wrong-import-position
+from absl import flags  # pylint: disable=wrong-import-position
+from ml_collections import config_flags  # pylint: disable=wrong-import-position
+
+COMMANDS = ("train", "sample")
+
+config_flags.DEFINE_config_file("config", None, "Experiment config file (experiments/configs/*.py).",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, export.")
+flags.DEFINE_string("out", "samples.png", "sample: output PNG path.")
+flags.DEFINE_string("labels", "", "sample: comma-separated class labels (one grid row each).")
+flags.DEFINE_integer("per_label", 8, "sample: samples per label (or in total if unconditional).")
+flags.DEFINE_string("method", "dpmpp_2m", "sample: sampler method.")
+flags.DEFINE_integer("num_steps", 25, "sample: sampler steps.")
+flags.DEFINE_float("guidance_scale", 2.0, "sample: classifier-free guidance scale.")
+flags.DEFINE_integer("seed", 0, "sample: random seed.")
+FLAGS = flags.FLAGS
+
+
+def _train():
+  from ldm_jax.stages import run  # pylint: disable=import-outside-toplevel
+  if FLAGS.config is None or FLAGS.workdir is None:
+    raise app.UsageError("train needs --config=<experiments/configs/NAME.py> and --workdir=<dir>.")
+  summary = run.train(FLAGS.config, FLAGS.workdir)
+  print({k: v for k, v in summary.items() if k != "final_metrics"})
+
+
+def _sample():
+  import jax  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  import tqdm  # pylint: disable=import-outside-toplevel
+  from ldm_jax.pipeline import LatentDiffusionPipeline, image_grid  # pylint: disable=import-outside-toplevel
+  if FLAGS.workdir is None:
+    raise app.UsageError("sample needs --workdir=<latent diffusion run>.")
+  pipe = LatentDiffusionPipeline.from_workdir(FLAGS.workdir)
+  labels = [int(s) for s in FLAGS.labels.split(",") if s.strip()] or [None]
+  rows = []
+  for i, label in enumerate(tqdm.tqdm(labels, unit="row")):
+    y = None if label is None else [label] * FLAGS.per_label
+    rows.append(pipe.sample(jax.random.key(FLAGS.seed + i), FLAGS.per_label, labels=y,
+                            method=FLAGS.method, num_steps=FLAGS.num_steps,
+                            guidance_scale=FLAGS.guidance_scale))
+  grid = image_grid(np.concatenate(rows), rows=len(rows))
+  Image.fromarray(grid.squeeze(-1) if grid.shape[-1] == 1 else grid).save(FLAGS.out)
+  print(f"wrote {FLAGS.out} ({grid.shape[1]}x{grid.shape[0]})")
+
+
+def main(argv):
+  command = argv[1] if len(argv) > 1 else "train"
+  if command not in COMMANDS or len(argv) > 2:
+    raise app.UsageError(f"Unknown command {' '.join(argv[1:])!r}; valid commands: {', '.join(COMMANDS)}.")
+  _train() if command == "train" else _sample()
+
+
+if __name__ == "__main__":
+  app.run(main)

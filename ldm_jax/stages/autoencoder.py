@@ -1,0 +1,142 @@
+"""Stage 1: the autoencoder objective (Rombach et al. 2022 sec. 3.1 and app. G; Esser et al. 2021).
+
+For the KL autoencoder (CompVis' LPIPSWithDiscriminator, LPIPS off unless a perceptual function is
+supplied):
+
+  L_rec = sum_pixels |x - x_hat|  (or squared, "l2"),  per example
+  L_nll = L_rec / exp(s) + s       with a learned scalar log-variance s (init 0)
+  L_G   = E[L_nll] + w_kl E[KL(q(z|x) || N(0, I))] + lambda * d(step) * (-E[D(x_hat)])
+  L_D   = d(step) * hinge(D(x), D(x_hat))
+  lambda = w_disc * ||grad_{G_L} L_nll|| / (||grad_{G_L} (-E[D(x_hat)])|| + 1e-4)
+
+with G_L the last decoder layer (`decoder/conv_out`) and d(step) = 1 after `disc_start`. The VQ
+autoencoder replaces the KL term by w_codebook * (codebook + beta * commitment loss).
+
+The trainable parameters are one tree {"autoencoder", "discriminator", "logvar"}; `loss_fn` returns
+L_G + L_D where L_G sees the discriminator through stop_gradient and L_D sees x_hat through
+stop_gradient, so one gradient trains both networks with their own objectives (the optimizer gives
+the discriminator its own learning rate, `make_optimizer`).
+"""
+
+from typing import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from ldm_jax.data import to_float
+from ldm_jax.models.autoencoder import AutoencoderKL, VQModel
+from ldm_jax.stages import gan
+
+REC_LOSSES = ("l1", "l2")
+LAST_LAYER = ("decoder", "conv_out")
+
+
+def init_params(ae: nn.Module, disc: nn.Module, rng, image_shape) -> dict:
+  """Trainable parameters {"autoencoder", "discriminator", "logvar"} for images [B, H, W, C]."""
+  ae_rng, disc_rng = jax.random.split(rng)
+  x = jnp.zeros(image_shape, jnp.float32)
+  init_fn = (lambda m, x: m(x)) if isinstance(ae, VQModel) else (lambda m, x: m(x, None))
+  return {"autoencoder": ae.init(ae_rng, x, method=init_fn)["params"],
+          "discriminator": disc.init(disc_rng, x)["params"],
+          "logvar": jnp.zeros((), jnp.float32)}
+
+
+def _replace_last(params, last):
+  decoder = dict(params[LAST_LAYER[0]])
+  decoder[LAST_LAYER[1]] = last
+  return {**params, LAST_LAYER[0]: decoder}
+
+
+def reconstruction_loss(x, x_hat, kind: str = "l1"):
+  """Per-pixel reconstruction error [B, H, W, C]: |x - x_hat| or (x - x_hat)^2."""
+  if kind not in REC_LOSSES:
+    raise ValueError(f"Unknown reconstruction loss {kind!r}; valid choices: {', '.join(REC_LOSSES)}.")
+  return jnp.abs(x - x_hat) if kind == "l1" else jnp.square(x - x_hat)
+
+
+def make_loss_fn(ae: nn.Module, disc: nn.Module, config, perceptual_fn: Callable | None = None):
+  """Builds `loss_fn(params, batch, rng, extra) -> (loss, metrics)` for the train step.
+
+  Args:
+    ae: an AutoencoderKL or VQModel.
+    disc: the PatchGAN discriminator.
+    config: the `loss` section: rec_loss, kl_weight, codebook_weight, disc_weight, disc_start,
+      disc_loss, perceptual_weight.
+    perceptual_fn: optional (x, x_hat) -> [B] perceptual distance (e.g. LPIPS with user-supplied
+      weights); used when config.perceptual_weight > 0.
+  The `extra` dict must hold "step" (int32 []) for the disc_start switch.
+  """
+  gan.check_disc_loss(config.disc_loss)
+  reconstruction_loss(jnp.zeros(()), jnp.zeros(()), config.rec_loss)  # validates the name early
+  if config.perceptual_weight > 0 and perceptual_fn is None:
+    raise ValueError("loss.perceptual_weight > 0 needs a perceptual function (LPIPS weights); "
+                     "none was supplied. Set loss.perceptual_weight = 0.")
+  is_vq = isinstance(ae, VQModel)
+  if not is_vq and not isinstance(ae, AutoencoderKL):
+    raise ValueError(f"Autoencoder must be an AutoencoderKL or VQModel, got {type(ae).__name__}.")
+
+  def decode(ae_params, z):
+    method = (lambda m, z: m.decode(z, quantize=False)) if is_vq else "decode"
+    return ae.apply({"params": ae_params}, z, method=method)
+
+  def nll_of(x, x_hat, logvar):
+    rec = reconstruction_loss(x, x_hat, config.rec_loss)
+    if perceptual_fn is not None and config.perceptual_weight > 0:
+      rec = rec + config.perceptual_weight * perceptual_fn(x, x_hat)[:, None, None, None]
+    nll = rec / jnp.exp(logvar) + logvar
+    return jnp.sum(nll) / x.shape[0], jnp.mean(rec)
+
+  def loss_fn(params, batch, rng, extra):
+    x = to_float(batch["image"])
+    ae_params, disc_params, logvar = params["autoencoder"], params["discriminator"], params["logvar"]
+    metrics = {}
+    if is_vq:
+      enc = ae.apply({"params": ae_params}, x, method="encode")
+      z, reg = enc.quantized, config.codebook_weight * enc.loss
+      metrics["vq_loss"] = enc.loss
+    else:
+      posterior = ae.apply({"params": ae_params}, x, method="posterior")
+      z = posterior.sample(rng)
+      kl = jnp.mean(posterior.kl())
+      reg = config.kl_weight * kl
+      metrics["kl"] = kl
+    x_hat = decode(ae_params, z)
+    nll_loss, rec_mean = nll_of(x, x_hat, logvar)
+
+    frozen_disc = jax.lax.stop_gradient(disc_params)
+    g_loss = gan.generator_loss(disc.apply({"params": frozen_disc}, x_hat))
+    # Adaptive weight from the gradients w.r.t. the last decoder layer G_L (Esser et al. eq. 7).
+    last = ae_params[LAST_LAYER[0]][LAST_LAYER[1]]
+    z_sg, logvar_sg = jax.lax.stop_gradient(z), jax.lax.stop_gradient(logvar)
+    decode_last = lambda l: decode(_replace_last(ae_params, l), z_sg)
+    def weight(_):
+      grad_rec = jax.grad(lambda l: nll_of(x, decode_last(l), logvar_sg)[0])(last)
+      grad_gan = jax.grad(
+          lambda l: gan.generator_loss(disc.apply({"params": frozen_disc}, decode_last(l))))(last)
+      return config.disc_weight * gan.adaptive_weight(grad_rec, grad_gan)
+
+    d_factor = gan.adopt_weight(extra["step"], config.disc_start)
+    # Before disc_start the adversarial terms are multiplied by 0: skip their extra passes.
+    d_weight = jax.lax.cond(d_factor > 0, weight, lambda _: jnp.zeros((), jnp.float32), None)
+    loss_g = nll_loss + reg + d_weight * d_factor * g_loss
+
+    logits_real = disc.apply({"params": disc_params}, x)
+    logits_fake = disc.apply({"params": disc_params}, jax.lax.stop_gradient(x_hat))
+    d_loss = gan.discriminator_loss(logits_real, logits_fake, config.disc_loss)
+    loss = loss_g + d_factor * d_loss
+    metrics.update(rec_loss=rec_mean, nll_loss=nll_loss, g_loss=g_loss, d_loss=d_loss,
+                   d_weight=d_weight, disc_factor=d_factor, logvar=logvar,
+                   logits_real=jnp.mean(logits_real), logits_fake=jnp.mean(logits_fake))
+    return loss, metrics
+
+  return loss_fn
+
+
+def make_optimizer(tx_autoencoder: optax.GradientTransformation,
+                   tx_discriminator: optax.GradientTransformation) -> optax.GradientTransformation:
+  """One optimizer over {"autoencoder", "logvar"} and {"discriminator"} with separate settings."""
+  labels = lambda params: {k: jax.tree.map(lambda _: "disc" if k == "discriminator" else "ae", v)
+                           for k, v in params.items()}
+  return optax.multi_transform({"ae": tx_autoencoder, "disc": tx_discriminator}, labels)

@@ -1,0 +1,60 @@
+"""The exported model of a finished stage: `<workdir>/export/` with config, params and EMA params.
+
+Orbax checkpoints (in `<workdir>/checkpoints`) hold everything needed to resume training; the
+export holds what a user needs to *use* the model, in a form that needs neither the optimizer nor
+the device layout: `config.json` (the run's full config), `params.msgpack` and
+`ema_params.msgpack` (flax.serialization of the parameter trees), `metadata.json` (e.g. the
+latent scale factor). Files are written to a temporary name and renamed, so an export is either
+complete or absent.
+"""
+
+import json
+import os
+
+import flax.serialization
+import jax
+import ml_collections
+import numpy as np
+
+EXPORT_DIR = "export"
+
+
+def _atomic_write(path: str, data: bytes) -> None:
+  tmp = f"{path}.tmp-{os.getpid()}"
+  with open(tmp, "wb") as f:
+    f.write(data)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+
+
+def save(workdir: str, config: ml_collections.ConfigDict, params, ema_params, metadata: dict) -> str:
+  """Writes the export of a stage (process 0 only); returns its directory."""
+  out = os.path.join(workdir, EXPORT_DIR)
+  if jax.process_index() != 0:
+    return out
+  os.makedirs(out, exist_ok=True)
+  to_host = lambda t: jax.tree.map(lambda x: np.asarray(jax.device_get(x)), t)
+  _atomic_write(os.path.join(out, "params.msgpack"), flax.serialization.to_bytes(to_host(params)))
+  _atomic_write(os.path.join(out, "ema_params.msgpack"),
+                flax.serialization.to_bytes(to_host(ema_params)))
+  _atomic_write(os.path.join(out, "metadata.json"), json.dumps(metadata, indent=1).encode())
+  _atomic_write(os.path.join(out, "config.json"), config.to_json_best_effort(indent=1).encode())
+  return out
+
+
+def load(workdir: str, *, use_ema: bool = True):
+  """Reads an export -> (config ConfigDict, params, metadata dict)."""
+  out = os.path.join(workdir, EXPORT_DIR)
+  name = "ema_params.msgpack" if use_ema else "params.msgpack"
+  path = os.path.join(out, name)
+  if not os.path.exists(path):
+    raise ValueError(f"No exported model at {out} (missing {name}); train the stage first "
+                     f"(python -m ldm_jax.main --config=... --workdir={workdir}).")
+  with open(os.path.join(out, "config.json"), encoding="utf-8") as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  with open(os.path.join(out, "metadata.json"), encoding="utf-8") as f:
+    metadata = json.load(f)
+  with open(path, "rb") as f:
+    params = flax.serialization.msgpack_restore(f.read())
+  return config, params, metadata

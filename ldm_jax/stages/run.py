@@ -1,0 +1,178 @@
+"""Training runs of the two stages: config -> data, networks, parallel step -> `fit` -> export.
+
+  train(config, workdir)   dispatches on config.stage ("autoencoder" | "latent_diffusion")
+
+Each run resumes from `<workdir>/checkpoints` when it exists, logs to `<workdir>/metrics.jsonl`
+(and TensorBoard), and ends by writing `<workdir>/export/` (see `export.py`) and an evaluation
+summary `<workdir>/eval.json`.
+"""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from ldm_jax import data as data_lib
+from ldm_jax.metrics import image as image_metrics
+from ldm_jax.stages import autoencoder as ae_stage
+from ldm_jax.stages import builders
+from ldm_jax.stages import export
+from ldm_jax.stages import latent_diffusion as ldm_stage
+from ldm_jax.train import checkpoint as ckpt_lib
+from ldm_jax.train import loop
+from ldm_jax.train import metrics as metrics_lib
+from ldm_jax.train import parallel
+
+STAGES = ("autoencoder", "latent_diffusion")
+
+
+def _data(config, split=None, **kw):
+  spec = config.data.to_dict()
+  spec.pop("eval_split", None)
+  if split is not None:
+    spec["split"] = split
+  return data_lib.create_iterator(spec, global_batch_size=kw.pop("batch", config.train.global_batch_size),
+                                  seed=config.seed, num_devices=kw.pop("num_devices", None), **kw)
+
+
+def _fit(config, workdir, loss_fn, init_params_fn, metadata, extra=None):
+  """The part both stages share: parallel step, state, checkpoints, `fit`, export."""
+  devices = builders.devices(config)
+  tx, lr_schedule = builders.optimizer(config)
+  mesh = parallel.make_mesh(config.parallel.num_fsdp, devices)
+  dp = parallel.data_parallel(loss_fn, tx, mode=config.parallel.mode, mesh=mesh,
+                              ema_decay=config.train.ema_decay, lr_schedule=lr_schedule)
+  data = _data(config, num_devices=len(devices))
+  state = dp.create_state(init_params_fn, jax.random.key(config.seed), extra=extra)
+  checkpoints = ckpt_lib.Checkpoints(os.path.join(workdir, "checkpoints"))
+  writer = metrics_lib.MetricWriter(workdir)
+  try:
+    result = loop.fit(dp, state, data, num_steps=config.train.num_steps, checkpoints=checkpoints,
+                      save_every=config.train.save_every, metadata=metadata, config=config,
+                      writer=writer, log_every=config.train.log_every,
+                      max_consecutive_bad=config.train.max_consecutive_bad)
+  finally:
+    checkpoints.close()
+    writer.close()
+    data.close()
+  final = dp.to_global(result.state)
+  export.save(workdir, config, final.params, final.ema_params, metadata)
+  return final, result
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage 1: autoencoder
+
+
+def train_autoencoder(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  ae, disc = builders.autoencoder(config.model), builders.discriminator(config.disc)
+  loss_fn = ae_stage.make_loss_fn(ae, disc, config.loss)
+  shape = (1, config.data.image_size, config.data.image_size, config.data.channels)
+  init_fn = lambda rng: ae_stage.init_params(ae, disc, rng, shape)
+  final, result = _fit(config, workdir, loss_fn, init_fn, metadata={"stage": "autoencoder"})
+  summary = evaluate_autoencoder(config, ae, final.ema_params["autoencoder"])
+  summary.update(steps=result.step, final_metrics=result.metrics)
+  _write_json(workdir, "eval.json", summary)
+  return summary
+
+
+def evaluate_autoencoder(config, ae, ae_params, batch_size: int = 500) -> dict:
+  """PSNR / SSIM (images in [0, 1]) of x vs decode(mode(q(z|x))) on the held-out split."""
+  it = _data(config, split=config.data.eval_split, batch=batch_size, num_epochs=1,
+             drop_remainder=False, num_devices=1, process_index=0, process_count=1)
+
+  @jax.jit
+  def reconstruct(params, images):
+    x = data_lib.to_float(images)
+    if isinstance(ae, builders.autoencoder_lib.VQModel):
+      enc = ae.apply({"params": params}, x, method="encode")
+      x_hat = ae.apply({"params": params}, enc.quantized, method=lambda m, z: m.decode(z, quantize=False))
+    else:
+      mean, _ = ae.apply({"params": params}, x, method="encode")
+      x_hat = ae.apply({"params": params}, mean, method="decode")
+    x01, y01 = (x + 1) / 2, jnp.clip((x_hat + 1) / 2, 0, 1)
+    return (image_metrics.psnr(x01, y01, data_range=1.0), image_metrics.ssim(x01, y01, data_range=1.0))
+
+  psnrs, ssims = [], []
+  for batch in it:
+    p, s = reconstruct(ae_params, batch["image"])
+    psnrs.append(np.asarray(p))
+    ssims.append(np.asarray(s))
+  it.close()
+  psnrs, ssims = np.concatenate(psnrs), np.concatenate(ssims)
+  return {"eval_split": config.data.eval_split, "num_images": int(psnrs.size),
+          "psnr": float(np.mean(psnrs)), "ssim": float(np.mean(ssims))}
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage 2: latent diffusion
+
+
+def load_first_stage(workdir: str, use_ema: bool = True):
+  """(autoencoder module, params, its run config) from an autoencoder run's export."""
+  config, params, metadata = export.load(workdir, use_ema=use_ema)
+  if metadata.get("stage") != "autoencoder":
+    raise ValueError(f"{workdir} holds a {metadata.get('stage')!r} export, not an autoencoder.")
+  params = params["autoencoder"]
+  return builders.autoencoder(config.model), jax.tree.map(jnp.asarray, params), config
+
+
+def train_latent_diffusion(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  if not config.first_stage.workdir:
+    raise ValueError("config.first_stage.workdir is empty: give the autoencoder run's workdir.")
+  ae, ae_params, _ = load_first_stage(config.first_stage.workdir, config.first_stage.use_ema)
+  scale = _scale_factor(config, workdir, ae, ae_params)
+  d = config.diffusion
+  num_class_embeds = d.num_classes + 1 if d.conditioning == "class" else None
+  f = ae.downsampling_factor
+  latent_shape = (1, config.data.image_size // f, config.data.image_size // f,
+                  getattr(ae, "code_dim", ae.z_channels))
+  unet = builders.unet(config.model, in_channels=latent_shape[-1], num_class_embeds=num_class_embeds)
+  schedule = builders.schedule(d)
+  loss_fn = ldm_stage.make_loss_fn(unet, ae, schedule, d, scale)
+  y0 = jnp.zeros((1,), jnp.int32) if num_class_embeds else None
+  init_fn = lambda rng: unet.init(rng, jnp.zeros(latent_shape), jnp.zeros((1,)), y=y0)["params"]
+  metadata = {"stage": "latent_diffusion", "latent_scale_factor": scale,
+              "first_stage_workdir": os.path.abspath(config.first_stage.workdir)}
+  _, result = _fit(config, workdir, loss_fn, init_fn, metadata, extra={"frozen": ae_params})
+  summary = {"steps": result.step, "final_metrics": result.metrics, "latent_scale_factor": scale}
+  _write_json(workdir, "eval.json", summary)
+  return summary
+
+
+def _scale_factor(config, workdir, ae, ae_params) -> float:
+  """s: given in the config, else from an existing checkpoint, else 1/std of the first batch."""
+  if config.first_stage.scale_factor > 0:
+    return float(config.first_stage.scale_factor)
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  if os.path.isdir(ckpt_dir):
+    checkpoints = ckpt_lib.Checkpoints(ckpt_dir)
+    try:
+      meta = checkpoints.read_meta()
+    finally:
+      checkpoints.close()
+    if meta and "latent_scale_factor" in meta.get("metadata", {}):
+      return float(meta["metadata"]["latent_scale_factor"])
+  it = _data(config, num_devices=1, process_index=0, process_count=1)
+  first = it.batch_at(0)["image"]
+  it.close()
+  return ldm_stage.estimate_scale_factor(ae, ae_params, first, jax.random.key(config.seed))
+
+
+def _write_json(workdir, name, obj):
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, name), "w", encoding="utf-8") as f:
+      json.dump(obj, f, indent=1, default=float)
+
+
+def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Runs the stage named by config.stage in `workdir`; returns its evaluation summary."""
+  if config.stage not in STAGES:
+    raise ValueError(f"Unknown stage {config.stage!r}; valid choices: {', '.join(STAGES)}.")
+  os.makedirs(workdir, exist_ok=True)
+  if config.stage == "autoencoder":
+    return train_autoencoder(config, workdir)
+  return train_latent_diffusion(config, workdir)

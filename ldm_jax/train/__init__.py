@@ -1,0 +1,1 @@
+"""Model-independent training infrastructure: state, optimizer, EMA, parallelism, checkpoints."""
