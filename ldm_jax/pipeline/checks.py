@@ -1,0 +1,126 @@
+"""Validation of the pipeline's user inputs: every error is a ValueError raised on the host,
+before anything is traced or compiled, naming the bad value and what is expected."""
+
+import numpy as np
+
+from ldm_jax import samplers
+
+OUTPUTS = ("uint8", "float", "latent")
+
+
+def method(name):
+  if name not in samplers.METHODS:
+    raise ValueError(f"Unknown method {name!r}; valid choices: {', '.join(samplers.METHODS)}.")
+
+
+def output(kind, allowed=OUTPUTS):
+  if kind not in allowed:
+    raise ValueError(f"Unknown output {kind!r}; valid choices: {', '.join(allowed)}.")
+
+
+def positive_int(value, name, minimum=1):
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+    raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
+  return int(value)
+
+
+def eta(value, method_name):
+  if np.ndim(value) != 0 or not np.isfinite(value) or value < 0:
+    raise ValueError(f"eta must be a finite scalar >= 0, got {value!r}.")
+  if method_name != "ddim" and value != 0:
+    raise ValueError(f"eta={value} only applies to method 'ddim', got method {method_name!r}.")
+  return np.float32(value)
+
+
+def strength(value):
+  if np.ndim(value) != 0 or not 0.0 <= float(value) <= 1.0:
+    raise ValueError(f"strength must be a number in [0, 1], got {value!r}.")
+  return float(value)
+
+
+def guidance(value, n):
+  """guidance_scale: a scalar or one value per sample -> float32 [n]."""
+  w = np.asarray(value, np.float32)
+  if w.ndim not in (0, 1) or (w.ndim == 1 and w.shape != (n,)) or not np.all(np.isfinite(w)):
+    raise ValueError(f"guidance_scale must be a finite scalar or an array of shape [{n}], got {value!r}.")
+  return np.broadcast_to(w, (n,)).copy()
+
+
+def labels(values, n, num_classes, name="labels"):
+  """Class labels -> int32 [n] (a scalar is repeated); None only for unconditional models."""
+  if num_classes is None:
+    if values is not None:
+      raise ValueError(f"This model is unconditional; {name} must be None, got {values!r}.")
+    return None
+  if values is None:
+    raise ValueError(f"This model is class-conditional: give {name} in 0..{num_classes - 1}.")
+  y = np.asarray(values)
+  if y.ndim == 0:
+    y = np.full((n,), y)
+  if y.shape != (n,) or not (np.issubdtype(y.dtype, np.integer) or y.dtype == bool):
+    raise ValueError(f"{name} must be integers of shape [{n}] (or one integer), got {y.dtype} {y.shape}.")
+  bad = y[(y < 0) | (y >= num_classes)]
+  if bad.size:
+    raise ValueError(f"{name} must lie in 0..{num_classes - 1} (the class range), got "
+                     f"{sorted(set(bad.tolist()))}.")
+  return y.astype(np.int32)
+
+
+def context(values, n, dim, name="context"):
+  """Cross-attention context [n, L, dim] (or [L, dim], repeated) -> float32 [n, L, dim]."""
+  if dim is None:
+    if values is not None:
+      raise ValueError(f"This model has no cross-attention; {name} must be None.")
+    return None
+  if values is None:
+    raise ValueError(f"This model is conditioned on a context [N, L, {dim}]; give {name}=.")
+  c = np.asarray(values, np.float32)
+  if c.ndim == 2:
+    c = np.broadcast_to(c, (n,) + c.shape)
+  if c.ndim != 3 or c.shape[0] != n or c.shape[2] != dim:
+    raise ValueError(f"{name} must have shape [{n}, L, {dim}] or [L, {dim}], got {np.shape(values)}.")
+  return np.ascontiguousarray(c)
+
+
+def images(values, image_shape, name="images"):
+  """uint8 [N, H, W, C] or float [-1, 1] images of the model's size -> numpy array."""
+  x = np.asarray(values)
+  if x.ndim == 3:
+    raise ValueError(f"{name} must be a batch [N, {', '.join(map(str, image_shape))}]; got one image "
+                     f"{x.shape} (add a leading axis).")
+  if x.ndim != 4 or x.shape[0] < 1 or tuple(x.shape[1:]) != tuple(image_shape):
+    raise ValueError(f"{name} must have shape [N, {', '.join(map(str, image_shape))}] (the model's "
+                     f"image size), got {x.shape}.")
+  if not (x.dtype == np.uint8 or np.issubdtype(x.dtype, np.floating)):
+    raise ValueError(f"{name} must be uint8 in [0, 255] or float in [-1, 1], got dtype {x.dtype}.")
+  return x
+
+
+def mask(values, n, height, width):
+  """Inpainting mask (1 = regenerate, 0 = keep) [N, H, W], [N, H, W, 1] or [H, W] -> float32 [N, H, W]."""
+  m = np.asarray(values)
+  if m.ndim == 4 and m.shape[-1] == 1:
+    m = m[..., 0]
+  if m.ndim == 2:
+    m = np.broadcast_to(m, (n,) + m.shape)
+  if m.shape != (n, height, width):
+    raise ValueError(f"mask must have shape [{n}, {height}, {width}] (or [{n}, {height}, {width}, 1] or "
+                     f"[{height}, {width}]) to match the images, got {np.shape(values)}.")
+  m = m.astype(np.float32)
+  if np.any((m < 0) | (m > 1)):
+    raise ValueError("mask values must lie in [0, 1] (1 = regenerate, 0 = keep).")
+  return m
+
+
+def latents(values, latent_shape, name="latents"):
+  z = np.asarray(values, np.float32)
+  if z.ndim != 4 or tuple(z.shape[1:]) != tuple(latent_shape):
+    raise ValueError(f"{name} must have shape [N, {', '.join(map(str, latent_shape))}], got {np.shape(values)}.")
+  return z
+
+
+def noise_level(value):
+  if np.ndim(value) != 0 or not np.isfinite(value) or value < 0:
+    raise ValueError(f"noise_level must be a finite number >= 0 (noise std on the [0, 1] image scale), "
+                     f"got {value!r}.")
+  return float(value)

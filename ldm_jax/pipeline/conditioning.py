@@ -1,0 +1,56 @@
+"""Conditioning of the pipeline's denoiser: none, class labels (mixable) or a context sequence,
+always through classifier-free guidance (Ho & Salimans 2022) for conditional models.
+
+Class conditioning is a *label mixture* (y_a [B], y_b [B], w [B]): the UNet's class embedding is
+replaced by (1 - w) E[y_a] + w E[y_b], which is E[y_a] for w = 0. This is what `interpolate` lerps
+between two classes; plain sampling uses y_b = y_a, w = 0, so both share one compiled program.
+The embedding is swapped with `flax.linen.intercept_methods` on the UNet's "class_embedding" table.
+"""
+
+import flax.linen as nn
+import numpy as np
+
+from ldm_jax import samplers
+
+KINDS = ("none", "class", "context")
+CLASS_EMBEDDING = "class_embedding"
+
+
+def _mixed_class_apply(unet, params, x, t, mix):
+  y_a, y_b, w = mix
+
+  def interceptor(next_fun, args, kwargs, context):
+    if (context.method_name == "__call__" and isinstance(context.module, nn.Embed)
+        and context.module.name == CLASS_EMBEDDING):
+      e_a, e_b = next_fun(y_a), next_fun(y_b)
+      return e_a + w[:, None].astype(e_a.dtype) * (e_b - e_a)
+    return next_fun(*args, **kwargs)
+
+  with nn.intercept_methods(interceptor):
+    return unet.apply({"params": params}, x, t, y=y_a)
+
+
+def model_fn(unet, params, kind, cond, null_cond, guidance_scale):
+  """model_fn(x_t, t) for the samplers.
+
+  kind "none": cond is None. "class": cond = (y_a, y_b, w), null_cond the same with the null
+  label. "context": cond, null_cond [B, L, D]. guidance_scale: [B] (traced) for conditional kinds.
+  """
+  if kind == "none":
+    return lambda x, t: unet.apply({"params": params}, x, t)
+  if kind == "class":
+    cond_fn = lambda x, t, c: _mixed_class_apply(unet, params, x, t, c)
+  elif kind == "context":
+    cond_fn = lambda x, t, c: unet.apply({"params": params}, x, t, context=c)
+  else:
+    raise ValueError(f"Unknown conditioning kind {kind!r}; valid choices: {', '.join(KINDS)}.")
+  return samplers.classifier_free_guidance(cond_fn, cond, null_cond, guidance_scale)
+
+
+def class_mixture(y_a, y_b=None, w=None):
+  """Host arrays (y_a int32 [B], y_b int32 [B], w float32 [B]); y_b = y_a and w = 0 by default."""
+  y_a = np.asarray(y_a, np.int32)
+  y_b = y_a if y_b is None else np.asarray(y_b, np.int32)
+  w = np.zeros(y_a.shape, np.float32) if w is None else np.asarray(w, np.float32)
+  return y_a, y_b, w
+

@@ -1,0 +1,388 @@
+"""`LatentDiffusionPipeline`: a trained first stage + latent denoiser behind jitted, cached programs.
+
+  pipe = LatentDiffusionPipeline.from_workdir("workdirs/mnist/ldm")
+  images = pipe.sample(jax.random.key(0), 16, labels=3, guidance_scale=2.0)   # uint8 [16, 32, 32, 1]
+  edited = pipe.img2img(jax.random.key(1), images, strength=0.6, labels=5)
+  filled = pipe.inpaint(jax.random.key(2), images, mask, labels=3, resample=4)
+
+Every method validates its inputs on the host (ValueError before anything compiles), splits the
+batch into chunks of at most `max_batch` (the last chunk is padded, so one shape compiles), shards
+each chunk across the devices, and runs programs cached per (method, num_steps, batch, ...).
+Sample b of a call draws all its noise from fold_in(rng, b), so results do not depend on chunking or
+device count.
+"""
+
+import collections
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from ldm_jax import samplers
+from ldm_jax.pipeline import checks
+from ldm_jax.pipeline import conditioning
+from ldm_jax.pipeline import images as images_lib
+from ldm_jax.pipeline import loading
+from ldm_jax.pipeline import programs
+from ldm_jax.pipeline.persistent_cache import enable_persistent_cache
+
+
+def _key(rng):
+  return jax.random.key(int(rng)) if isinstance(rng, (int, np.integer)) else rng
+
+
+def _pad(a, size):
+  """Pads the leading axis of a host array to `size` by repeating its last row."""
+  a = np.asarray(a)
+  return a if a.shape[0] == size else np.concatenate([a, np.repeat(a[-1:], size - a.shape[0], 0)])
+
+
+def slerp(a, b, w):
+  """Spherical interpolation of two noise arrays [...] at weights w [K] -> [K, ...] (exact endpoints)."""
+  a64, b64 = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  cos = np.dot(a64.ravel(), b64.ravel()) / (np.linalg.norm(a64) * np.linalg.norm(b64))
+  theta = np.arccos(np.clip(cos, -1.0, 1.0))
+  w = np.asarray(w, np.float64).reshape((-1,) + (1,) * a64.ndim)
+  if theta < 1e-4:
+    return ((1.0 - w) * a64 + w * b64).astype(np.float32)
+  return ((np.sin((1.0 - w) * theta) * a64 + np.sin(w * theta) * b64) / np.sin(theta)).astype(np.float32)
+
+
+def start_for_noise(tables, sigma_latent: float) -> int:
+  """Grid step whose noise level sigma_t / alpha_t is closest (in log) to sigma_latent; S for 0."""
+  ve = np.asarray(tables.xs["sigma"], np.float64) / np.asarray(tables.xs["alpha"], np.float64)
+  if sigma_latent <= 0:
+    return len(ve)
+  return int(np.argmin(np.abs(np.log(ve) - np.log(sigma_latent))))
+
+
+class LatentDiffusionPipeline:
+  """Generation, editing and restoration with a latent diffusion model (Rombach et al. 2022).
+
+  Attributes:
+    unet, unet_params; autoencoder, ae_params: the Flax modules and their parameters.
+    schedule: the noise schedule; scale_factor, shift_factor: z_diffusion = (z - shift) * scale.
+    prediction_type: what the UNet predicts; num_classes: class count (None: no labels); the
+      null label used for classifier-free guidance is num_classes.
+    latent_shape (h, w, c); image_shape (H, W, C).
+    max_batch: largest batch one program runs; shard: spread each batch over all devices.
+    trace_counts: Counter of program traces by name (each trace is one compilation).
+  """
+
+  def __init__(self, unet, unet_params, autoencoder, ae_params, schedule, *, scale_factor,
+               latent_shape, shift_factor=0.0, prediction_type="epsilon", num_classes=None,
+               max_batch=64, shard=True, persistent_cache=None):
+    self.unet, self.unet_params = unet, nn.meta.unbox(unet_params)
+    self.autoencoder, self.ae_params = autoencoder, nn.meta.unbox(ae_params)
+    self.schedule, self.prediction_type, self.num_classes = schedule, prediction_type, num_classes
+    self.scale_factor, self.shift_factor = float(scale_factor), float(shift_factor)
+    self.latent_shape = tuple(int(v) for v in latent_shape)
+    f = autoencoder.downsampling_factor
+    self.image_shape = (self.latent_shape[0] * f, self.latent_shape[1] * f, autoencoder.out_channels)
+    self.max_batch = checks.positive_int(max_batch, "max_batch")
+    self.shard = bool(shard)
+    self.trace_counts = collections.Counter()
+    self._programs, self._placements = {}, {}
+    if persistent_cache:
+      enable_persistent_cache(persistent_cache)
+
+  enable_persistent_cache = staticmethod(enable_persistent_cache)
+
+  @classmethod
+  def from_workdir(cls, workdir: str, *, use_ema: bool = True, **kwargs):
+    """Loads a latent diffusion run of this project (`<workdir>/export`, EMA weights by default).
+    kwargs: constructor arguments (max_batch, shard, ...), or overrides of the loaded ones."""
+    return cls(**{**loading.from_workdir(workdir, use_ema), **kwargs})
+
+  @classmethod
+  def from_pretrained(cls, path: str, *, num_classes=None, **kwargs):
+    """Loads a diffusers pipeline folder (unet/, vae/, scheduler/) through `ldm_jax.convert`.
+    kwargs: constructor arguments, or overrides of the loaded ones (e.g. latent_shape, scale_factor)."""
+    return cls(**{**loading.from_pretrained(path, num_classes), **kwargs})
+
+  # ---------------------------------------------------------------------------------------------
+  # Properties and plumbing.
+
+  @property
+  def conditioning(self) -> str:
+    if self.num_classes is not None:
+      return "class"
+    return "context" if getattr(self.unet, "has_cross_attention", False) else "none"
+
+  @property
+  def context_dim(self):
+    return self.unet.cross_attention_dim if self.conditioning == "context" else None
+
+  def _count(self, name):
+    self.trace_counts[name] += 1
+
+  def _program(self, key, build):
+    if key not in self._programs:
+      self._programs[key] = build()
+    return self._programs[key]
+
+  def _placement(self, batch):
+    """(data sharding, replicated sharding, unet params, ae params) on the largest device count
+    dividing `batch` (1 when shard=False); parameters are copied to those devices once."""
+    n = jax.device_count() if self.shard else 1
+    d = max(k for k in range(1, n + 1) if batch % k == 0)
+    if d not in self._placements:
+      mesh = jax.make_mesh((d,), ("batch",), devices=jax.devices()[:d],
+                           axis_types=(jax.sharding.AxisType.Auto,))
+      rep = NamedSharding(mesh, P())
+      self._placements[d] = (NamedSharding(mesh, P("batch")), rep,
+                             jax.device_put(self.unet_params, rep), jax.device_put(self.ae_params, rep))
+    return self._placements[d]
+
+  def _chunks(self, n):
+    """Yields (offset, valid, size, placement) over a batch of n split into max_batch chunks."""
+    size = min(n, self.max_batch)
+    placement = self._placement(size)
+    for offset in range(0, n, size):
+      yield offset, min(size, n - offset), size, placement
+
+  def _batch_args(self, tree, offset, size, data_sharding):
+    take = lambda a: jax.device_put(_pad(a[offset:offset + size], size), data_sharding)
+    return jax.tree.map(take, tree)
+
+  def _map(self, n, call):
+    """Runs call(placement, take) per chunk of a batch of n, where take(tree) puts that chunk of a
+    host tree (leading axis n) on the devices; returns the outputs as host arrays [n, ...]."""
+    outs = []
+    for offset, valid, size, placement in self._chunks(n):
+      take = functools.partial(self._batch_args, offset=offset, size=size, data_sharding=placement[0])
+      outs.append((call(placement, take), valid))
+    return jax.tree.map(lambda *o: np.concatenate([np.asarray(a)[:v] for a, (_, v) in zip(o, outs)]),
+                        *[o for o, _ in outs])
+
+  def _finish(self, x, output):
+    return images_lib.to_uint8(x) if output == "uint8" else np.asarray(x, np.float32)
+
+  # ---------------------------------------------------------------------------------------------
+  # First stage.
+
+  def encode(self, images) -> np.ndarray:
+    """uint8 [N, H, W, C] (or float in [-1, 1]) -> diffusion-space latents float32 [N, h, w, c]."""
+    x = images_lib.to_float(checks.images(images, self.image_shape))
+    return self._encode(x)
+
+  def _encode(self, x):
+    fn = self._program(("encode",), lambda: programs.encode_program(
+        self.autoencoder, self.scale_factor, self.shift_factor, self._count))
+    return self._map(x.shape[0], lambda placement, take: fn(placement[3], take(x)))
+
+  def decode(self, latents, *, output: str = "uint8") -> np.ndarray:
+    """Diffusion-space latents [N, h, w, c] -> images [N, H, W, C]: uint8, or float in [-1, 1]."""
+    checks.output(output, ("uint8", "float"))
+    z = checks.latents(latents, self.latent_shape)
+    return self._finish(self._decode(z), output)
+
+  def _decode(self, z):
+    fn = self._program(("decode",), lambda: programs.decode_program(
+        self.autoencoder, self.scale_factor, self.shift_factor, self._count))
+    return self._map(z.shape[0], lambda placement, take: fn(placement[3], take(z)))
+
+  def reconstruct(self, images, *, output: str = "uint8") -> np.ndarray:
+    """decode(encode(images)): the autoencoder's reconstruction (posterior mean), [N, H, W, C]."""
+    checks.output(output, ("uint8", "float"))
+    return self._finish(self._decode(self.encode(images)), output)
+
+  def initial_noise(self, rng, num_samples: int) -> np.ndarray:
+    """The noise x_T [N, h, w, c] that `sample(rng, N, ...)` starts from (sample b: fold_in(rng, b))."""
+    n = checks.positive_int(num_samples, "num_samples")
+    return self._noise(_key(rng), np.arange(n, dtype=np.int32))
+
+  def _noise(self, rng, index):
+    fn = self._program(("noise",), lambda: programs.noise_program(self.latent_shape, self._count))
+    return self._map(index.shape[0], lambda _, take: fn(rng, take(index)))
+
+  # ---------------------------------------------------------------------------------------------
+  # The shared generation path.
+
+  def _conditions(self, n, labels, context, null_context, label_mix=None):
+    """(cond, null_cond) host pytrees with leading axis n for the conditioning kind."""
+    kind = self.conditioning
+    if kind != "class":
+      checks.labels(labels, n, None)
+    if kind != "context":
+      checks.context(context, n, None)
+    if kind == "class":
+      y = checks.labels(labels, n, self.num_classes)
+      cond = conditioning.class_mixture(y, *(label_mix or ()))
+      null = conditioning.class_mixture(np.full((n,), self.num_classes, np.int32))
+      return cond, null
+    if kind == "context":
+      c = checks.context(context, n, self.context_dim)
+      null = (np.zeros_like(c) if null_context is None else
+              checks.context(null_context, n, self.context_dim, name="null_context"))
+      return c, null
+    return None, None
+
+  def _generate(self, rng, n, cond, null, *, method, num_steps, guidance_scale, eta, start,
+                z0=None, noise_weight=1.0, known_mask=None, resample=1, output, return_trajectory,
+                noise=None):
+    """Runs the denoise program over chunks, then decodes. Inputs are validated by the caller."""
+    rng = _key(rng)
+    index = np.arange(n, dtype=np.int32)
+    noise = self._noise(rng, index) if noise is None else noise
+    z0 = np.zeros((n,) + self.latent_shape, np.float32) if z0 is None else z0
+    w = checks.guidance(guidance_scale, n)
+    key = ("denoise", method, num_steps, min(n, self.max_batch), self.conditioning,
+           known_mask is not None, resample, bool(return_trajectory))
+    fn = self._program(key, lambda: programs.denoise_program(
+        self.unet, self.schedule, self._count, method=method, num_steps=num_steps,
+        kind=self.conditioning, prediction_type=self.prediction_type,
+        inpaint=known_mask is not None, resample=resample, trajectory=bool(return_trajectory)))
+    per_sample = {"index": index, "noise": noise, "cond": cond, "null": null, "w": w, "z0": z0,
+                  "mask": known_mask}
+    scalars = (jnp.float32(eta), jnp.int32(start), jnp.float32(noise_weight))
+    def call(placement, take):
+      a = take(per_sample)
+      return fn(placement[2], rng, a["index"], a["noise"], a["cond"], a["null"], a["w"], scalars[0],
+                scalars[1], a["z0"], scalars[2], a["mask"])
+
+    out = self._map(n, call)
+    if not return_trajectory:
+      return out if output == "latent" else self._finish(self._decode(out), output)
+    z, traj = out[0], {k: np.moveaxis(v, 0, 1) for k, v in out[1].items()}
+    tables = samplers.make_tables(self.schedule, method=method, num_steps=num_steps)
+    traj.update(t=np.asarray(tables.xs["t"], np.float32), active=np.arange(num_steps) >= start)
+    if output != "latent":
+      s = traj["x0_pred"].shape
+      decoded = self._decode(traj["x0_pred"].reshape((-1,) + s[2:]))
+      traj["x0_images"] = self._finish(decoded, output).reshape(s[:2] + self.image_shape)
+      z = self._finish(self._decode(z), output)
+    return z, traj
+
+  def _check_common(self, method, num_steps, eta, output):
+    checks.method(method)
+    num_steps = checks.positive_int(num_steps, "num_steps")
+    eta = checks.eta(eta, method)
+    checks.output(output)
+    samplers.make_tables(self.schedule, method=method, num_steps=num_steps)  # grid errors now
+    return num_steps, eta
+
+  # ---------------------------------------------------------------------------------------------
+  # Public methods.
+
+  def sample(self, rng, num_samples: int, labels=None, context=None, *, method: str = "dpmpp_2m",
+             num_steps: int = 20, guidance_scale=1.0, eta: float = 0.0, output: str = "uint8",
+             return_trajectory: bool = False, null_context=None):
+    """Draws num_samples images [N, H, W, C] (uint8; float in [-1, 1] with output="float"; the
+    latents with output="latent").
+
+    labels: int or int [N] in 0..num_classes-1 (class-conditional models); context: [N, L, D] or
+    [L, D] (cross-attention models; null_context is the unconditional context, zeros by default).
+    guidance_scale: classifier-free guidance w, a scalar or [N]; eta: DDIM's noise weight.
+    return_trajectory: also return {"t" [S], "x_t", "x0_pred" latents [S, N, h, w, c],
+    "x0_images" [S, N, H, W, C], "active" [S]}.
+    """
+    num_steps, eta = self._check_common(method, num_steps, eta, output)
+    n = checks.positive_int(num_samples, "num_samples")
+    cond, null = self._conditions(n, labels, context, null_context)
+    return self._generate(rng, n, cond, null, method=method, num_steps=num_steps,
+                          guidance_scale=guidance_scale, eta=eta, start=0, output=output,
+                          return_trajectory=return_trajectory)
+
+  def img2img(self, rng, images, strength: float, labels=None, context=None, *,
+              method: str = "dpmpp_2m", num_steps: int = 20, guidance_scale=1.0, eta: float = 0.0,
+              output: str = "uint8", return_trajectory: bool = False, null_context=None):
+    """SDEdit (Meng et al. 2022): noise the images' latents to the level of grid step
+    S - floor(strength S) and denoise from there. strength 0 returns the reconstruction, strength 1
+    starts from pure noise (the images are ignored). Other arguments as `sample`."""
+    num_steps, eta = self._check_common(method, num_steps, eta, output)
+    strength = checks.strength(strength)
+    x = checks.images(images, self.image_shape)
+    cond, null = self._conditions(x.shape[0], labels, context, null_context)
+    start = samplers.start_step_for_strength(num_steps, strength)
+    z0 = self._encode(images_lib.to_float(x))
+    return self._generate(rng, x.shape[0], cond, null, method=method, num_steps=num_steps,
+                          guidance_scale=guidance_scale, eta=eta, start=start, z0=z0, output=output,
+                          return_trajectory=return_trajectory)
+
+  def inpaint(self, rng, images, mask, labels=None, context=None, *, method: str = "dpmpp_2m",
+              num_steps: int = 20, guidance_scale=1.0, eta: float = 0.0, resample: int = 1,
+              strength: float = 1.0, output: str = "uint8", return_trajectory: bool = False,
+              null_context=None):
+    """Fills the region where mask = 1 ([N, H, W], [N, H, W, 1] or [H, W]); the rest is kept.
+
+    After every step the known latents (where no pixel of the f x f block is masked) are replaced by
+    q(z_t | z_known) at the next level, so they end exactly at encode(images): the kept region of
+    the output equals `reconstruct(images)` up to the decoder's mixing across the mask border.
+    resample: RePaint's U (Lugmayr et al. 2022): each step is redone U times with a jump back in
+    between, which harmonises the filled region with the kept one (U model calls per step).
+    """
+    num_steps, eta = self._check_common(method, num_steps, eta, output)
+    resample = checks.positive_int(resample, "resample")
+    strength = checks.strength(strength)
+    x = checks.images(images, self.image_shape)
+    n = x.shape[0]
+    m = checks.mask(mask, n, *self.image_shape[:2])
+    cond, null = self._conditions(n, labels, context, null_context)
+    known = images_lib.latent_known_mask(m, self.autoencoder.downsampling_factor)
+    z0 = self._encode(images_lib.to_float(x))
+    return self._generate(rng, n, cond, null, method=method, num_steps=num_steps,
+                          guidance_scale=guidance_scale, eta=eta,
+                          start=samplers.start_step_for_strength(num_steps, strength), z0=z0,
+                          known_mask=known, resample=resample, output=output,
+                          return_trajectory=return_trajectory)
+
+  def interpolate(self, rng, a=None, b=None, num: int = 8, *, method: str = "dpmpp_2m",
+                  num_steps: int = 20, guidance_scale=1.0, output: str = "uint8", null_context=None):
+    """num images between two endpoints: the initial noise is slerped between the noises of
+    samples 0 and 1 of `rng`, the conditioning is lerped between a and b (class labels: their
+    class embeddings; contexts [L, D]; None for unconditional models). The first and last images
+    are `sample(rng, 2, labels=[a, b])` (for deterministic methods)."""
+    num_steps, _ = self._check_common(method, num_steps, 0.0, output)
+    num = checks.positive_int(num, "num", minimum=2)
+    weights = np.linspace(0.0, 1.0, num)
+    if self.conditioning == "class":
+      y = checks.labels([a, b] if a is not None and b is not None else None, 2, self.num_classes,
+                        name="endpoints a, b")
+      cond, null = self._conditions(num, np.full((num,), y[0]), None, None,
+                                    label_mix=(np.full((num,), y[1]), weights))
+    elif self.conditioning == "context":
+      ca = checks.context(a, 1, self.context_dim, name="a")[0]
+      cb = checks.context(b, 1, self.context_dim, name="b")[0]
+      mixed = ((1.0 - weights)[:, None, None] * ca + weights[:, None, None] * cb).astype(np.float32)
+      cond, null = self._conditions(num, None, mixed, null_context)
+    else:
+      if a is not None or b is not None:
+        raise ValueError("This model is unconditional: the endpoints a and b must be None.")
+      cond, null = None, None
+    rng = _key(rng)
+    ends = self._noise(rng, np.arange(2, dtype=np.int32))
+    return self._generate(rng, num, cond, null, method=method, num_steps=num_steps,
+                          guidance_scale=guidance_scale, eta=0.0, start=0,
+                          noise=slerp(ends[0], ends[1], weights), output=output,
+                          return_trajectory=False)
+
+  def restore(self, rng, noisy_images, noise_level: float, labels=None, context=None, *,
+              method: str = "dpmpp_2m", num_steps: int = 20, guidance_scale=1.0,
+              output: str = "uint8", null_context=None):
+    """Denoising as restoration: images carrying white Gaussian noise of std `noise_level` (on the
+    [0, 1] image scale) are encoded, their latent noise std is estimated as noise_level x the
+    encoder's gain on white noise (a JVP, see `programs.encode_with_gain_program`), and sampling
+    starts, without adding noise, at the grid step of that noise level. noise_level 0 returns the
+    reconstruction."""
+    num_steps, _ = self._check_common(method, num_steps, 0.0, output)
+    level = checks.noise_level(noise_level)
+    x = checks.images(noisy_images, self.image_shape, name="noisy_images")
+    n = x.shape[0]
+    cond, null = self._conditions(n, labels, context, null_context)
+    rng = _key(rng)
+    z, gain = self._encode_with_gain(images_lib.to_float(x), rng)
+    tables = samplers.make_tables(self.schedule, method=method, num_steps=num_steps)
+    start = start_for_noise(tables, 2.0 * level * float(np.mean(gain)))
+    return self._generate(rng, n, cond, null, method=method, num_steps=num_steps,
+                          guidance_scale=guidance_scale, eta=0.0, start=start, z0=z,
+                          noise_weight=0.0, output=output, return_trajectory=False)
+
+  def _encode_with_gain(self, x, rng):
+    fn = self._program(("encode_with_gain",), lambda: programs.encode_with_gain_program(
+        self.autoencoder, self.scale_factor, self.shift_factor, self._count))
+    index = np.arange(x.shape[0], dtype=np.int32)
+    return self._map(x.shape[0], lambda placement, take: fn(placement[3], take(x), rng, take(index)))

@@ -1,0 +1,96 @@
+"""The pipeline's jitted programs, built once per static configuration by pure builder functions.
+
+Each builder returns a `jax.jit` function; everything a user varies between calls (rng, labels,
+context, guidance scale, eta, start step, images, masks) is an argument, so it is traced and never
+recompiles. Static: the sampler method, num_steps, the conditioning kind, inpainting on/off, the
+RePaint resampling count and the trajectory flag (the pipeline keys its cache on them and on the
+batch size). `on_trace(name)` is called whenever a program is traced (i.e. about to compile).
+"""
+
+import jax
+import jax.numpy as jnp
+
+from ldm_jax import samplers
+from ldm_jax.models.autoencoder import VQModel
+from ldm_jax.pipeline import conditioning
+from ldm_jax.pipeline import loop
+
+INIT_NOISE, PROBE_NOISE = 0, 4  # fold_in purposes of the per-sample keys (see loop.py for the others)
+
+
+def sample_keys(rng, index):
+  """Per-sample keys fold_in(rng, index_b): [B] keys, independent of batching and sharding."""
+  return jax.vmap(lambda i: jax.random.fold_in(rng, i))(index)
+
+
+def noise_program(latent_shape, on_trace):
+  """noise(rng, index [B]) -> the initial noise x_T [B, *latent_shape] of those samples."""
+  def fn(rng, index):
+    on_trace("noise")
+    return loop.per_sample_normal(sample_keys(rng, index), tuple(latent_shape), INIT_NOISE)
+  return jax.jit(fn)
+
+
+def denoise_program(unet, schedule, on_trace, *, method, num_steps, kind, prediction_type,
+                    inpaint, resample, trajectory):
+  """fn(params, rng, index, noise, cond, null_cond, w, eta, start, z0, noise_weight, known_mask)
+  -> final latents [B, h, w, c] (and, if `trajectory`, {"x_t", "x0_pred"} [B, S, h, w, c]).
+
+  The start state is built by `loop.initial_state` from z0, noise and the traced `start` step;
+  with `inpaint` the region where known_mask [B, h, w, 1] = 1 is held to z0.
+  """
+  tables = samplers.make_tables(schedule, method=method, num_steps=num_steps)
+
+  def fn(params, rng, index, noise, cond, null_cond, w, eta, start, z0, noise_weight, known_mask):
+    on_trace("denoise")
+    x = loop.initial_state(tables, z0, noise, start, noise_weight)
+    model_fn = conditioning.model_fn(unet, params, kind, cond, null_cond, w)
+    known = (z0, known_mask) if inpaint else None
+    out = loop.run(loop.denoiser(model_fn, prediction_type), tables, method, x,
+                   sample_keys(rng, index), start, eta=eta, known=known, resample=resample,
+                   return_trajectory=trajectory)
+    if not trajectory:
+      return out
+    return out[0], {k: jnp.moveaxis(out[1][k], 1, 0) for k in ("x_t", "x0_pred")}  # [B, S, ...]
+
+  return jax.jit(fn)
+
+
+def _latents(ae, params, x, scale, shift):
+  """Diffusion-space latents (z - shift) * scale of images x [B, H, W, C]: the posterior mean for
+  KL autoencoders, the pre-quantisation latents for VQ (LDM sec. 3.1)."""
+  if isinstance(ae, VQModel):
+    z = ae.apply({"params": params}, x, method="encode").latents
+  else:
+    z = ae.apply({"params": params}, x, method="encode")[0]
+  return (z - shift) * scale
+
+
+def encode_program(ae, scale, shift, on_trace):
+  """encode(params, x [B, H, W, C] float) -> latents [B, h, w, c]."""
+  def fn(params, x):
+    on_trace("encode")
+    return _latents(ae, params, x, scale, shift)
+  return jax.jit(fn)
+
+
+def encode_with_gain_program(ae, scale, shift, on_trace):
+  """fn(params, x, rng, index) -> (latents [B, h, w, c], gain [B]).
+
+  gain_b = rms(J_b n_b) for a probe n_b ~ N(0, I) in pixel space (a forward-mode JVP of the
+  encoder): white pixel noise of std s becomes latent noise of std about s * gain_b.
+  """
+  def fn(params, x, rng, index):
+    on_trace("encode_with_gain")
+    probe = loop.per_sample_normal(sample_keys(rng, index), x.shape[1:], PROBE_NOISE)
+    z, jz = jax.jvp(lambda v: _latents(ae, params, v, scale, shift), (x,), (probe,))
+    return z, jnp.sqrt(jnp.mean(jnp.square(jz), axis=tuple(range(1, jz.ndim))))
+  return jax.jit(fn)
+
+
+def decode_program(ae, scale, shift, on_trace):
+  """decode(params, latents [B, h, w, c]) -> images float [B, H, W, C] (VQ latents are quantised)."""
+  def fn(params, z):
+    on_trace("decode")
+    return ae.apply({"params": params}, z / scale + shift, method="decode")  # VQ: quantize=True
+  return jax.jit(fn)

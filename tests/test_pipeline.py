@@ -1,0 +1,298 @@
+"""Tests of ldm_jax.pipeline on a tiny randomly initialised class-conditional model (16x16x1 images,
+8x8x3 latents), loaded through `from_workdir` from exports written with the MNIST configs."""
+
+import os
+import subprocess
+import sys
+
+import jax
+import jax.monitoring
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from experiments.configs import mnist_autoencoder, mnist_ldm
+from ldm_jax import samplers
+from ldm_jax.pipeline import LatentDiffusionPipeline, image_grid, random_params, slerp, start_for_noise
+from ldm_jax.stages import builders, export
+
+STEPS = 4
+BACKEND_COMPILES = []
+jax.monitoring.register_event_duration_secs_listener(
+    lambda name, *_, **__: BACKEND_COMPILES.append(name) if name.endswith("backend_compile_duration") else None)
+
+
+def tiny_configs(ae_dir):
+  ae = mnist_autoencoder.get_config()
+  ae.data.image_size = 16
+  ae.model.block_out_channels = (32, 32)  # f = 2
+  ae.model.norm_groups = 8
+  ae.model.mid_attention = False
+  ldm = mnist_ldm.get_config()
+  ldm.data.image_size = 16
+  ldm.first_stage.workdir = ae_dir
+  ldm.model.block_out_channels = (32, 64)
+  ldm.model.layers_per_block = 1
+  ldm.model.attention_head_dim = 16
+  ldm.model.norm_num_groups = 8
+  return ae, ldm
+
+
+@pytest.fixture(scope="module")
+def workdirs(tmp_path_factory):
+  root = tmp_path_factory.mktemp("runs")
+  ae_dir, ldm_dir = str(root / "ae"), str(root / "ldm")
+  ae_config, ldm_config = tiny_configs(ae_dir)
+  ae = builders.autoencoder(ae_config.model)
+  ae_params = random_params(ae, jnp.zeros((1, 16, 16, 1)), seed=0)
+  export.save(ae_dir, ae_config, {"autoencoder": ae_params}, {"autoencoder": ae_params},
+              {"stage": "autoencoder"})
+  unet = builders.unet(ldm_config.model, in_channels=3, num_class_embeds=11)
+  unet_params = random_params(unet, jnp.zeros((1, 8, 8, 3)), jnp.zeros((1,)),
+                              y=jnp.zeros((1,), jnp.int32), seed=1)
+  ema = jax.tree.map(lambda p: p * 1.01, unet_params)  # distinguishable from params
+  export.save(ldm_dir, ldm_config, unet_params, ema,
+              {"stage": "latent_diffusion", "latent_scale_factor": 0.8, "first_stage_workdir": ae_dir})
+  return {"ae": ae_dir, "ldm": ldm_dir, "ae_params": ae_params, "ema": ema, "unet": unet}
+
+
+@pytest.fixture(scope="module")
+def pipe(workdirs):
+  return LatentDiffusionPipeline.from_workdir(workdirs["ldm"], max_batch=4)
+
+
+@pytest.fixture(scope="module")
+def images():
+  """Four distinct smooth test images (uint8 [4, 16, 16, 1])."""
+  yy, xx = np.mgrid[0:16, 0:16] / 15.0
+  ims = [np.sin(3 * xx + k) * np.cos(2 * yy - k) for k in range(4)]
+  return np.round((np.stack(ims)[..., None] + 1) * 127.5).astype(np.uint8)
+
+
+def test_from_workdir_loads_ema_weights_and_metadata(pipe, workdirs):
+  assert pipe.num_classes == 10 and pipe.conditioning == "class"
+  assert pipe.latent_shape == (8, 8, 3) and pipe.image_shape == (16, 16, 1)
+  assert pipe.scale_factor == pytest.approx(0.8)
+  same = jax.tree.map(lambda a, b: np.array_equal(np.asarray(a), np.asarray(b)), pipe.unet_params, workdirs["ema"])
+  assert all(jax.tree.leaves(same))
+  assert pipe.unet.num_class_embeds == 11
+
+
+def test_sample_shapes_dtypes_determinism(pipe):
+  labels = [0, 1, 2, 3]
+  a = pipe.sample(jax.random.key(0), 4, labels, num_steps=STEPS)
+  b = pipe.sample(jax.random.key(0), 4, labels, num_steps=STEPS)
+  c = pipe.sample(jax.random.key(1), 4, labels, num_steps=STEPS)
+  f = pipe.sample(jax.random.key(0), 4, labels, num_steps=STEPS, output="float")
+  z = pipe.sample(jax.random.key(0), 4, labels, num_steps=STEPS, output="latent")
+  assert a.shape == (4, 16, 16, 1) and a.dtype == np.uint8
+  assert f.shape == (4, 16, 16, 1) and f.dtype == np.float32
+  assert z.shape == (4, 8, 8, 3) and z.dtype == np.float32
+  np.testing.assert_array_equal(a, b)
+  assert np.abs(a.astype(int) - c.astype(int)).max() > 0
+  np.testing.assert_allclose(f, pipe.decode(z, output="float"), atol=1e-6)
+  np.testing.assert_array_equal(a, np.clip(np.round((f + 1) * 127.5), 0, 255).astype(np.uint8))
+
+
+def test_no_recompilation_when_traced_arguments_change(pipe, images):
+  pipe.sample(jax.random.key(0), 4, [0, 1, 2, 3], num_steps=STEPS)
+  pipe.img2img(jax.random.key(0), images, 0.5, labels=1, num_steps=STEPS)
+  traces, compiles = dict(pipe.trace_counts), len(BACKEND_COMPILES)
+  outs = [pipe.sample(jax.random.key(5), 4, [9, 8, 7, 6], num_steps=STEPS, guidance_scale=3.0),
+          pipe.sample(jax.random.key(6), 4, 2, num_steps=STEPS, guidance_scale=[0.0, 1.0, 2.0, 4.0]),
+          pipe.img2img(jax.random.key(7), images, 0.25, labels=3, num_steps=STEPS, guidance_scale=2.0),
+          pipe.img2img(jax.random.key(7), images, 0.75, labels=3, num_steps=STEPS)]
+  assert dict(pipe.trace_counts) == traces
+  assert len(BACKEND_COMPILES) == compiles
+  assert traces["denoise"] == 1  # sample and img2img share one program per (method, steps, batch)
+  assert all(o.shape == (4, 16, 16, 1) for o in outs)
+  assert np.abs(outs[2].astype(int) - outs[3].astype(int)).max() > 0  # strength mattered
+
+
+def test_ddim_eta_is_traced_and_deterministic(pipe):
+  before = pipe.trace_counts["denoise"]
+  a = pipe.sample(jax.random.key(2), 4, 5, method="ddim", num_steps=STEPS, eta=1.0, output="float")
+  b = pipe.sample(jax.random.key(2), 4, 5, method="ddim", num_steps=STEPS, eta=1.0, output="float")
+  c = pipe.sample(jax.random.key(2), 4, 5, method="ddim", num_steps=STEPS, eta=0.0, output="float")
+  assert pipe.trace_counts["denoise"] == before + 1  # one new (method, num_steps) program, cached
+  np.testing.assert_array_equal(a, b)
+  assert np.abs(a - c).max() > 1e-3
+
+
+def test_img2img_strength_endpoints(pipe, images):
+  rec = pipe.reconstruct(images, output="float")
+  zero = pipe.img2img(jax.random.key(3), images, 0.0, labels=4, num_steps=STEPS, output="float")
+  np.testing.assert_allclose(zero, rec, atol=1e-5)
+  other = images[::-1].copy()
+  one_a = pipe.img2img(jax.random.key(3), images, 1.0, labels=4, num_steps=STEPS, output="float")
+  one_b = pipe.img2img(jax.random.key(3), other, 1.0, labels=4, num_steps=STEPS, output="float")
+  fresh = pipe.sample(jax.random.key(3), 4, 4, num_steps=STEPS, output="float")
+  np.testing.assert_allclose(one_a, one_b, atol=1e-5)
+  np.testing.assert_allclose(one_a, fresh, atol=1e-5)
+  half = pipe.img2img(jax.random.key(3), images, 0.5, labels=4, num_steps=STEPS, output="float")
+  assert np.abs(half - rec).max() > 1e-3 and np.abs(half - fresh).max() > 1e-3
+
+
+def test_inpaint_keeps_known_region(pipe, images):
+  mask = np.zeros((16, 16), np.float32)
+  mask[:, :8] = 1.0  # regenerate the left half
+  z_in = pipe.encode(images)
+  z = pipe.inpaint(jax.random.key(4), images, mask, labels=2, num_steps=STEPS, resample=2, output="latent")
+  known = np.zeros((8, 8), bool)
+  known[:, 4:] = True
+  np.testing.assert_allclose(z[:, known], z_in[:, known], atol=1e-5)  # exact in latent space
+  assert np.abs(z[:, ~known] - z_in[:, ~known]).mean() > 0.1
+  out = pipe.decode(z, output="float")
+  rec = pipe.reconstruct(images, output="float")
+  err_kept, err_filled = np.abs(out - rec)[:, :, 8:].mean(), np.abs(out - rec)[:, :, :8].mean()
+  # The decoder mixes latents across the mask border (an untrained one strongly), so the kept region
+  # is close to the reconstruction, not equal; with nothing to fill it is equal (below).
+  assert err_kept < 0.75 * err_filled
+  # Nothing to fill: the output is the reconstruction.
+  full = pipe.inpaint(jax.random.key(4), images, np.zeros((4, 16, 16, 1)), labels=2, num_steps=STEPS,
+                      resample=2, output="float")
+  np.testing.assert_allclose(full, rec, atol=1e-5)
+
+
+def test_interpolation_endpoints_match_samples(pipe):
+  frames = pipe.interpolate(jax.random.key(8), 1, 7, 4, num_steps=STEPS, output="float")
+  ends = pipe.sample(jax.random.key(8), 4, [1, 7, 0, 0], num_steps=STEPS, output="float")[:2]
+  assert frames.shape == (4, 16, 16, 1)
+  np.testing.assert_allclose(frames[[0, -1]], ends, atol=1e-5)
+  assert np.abs(frames[1] - ends[0]).max() > 1e-4 and np.abs(frames[2] - ends[1]).max() > 1e-4
+
+
+def test_slerp_endpoints_and_norm():
+  rng = np.random.default_rng(0)
+  a, b = rng.normal(size=(8, 8, 3)), rng.normal(size=(8, 8, 3))
+  b *= np.linalg.norm(a) / np.linalg.norm(b)
+  s = slerp(a, b, np.linspace(0, 1, 5))
+  np.testing.assert_allclose(s[0], a, rtol=1e-6)
+  np.testing.assert_allclose(s[-1], b, rtol=1e-6)
+  norms = np.linalg.norm(s.reshape(5, -1), axis=1)  # slerp keeps the norm; lerp would shrink it ~1/sqrt(2)
+  np.testing.assert_allclose(norms, np.linalg.norm(a), rtol=1e-5)
+
+
+def test_restore(pipe, images):
+  tables = samplers.make_tables(pipe.schedule, method="dpmpp_2m", num_steps=STEPS)
+  starts = [start_for_noise(tables, s) for s in (0.0, 1e-3, 0.3, 3.0, 1e3)]
+  assert starts[0] == STEPS and starts[-1] == 0 and starts == sorted(starts, reverse=True)
+  rec = pipe.reconstruct(images, output="float")
+  np.testing.assert_allclose(pipe.restore(jax.random.key(0), images, 0.0, labels=1, num_steps=STEPS,
+                                          output="float"), rec, atol=1e-5)
+  noisy = np.clip(images / 255.0 + 0.2 * np.random.default_rng(0).normal(size=images.shape), 0, 1)
+  out = pipe.restore(jax.random.key(0), (noisy * 255).astype(np.uint8), 0.2, labels=1, num_steps=STEPS)
+  assert out.shape == images.shape and out.dtype == np.uint8
+
+
+def test_trajectory_and_batch_splitting(pipe):
+  images, traj = pipe.sample(jax.random.key(9), 6, 3, num_steps=STEPS, output="float",
+                             return_trajectory=True)
+  assert traj["x_t"].shape == traj["x0_pred"].shape == (STEPS, 6, 8, 8, 3)
+  assert traj["x0_images"].shape == (STEPS, 6, 16, 16, 1) and traj["t"].shape == (STEPS,)
+  assert np.all(np.diff(traj["t"]) < 0) and traj["active"].all()
+  np.testing.assert_allclose(traj["x_t"][0], pipe.initial_noise(jax.random.key(9), 6), atol=1e-6)
+  # DPM-Solver++(2M)'s last step (to sigma = 0) returns its x0 prediction.
+  np.testing.assert_allclose(traj["x0_images"][-1], images, atol=1e-5)
+  # 6 samples run as chunks of max_batch = 4 (the last padded): the same per-sample results as 8.
+  eight = pipe.sample(jax.random.key(9), 8, 3, num_steps=STEPS, output="float")
+  np.testing.assert_allclose(eight[:6], images, atol=1e-5)
+
+
+def test_sharded_equals_single_device(workdirs, pipe):
+  assert jax.device_count() == 8
+  single = LatentDiffusionPipeline.from_workdir(workdirs["ldm"], max_batch=4, shard=False)
+  z1 = single.sample(jax.random.key(11), 4, [1, 2, 3, 4], num_steps=STEPS, output="latent")
+  z4 = pipe.sample(jax.random.key(11), 4, [1, 2, 3, 4], num_steps=STEPS, output="latent")
+  np.testing.assert_allclose(z1, z4, rtol=1e-4, atol=1e-4)  # float reassociation only
+  data_sharding = pipe._placement(4)[0]  # pylint: disable=protected-access
+  assert len(data_sharding.device_set) == 4
+
+
+def test_from_pretrained_diffusers_folder(tmp_path, pipe, images):
+  import json  # pylint: disable=import-outside-toplevel
+  from ldm_jax import convert  # pylint: disable=import-outside-toplevel
+  convert.save_diffusers(pipe.unet, pipe.unet_params, str(tmp_path / "unet"))
+  convert.save_diffusers(pipe.autoencoder, pipe.ae_params, str(tmp_path / "vae"))
+  (tmp_path / "scheduler").mkdir()
+  (tmp_path / "scheduler" / "scheduler_config.json").write_text(json.dumps(
+      {"_class_name": "DDIMScheduler", "beta_schedule": "scaled_linear", "beta_start": 0.0015,
+       "beta_end": 0.0195, "num_train_timesteps": 1000, "prediction_type": "epsilon"}))
+  config = json.loads((tmp_path / "unet" / "config.json").read_text())
+  config["sample_size"] = 8  # the latent size, as in diffusers pipeline folders
+  (tmp_path / "unet" / "config.json").write_text(json.dumps(config))
+  # The folder's VAE config carries scaling_factor 1.0; this project keeps s in its metadata.
+  loaded = LatentDiffusionPipeline.from_pretrained(str(tmp_path), max_batch=4, scale_factor=pipe.scale_factor)
+  assert loaded.num_classes == 10 and loaded.latent_shape == (8, 8, 3) and loaded.prediction_type == "epsilon"
+  np.testing.assert_allclose(loaded.schedule.alphas_cumprod, pipe.schedule.alphas_cumprod, rtol=1e-6)
+  for a, b in zip(jax.tree.leaves(loaded.unet_params), jax.tree.leaves(pipe.unet_params)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert jax.tree.structure(loaded.unet_params) == jax.tree.structure(pipe.unet_params)
+  np.testing.assert_allclose(loaded.reconstruct(images, output="float"),
+                             pipe.reconstruct(images, output="float"), atol=1e-5)
+
+
+def test_bad_inputs_raise_before_compiling(workdirs, images):
+  fresh = LatentDiffusionPipeline.from_workdir(workdirs["ldm"], max_batch=4)
+  key = jax.random.key(0)
+  cases = [
+      (lambda: fresh.sample(key, 2, [3, 10]), "0..9"),
+      (lambda: fresh.sample(key, 2, [-1, 0]), "0..9"),
+      (lambda: fresh.sample(key, 2, None), "class-conditional"),
+      (lambda: fresh.sample(key, 2, [1, 2], method="plms"), "valid choices"),
+      (lambda: fresh.sample(key, 2, [1, 2], eta=0.5), "ddim"),
+      (lambda: fresh.sample(key, 2, [1, 2], output="png"), "valid choices"),
+      (lambda: fresh.sample(key, 0, []), "num_samples"),
+      (lambda: fresh.img2img(key, images[:, :8], 0.5, labels=1), "[N, 16, 16, 1]"),
+      (lambda: fresh.img2img(key, images, 1.5, labels=1), "strength"),
+      (lambda: fresh.img2img(key, images, -0.1, labels=1), "strength"),
+      (lambda: fresh.inpaint(key, images, np.zeros((4, 8, 8)), labels=1), "mask"),
+      (lambda: fresh.inpaint(key, images, np.zeros((3, 16, 16)), labels=1), "mask"),
+      (lambda: fresh.interpolate(key, 1, 12, 4), "0..9"),
+      (lambda: fresh.restore(key, images, -1.0, labels=1), "noise_level"),
+      (lambda: fresh.decode(np.zeros((2, 4, 4, 3))), "[N, 8, 8, 3]"),
+  ]
+  for fn, words in cases:
+    with pytest.raises(ValueError, match=None) as err:
+      fn()
+    assert words in str(err.value), (words, str(err.value))
+  assert not fresh.trace_counts  # nothing was traced or compiled
+
+
+def test_image_grid():
+  ims = np.arange(5 * 2 * 3 * 1, dtype=np.uint8).reshape(5, 2, 3, 1)
+  grid = image_grid(ims, rows=2)
+  assert grid.shape == (4, 9, 1)
+  np.testing.assert_array_equal(grid[2:4, 3:6], ims[4])
+  np.testing.assert_array_equal(grid[2:4, 6:9], 0)
+
+
+def test_persistent_cache_writes_entries(tmp_path):
+  code = ("import jax, numpy as np; from ldm_jax.pipeline import enable_persistent_cache; "
+          f"enable_persistent_cache({str(tmp_path / 'cache')!r}); "
+          "print(jax.jit(lambda x: x @ x.T + 1)(np.ones((8, 8), np.float32)).sum())")
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, PYTHONPATH=root, JAX_PLATFORMS="cpu")
+  out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert os.listdir(tmp_path / "cache")
+
+
+def test_context_model_validation_before_compiling():
+  from ldm_jax import schedules  # pylint: disable=import-outside-toplevel
+  from ldm_jax.models import autoencoder, unet  # pylint: disable=import-outside-toplevel
+  ae = autoencoder.KL_TINY(in_channels=1, out_channels=1, z_channels=4)
+  net = unet.UNET_TINY_COND(in_channels=4, out_channels=4)
+  params = random_params(net, jnp.zeros((1, 8, 8, 4)), jnp.zeros((1,)), context=jnp.zeros((1, 5, 32)))
+  ctx_pipe = LatentDiffusionPipeline(net, params, ae, random_params(ae, jnp.zeros((1, 16, 16, 1))),
+                                     schedules.get_schedule("scaled_linear"), scale_factor=1.0,
+                                     latent_shape=(8, 8, 4))
+  assert ctx_pipe.conditioning == "context" and ctx_pipe.context_dim == 32
+  for kwargs, words in [({"labels": [1, 2], "context": np.zeros((5, 32))}, "labels must be None"),
+                        ({}, "give context="),
+                        ({"context": np.zeros((5, 16))}, "[2, L, 32]"),
+                        ({"context": np.zeros((3, 5, 32))}, "[2, L, 32]")]:
+    with pytest.raises(ValueError) as err:
+      ctx_pipe.sample(jax.random.key(0), 2, **kwargs)
+    assert words in str(err.value), (words, str(err.value))
+  assert not ctx_pipe.trace_counts
