@@ -149,6 +149,12 @@ def sample(model_fn, schedule, x_T, rng, *, method, num_steps, eta=0.0, predicti
     raise ValueError(f"eta={eta} only applies to method 'ddim', got method {method!r}.")
   if known is not None and (len(known) != 2 or getattr(known[0], "shape", None) != x_T.shape):
     raise ValueError(f"known must be (x0_known, known_mask) with x0_known of shape {x_T.shape}.")
+  if start_step > 0 and "c_2" in tables.xs:
+    # A multistep method has no history at its first executed step: that step is first order
+    # (diffusers' lower_order_nums restarts at 0 for img2img).
+    c_2 = np.array(tables.xs["c_2"], copy=True)
+    c_2[start_step] = 0.0
+    tables = tables._replace(xs=dict(tables.xs, c_2=c_2))
   m = METHODS[method]
   if method == "ddim" and isinstance(eta, (int, float)) and eta == 0:
     m = m._replace(stochastic=False)  # deterministic DDIM: no noise to draw

@@ -160,3 +160,19 @@ def test_matches_diffusers_options_and_step_counts(method, kw, num_steps):
     ("heun", {"spacing": "linspace"})])
 def test_matches_diffusers_full_T(method, kw):
   check(method, 25, T=1000, impl=None, **kw)
+
+
+@pytest.mark.parametrize("start_step", [1, 3])
+def test_dpmpp_2m_img2img_start_matches_diffusers_begin_index(start_step):
+  """Starting mid-grid (img2img), the first executed DPM-Solver++ step is first order, as in diffusers."""
+  schedule = schedules.get_schedule("linear", 100)
+  sch = _scheduler("dpmpp_2m", schedule, "leading", "epsilon", 0, False, "fixed_small", True)
+  sch.set_timesteps(8)
+  sch.set_begin_index(start_step)
+  x_start = np.random.default_rng(1).normal(size=SHAPE).astype(np.float32)
+  x = torch.from_numpy(x_start)
+  for t in sch.timesteps[start_step:]:
+    x = sch.step(model_torch(x, t, 100), t, x).prev_sample
+  ours = samplers.sample(functools.partial(model_jax, T=100), schedule, jnp.asarray(x_start), jax.random.key(0),
+                         method="dpmpp_2m", num_steps=8, start_step=start_step)
+  np.testing.assert_allclose(np.asarray(ours), x.numpy(), rtol=RTOL, atol=RTOL * np.abs(x.numpy()).max())
