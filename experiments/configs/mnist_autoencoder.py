@@ -45,7 +45,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.loss.kl_weight = 1e-6             # LDM KL-f* autoencoders
   c.loss.codebook_weight = 1.0        # VQ only
   c.loss.disc_weight = 0.5
-  c.loss.disc_start = 1500            # step at which the adversarial term switches on
+  c.loss.disc_start = 800             # step at which the adversarial term switches on
   c.loss.disc_loss = "hinge"
   c.loss.perceptual_weight = 0.0      # LPIPS needs weights that are not shipped
 
@@ -54,17 +54,17 @@ def get_config() -> ml_collections.ConfigDict:
   c.optim.learning_rate = 4.5e-4
   c.optim.b1, c.optim.b2 = 0.5, 0.9   # LDM / taming first-stage Adam betas
   c.optim.weight_decay = 0.0
-  c.optim.warmup_steps = 100
+  c.optim.warmup_steps = 50
   c.optim.decay = "cosine"
-  c.optim.decay_steps = 3000
+  c.optim.decay_steps = 1200
   c.optim.end_lr_factor = 0.1
   c.optim.lock()
   c.disc_learning_rate = 4.5e-4
 
   c.train = ml_collections.ConfigDict()
-  c.train.num_steps = 3000
-  c.train.global_batch_size = 64
-  c.train.save_every = 500
+  c.train.num_steps = 1200
+  c.train.global_batch_size = 32
+  c.train.save_every = 300
   c.train.log_every = 50
   c.train.ema_decay = 0.999
   c.train.max_consecutive_bad = 20

@@ -58,17 +58,17 @@ def get_config() -> ml_collections.ConfigDict:
 
   c.optim = optim.default_config()
   c.optim.unlock()
-  c.optim.learning_rate = 5e-4
-  c.optim.warmup_steps = 200
+  c.optim.learning_rate = 1e-3
+  c.optim.warmup_steps = 100
   c.optim.decay = "cosine"
-  c.optim.decay_steps = 4000
+  c.optim.decay_steps = 2000
   c.optim.end_lr_factor = 0.05
   c.optim.weight_decay = 0.0
   c.optim.lock()
 
   c.train = ml_collections.ConfigDict()
-  c.train.num_steps = 4000
-  c.train.global_batch_size = 128
+  c.train.num_steps = 2000
+  c.train.global_batch_size = 64
   c.train.save_every = 500
   c.train.log_every = 50
   c.train.ema_decay = 0.999

@@ -10,6 +10,7 @@ summary `<workdir>/eval.json`.
 import json
 import os
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -46,7 +47,10 @@ def _fit(config, workdir, loss_fn, init_params_fn, metadata, extra=None):
   dp = parallel.data_parallel(loss_fn, tx, mode=config.parallel.mode, mesh=mesh,
                               ema_decay=config.train.ema_decay, lr_schedule=lr_schedule)
   data = _data(config, num_devices=len(devices))
-  state = dp.create_state(init_params_fn, jax.random.key(config.seed), extra=extra)
+  # Logical-axis boxes (nn.LogicallyPartitioned) are metadata for sharding rules; the state, the
+  # checkpoints and the export hold plain arrays (the mesh layout uses `parallel.fsdp_spec`).
+  init_plain = lambda rng: nn.meta.unbox(init_params_fn(rng))
+  state = dp.create_state(init_plain, jax.random.key(config.seed), extra=extra)
   checkpoints = ckpt_lib.Checkpoints(os.path.join(workdir, "checkpoints"))
   writer = metrics_lib.MetricWriter(workdir)
   try:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from experiments.configs import mnist_autoencoder, mnist_ldm
+from ldm_jax.pipeline import LatentDiffusionPipeline
 from ldm_jax.stages import export, run
 from ldm_jax.train import metrics as metrics_lib
 
@@ -85,6 +86,19 @@ def test_ldm_run_stores_scale_factor_and_resumes(runs):
   assert resumed["steps"] == 4 and resumed["latent_scale_factor"] == s
   steps = [r["step"] for r in metrics_lib.read_jsonl(ldm_dir) if "loss" in r]
   assert steps == [1, 2, 3, 4]
+
+
+def test_pipeline_samples_from_the_trained_workdir(runs):
+  _, ldm_dir, _, _ = runs
+  pipe = LatentDiffusionPipeline.from_workdir(ldm_dir)
+  images = pipe.sample(jax.random.key(0), 3, labels=[1, 2, 3], method="ddim", num_steps=3,
+                       guidance_scale=2.0)
+  assert images.shape == (3, 32, 32, 1) and images.dtype == np.uint8
+  again = pipe.sample(jax.random.key(0), 3, labels=[1, 2, 3], method="ddim", num_steps=3,
+                      guidance_scale=2.0)
+  np.testing.assert_array_equal(images, again)
+  with pytest.raises(ValueError, match="labels must lie in 0..9"):
+    pipe.sample(jax.random.key(0), 1, labels=[10])
 
 
 def test_bad_stage_and_missing_first_stage_raise(tmp_path):

@@ -1,0 +1,54 @@
+"""Smoke test of experiments/benchmarks/train_throughput.py: a --quick run prints the full table."""
+
+import os
+import re
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "experiments", "benchmarks", "train_throughput.py")
+COLUMNS = 12
+
+
+def _table_rows(text):
+  """Rows of the markdown tables in `text`, as lists of stripped cells (header/rule lines dropped)."""
+  rows = []
+  for line in text.splitlines():
+    if line.startswith("| ") and not line.startswith("|---"):
+      rows.append([c.strip() for c in line.strip().strip("|").split("|")])
+  return rows
+
+
+def test_quick_run_prints_expected_rows():
+  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu",
+             XLA_FLAGS="--xla_force_host_platform_device_count=2")  # the script's own layout
+  # --quick: a tiny 1-level UNet on 4x4x4 latents, batch 4, 64x64 peak matmuls, torch 2 and 1 threads.
+  cmd = [sys.executable, SCRIPT, "--quick"]
+  out = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-3000:]
+  # The final summary (after the blank line before the load average) holds both tables once.
+  summary = out.stdout[out.stdout.index("load average"):]
+  assert re.search(r"load average \(1/5/15 min\) [\d.]+/[\d.]+/[\d.]+", summary)
+  rows = _table_rows(summary)
+
+  peaks = {r[0]: float(r[1]) for r in rows if len(r) == 2 and r[0] != "matmul peak"}
+  assert sorted(peaks) == sorted([
+      "jnp.dot 64^2 f32, jit, 1 device", "jnp.dot 64^2 f32, pmap, 2 devices",
+      "torch.matmul 64^2 f32, 2 threads", "torch.matmul 64^2 f32, 1 threads"])
+  assert all(g > 0 for g in peaks.values())
+
+  body = [r for r in rows if len(r) == COLUMNS and r[0] != "model"]
+  assert [r[1] for r in body] == ["jax jit, 1 device", "jax pmap, 2 devices",
+                                  "torch diffusers, 2 threads", "torch diffusers, 1 threads"]
+  for r in body:
+    assert r[0] == "larger 4x4x4" and r[2] == "4"
+    images_per_s, mfu = float(r[6]), float(r[9])
+    assert images_per_s > 0 and 0 < mfu < 100
+    assert abs(images_per_s - 4e3 / float(r[5])) <= 0.01 * images_per_s  # images/s = B / step
+  # The ratio columns are filled for the JAX rows only: images/s over torch's with the first
+  # thread count (2), and over the fastest torch row.
+  torch_ips, best_ips = float(body[2][6]), max(float(body[2][6]), float(body[3][6]))
+  for r in body[:2]:
+    assert abs(float(r[10]) - float(r[6]) / torch_ips) <= 0.02 * float(r[10]) + 0.01
+    assert abs(float(r[11]) - float(r[6]) / best_ips) <= 0.02 * float(r[11]) + 0.01
+  assert all(r[10] == r[11] == "" for r in body[2:])
