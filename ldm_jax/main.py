@@ -12,13 +12,9 @@ On a CPU-only host one XLA device is simulated per core (data parallelism over t
 XLA_FLAGS already says otherwise.
 """
 
-import os
-import sys
+from ldm_jax import host_devices  # pylint: disable=wrong-import-position
 
-if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
-  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                             f" --xla_force_host_platform_device_count={os.cpu_count() or 1}").strip()
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+host_devices.simulate_one_device_per_core()  # before JAX is imported
 
 from absl import app  # pylint: disable=wrong-import-position
 from absl import flags  # pylint: disable=wrong-import-position

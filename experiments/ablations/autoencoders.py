@@ -11,11 +11,9 @@ import os
 import sys
 
 if __name__ == "__main__":
-  if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                               f" --xla_force_host_platform_device_count={os.cpu_count() or 1}").strip()
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
   sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+  from ldm_jax import host_devices  # pylint: disable=wrong-import-position
+  host_devices.simulate_one_device_per_core()  # before JAX is imported
 
 import time  # pylint: disable=wrong-import-position
 

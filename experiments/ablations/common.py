@@ -300,14 +300,6 @@ def devices_line():
   return f"{jax.device_count()} x {jax.devices()[0].device_kind} ({os.cpu_count()} CPU cores)"
 
 
-def setup_xla_devices():
-  """Scripts run as __main__: one XLA host device per core (as experiments/mnist_end_to_end.py)."""
-  if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                               f" --xla_force_host_platform_device_count={os.cpu_count() or 1}").strip()
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-
-
 # ---------------------------------------------------------------------------------------------
 # The runs the training ablations share.
 

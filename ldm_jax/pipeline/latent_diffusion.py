@@ -268,8 +268,8 @@ class LatentDiffusionPipeline:
   # ---------------------------------------------------------------------------------------------
   # Public methods.
 
-  def sample(self, rng, num_samples: int, labels=None, context=None, *, method: str = "dpmpp_2m",
-             num_steps: int = 20, guidance_scale=1.0, eta: float = 0.0, output: str = "uint8",
+  def sample(self, rng, num_samples: int, labels=None, context=None, method: str = "dpmpp_2m",
+             num_steps: int = 20, guidance_scale=1.0, eta: float = 0.0, *, output: str = "uint8",
              return_trajectory: bool = False, null_context=None):
     """Draws num_samples images [N, H, W, C] (uint8; float in [-1, 1] with output="float"; the
     latents with output="latent").

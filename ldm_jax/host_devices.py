@@ -1,0 +1,16 @@
+"""One simulated XLA CPU device per core, for entry points that run data-parallel on a CPU host.
+
+XLA:CPU runs a convolution on one core, so data parallelism over one device per core is how a CPU
+host uses all its cores. Must be called before JAX is imported (this module does not import it);
+an XLA_FLAGS that already sets the device count is left alone. Harmless on accelerator hosts.
+"""
+
+import os
+
+
+def simulate_one_device_per_core() -> None:
+  """Adds --xla_force_host_platform_device_count=<cores> to XLA_FLAGS unless already set."""
+  flags = os.environ.get("XLA_FLAGS", "")
+  if "xla_force_host_platform_device_count" not in flags:
+    os.environ["XLA_FLAGS"] = (flags + f" --xla_force_host_platform_device_count={os.cpu_count() or 1}").strip()
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
