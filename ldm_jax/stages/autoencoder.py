@@ -49,10 +49,14 @@ def _replace_last(params, last):
   return {**params, LAST_LAYER[0]: decoder}
 
 
-def reconstruction_loss(x, x_hat, kind: str = "l1"):
-  """Per-pixel reconstruction error [B, H, W, C]: |x - x_hat| or (x - x_hat)^2."""
+def check_rec_loss(kind: str) -> None:
   if kind not in REC_LOSSES:
     raise ValueError(f"Unknown reconstruction loss {kind!r}; valid choices: {', '.join(REC_LOSSES)}.")
+
+
+def reconstruction_loss(x, x_hat, kind: str = "l1"):
+  """Per-pixel reconstruction error [B, H, W, C]: |x - x_hat| or (x - x_hat)^2."""
+  check_rec_loss(kind)
   return jnp.abs(x - x_hat) if kind == "l1" else jnp.square(x - x_hat)
 
 
@@ -69,7 +73,7 @@ def make_loss_fn(ae: nn.Module, disc: nn.Module, config, perceptual_fn: Callable
   The `extra` dict must hold "step" (int32 []) for the disc_start switch.
   """
   gan.check_disc_loss(config.disc_loss)
-  reconstruction_loss(jnp.zeros(()), jnp.zeros(()), config.rec_loss)  # validates the name early
+  check_rec_loss(config.rec_loss)
   if config.perceptual_weight > 0 and perceptual_fn is None:
     raise ValueError("loss.perceptual_weight > 0 needs a perceptual function (LPIPS weights); "
                      "none was supplied. Set loss.perceptual_weight = 0.")
