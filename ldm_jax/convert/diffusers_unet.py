@@ -124,6 +124,9 @@ def unet_from_config(config):
 def unet_config_from_module(module):
   """The diffusers config dict (with ``_class_name``) of an ``ldm_jax`` UNet module."""
   module.check_config()
+  if module.class_context:
+    raise ValueError("class_embed_type='context' (LDM's ClassEmbedder as cross-attention context) "
+                     "has no diffusers UNet equivalent; valid for conversion: 'timestep'")
   levels = module.levels
   boc = tuple(module.block_out_channels)
   heads = [module.heads_at(l, boc[l]) for l in range(levels)]
@@ -181,7 +184,7 @@ def param_shapes(module):
   x = jax.ShapeDtypeStruct((1, h, w, module.in_channels), jnp.float32)
   t = jax.ShapeDtypeStruct((1,), jnp.float32)
   kw = {}
-  if module.has_cross_attention:
+  if module.has_cross_attention and not module.class_context:
     kw["context"] = jax.ShapeDtypeStruct((1, 1, module.cross_attention_dim), jnp.float32)
   if module.num_class_embeds is not None:
     kw["y"] = jax.ShapeDtypeStruct((1,), jnp.int32)

@@ -10,7 +10,7 @@ from ldm_jax.diffusion.likelihood import (
     prior_kl,
     vlb_terms,
 )
-from ldm_jax.diffusion.losses import WEIGHTINGS, loss_from_output, loss_weight, training_loss
+from ldm_jax.diffusion.losses import LOSS_TYPES, WEIGHTINGS, loss_from_output, loss_weight, training_loss
 from ldm_jax.diffusion.parameterization import (
     PREDICTION_TYPES,
     append_dims,

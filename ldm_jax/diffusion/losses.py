@@ -71,9 +71,17 @@ def loss_weight(schedule: Schedule, t: jax.Array, *, prediction_type: str = "eps
   return w_x0
 
 
+LOSS_TYPES = ("l2", "l1")
+
+
+def check_loss_type(loss_type: str) -> None:
+  if loss_type not in LOSS_TYPES:
+    raise ValueError(f"Unknown loss_type {loss_type!r}; valid choices: {', '.join(LOSS_TYPES)}.")
+
+
 def loss_from_output(schedule: Schedule, model_output: jax.Array, x0: jax.Array, noise: jax.Array,
                      t: jax.Array, *, prediction_type: str = "epsilon", weighting: str = "simple",
-                     min_snr_gamma: float = 5.0) -> jax.Array:
+                     min_snr_gamma: float = 5.0, loss_type: str = "l2") -> jax.Array:
   """Weighted per-example loss of a model output given the x0, eps and t that made x_t.
 
   Args:
@@ -83,10 +91,13 @@ def loss_from_output(schedule: Schedule, model_output: jax.Array, x0: jax.Array,
     t: int32 [B] in [0, T-1].
     prediction_type: one of PREDICTION_TYPES ("epsilon", "sample", "v_prediction").
     weighting: one of WEIGHTINGS (see module docstring); min_snr_gamma: gamma for "min_snr".
+    loss_type: "l2" (squared error, every weighting's derivation assumes it) or "l1" (absolute
+      error, LDM's `loss_type: l1`, used by its LSUN-Churches model).
   Returns:
-    float32 [B]: weight(t) * mean over non-batch axes of (model_output - target)^2.
+    float32 [B]: weight(t) * mean over non-batch axes of (model_output - target)^2 (or |.|).
   """
   check_prediction_type(prediction_type)
+  check_loss_type(loss_type)
   _check_weighting(weighting, min_snr_gamma)
   x0 = jnp.asarray(x0, jnp.float32)
   noise = jnp.asarray(noise, jnp.float32)
@@ -98,14 +109,16 @@ def loss_from_output(schedule: Schedule, model_output: jax.Array, x0: jax.Array,
   t = jnp.asarray(t)
   alpha, sigma = alpha_sigma(schedule, t)
   target = target_from_x0_eps(prediction_type, x0, noise, append_dims(alpha, x0.ndim), append_dims(sigma, x0.ndim))
-  mse = jnp.mean(jnp.square(model_output - target), axis=tuple(range(1, x0.ndim)))
+  err = model_output - target
+  err = jnp.square(err) if loss_type == "l2" else jnp.abs(err)
+  mse = jnp.mean(err, axis=tuple(range(1, x0.ndim)))
   weight = loss_weight(schedule, t, prediction_type=prediction_type, weighting=weighting, min_snr_gamma=min_snr_gamma)
   return weight * mse
 
 
 def training_loss(model_fn: Callable[[jax.Array, jax.Array], jax.Array], schedule: Schedule, x0: jax.Array,
                   rng: jax.Array, *, prediction_type: str = "epsilon", weighting: str = "simple",
-                  min_snr_gamma: float = 5.0) -> jax.Array:
+                  min_snr_gamma: float = 5.0, loss_type: str = "l2") -> jax.Array:
   """Per-example diffusion training loss with t ~ U{0, ..., T-1} and eps ~ N(0, I).
 
   Args:
@@ -114,11 +127,12 @@ def training_loss(model_fn: Callable[[jax.Array, jax.Array], jax.Array], schedul
     schedule: the noise schedule.
     x0: clean data [B, ...].
     rng: PRNG key; split into one key for t and one for eps.
-    prediction_type, weighting, min_snr_gamma: see `loss_from_output`.
+    prediction_type, weighting, min_snr_gamma, loss_type: see `loss_from_output`.
   Returns:
     float32 [B]; average it for the batch loss.
   """
   check_prediction_type(prediction_type)
+  check_loss_type(loss_type)
   _check_weighting(weighting, min_snr_gamma)
   x0 = jnp.asarray(x0, jnp.float32)
   t_rng, noise_rng = jax.random.split(rng)
@@ -127,4 +141,4 @@ def training_loss(model_fn: Callable[[jax.Array, jax.Array], jax.Array], schedul
   x_t = q_sample(schedule, x0, t, noise)
   model_output = model_fn(x_t, t.astype(jnp.float32))
   return loss_from_output(schedule, model_output, x0, noise, t, prediction_type=prediction_type,
-                          weighting=weighting, min_snr_gamma=min_snr_gamma)
+                          weighting=weighting, min_snr_gamma=min_snr_gamma, loss_type=loss_type)

@@ -44,6 +44,7 @@ Dtype = Any
 DOWN_BLOCK_TYPES = ("DownBlock2D", "AttnDownBlock2D", "CrossAttnDownBlock2D")
 UP_BLOCK_TYPES = ("UpBlock2D", "AttnUpBlock2D", "CrossAttnUpBlock2D")
 MID_BLOCK_TYPES = (None, "UNetMidBlock2D", "UNetMidBlock2DCrossAttn")
+CLASS_EMBED_TYPES = ("timestep", "context")
 ATTENTION_IMPLS = (None, "xla", "cudnn")  # jax.nn.dot_product_attention(implementation=...)
 
 
@@ -194,6 +195,10 @@ class UNet(nn.Module):
   transformer_layers_per_block: int | Sequence[int] = 1
   use_linear_projection: bool = False
   num_class_embeds: int | None = None
+  # How y enters: "timestep" adds a learned class vector to the time embedding (diffusers,
+  # ADM); "context" is LDM's ClassEmbedder (cin-ldm configs, conditioning_key crossattn): y ->
+  # a learned [B, 1, cross_attention_dim] context that the cross-attention blocks attend to.
+  class_embed_type: str = "timestep"
   flip_sin_to_cos: bool = True
   freq_shift: float = 0.0
   time_embedding_dim: int | None = None  # None: 4 * block_out_channels[0]
@@ -212,6 +217,11 @@ class UNet(nn.Module):
   @property
   def levels(self):
     return len(self.block_out_channels)
+
+  @property
+  def class_context(self):
+    """True when y is embedded as the cross-attention context (no separate context input)."""
+    return self.num_class_embeds is not None and self.class_embed_type == "context"
 
   @property
   def has_cross_attention(self):
@@ -235,6 +245,11 @@ class UNet(nn.Module):
       raise ValueError(f"attention_impl {self.attention_impl!r} not in {ATTENTION_IMPLS}")
     if self.has_cross_attention and self.cross_attention_dim is None:
       raise ValueError("cross-attention blocks need cross_attention_dim (the context width)")
+    if self.class_embed_type not in CLASS_EMBED_TYPES:
+      raise ValueError(f"class_embed_type {self.class_embed_type!r} not in {CLASS_EMBED_TYPES}")
+    if self.class_context and not self.has_cross_attention:
+      raise ValueError("class_embed_type='context' embeds y as the cross-attention context: the "
+                       "UNet needs cross-attention blocks (CrossAttn*Block2D) and cross_attention_dim")
 
   def heads_at(self, level, channels):
     """(heads, head_dim) of the attention at ``level`` with ``channels`` channels."""
@@ -256,7 +271,11 @@ class UNet(nn.Module):
       raise ValueError(f"x: H and W must be divisible by 2^(levels-1) = {f}, got {x.shape}")
     if jnp.ndim(t) not in (0, 1) or (jnp.ndim(t) == 1 and jnp.shape(t)[0] != b):
       raise ValueError(f"t: expected shape [{b}] (or a scalar), got {jnp.shape(t)}")
-    if self.has_cross_attention:
+    if self.class_context:
+      if context is not None:
+        raise ValueError(f"context {context.shape} given but this UNet builds its context from the "
+                         "class labels y (class_embed_type='context')")
+    elif self.has_cross_attention:
       want = (b, "S", self.cross_attention_dim)
       if context is None:
         raise ValueError(f"this UNet has cross-attention: context [B, S, D] = {want} is required")
@@ -312,7 +331,11 @@ class UNet(nn.Module):
                                 downscale_freq_shift=self.freq_shift)
     emb = TimestepEmbedding(self.time_embedding_dim or 4 * boc[0], name="time_embedding",
                             **kw)(t_feat)
-    if self.num_class_embeds is not None:
+    if self.class_context:  # LDM ClassEmbedder: c = embed(y) [B, 1, D]
+      table = class_embedding(self.num_class_embeds, self.cross_attention_dim,
+                              name="class_context_embedding", param_dtype=self.param_dtype)
+      context = table(y.astype(jnp.int32))[:, None, :]
+    elif self.num_class_embeds is not None:
       table = class_embedding(self.num_class_embeds, emb.shape[-1], name="class_embedding",
                               param_dtype=self.param_dtype)
       emb = emb + table(y.astype(jnp.int32)).astype(emb.dtype)

@@ -56,10 +56,12 @@ def make_loss_fn(unet: nn.Module, ae: nn.Module, schedule, config, scale_factor:
     ae: the frozen first stage; its params come from extra["frozen"].
     schedule: the noise schedule.
     config: the `diffusion` section: prediction_type, weighting, min_snr_gamma, conditioning,
-      num_classes, p_uncond.
+      num_classes, p_uncond, and optionally loss_type ("l2" default, or "l1").
     scale_factor: s, multiplies the latents.
   """
   diffusion.parameterization.check_prediction_type(config.prediction_type)
+  loss_type = config.get("loss_type", "l2")
+  diffusion.losses.check_loss_type(loss_type)
   if config.weighting not in diffusion.WEIGHTINGS:
     raise ValueError(f"Unknown weighting {config.weighting!r}; valid choices: {diffusion.WEIGHTINGS}.")
   if config.conditioning not in CONDITIONINGS:
@@ -85,7 +87,7 @@ def make_loss_fn(unet: nn.Module, ae: nn.Module, schedule, config, scale_factor:
                                          rngs={"dropout": dropout_rng})
     per_example = diffusion.training_loss(
         model_fn, schedule, z, diff_rng, prediction_type=config.prediction_type,
-        weighting=config.weighting, min_snr_gamma=config.min_snr_gamma)
+        weighting=config.weighting, min_snr_gamma=config.min_snr_gamma, loss_type=loss_type)
     loss = jnp.mean(per_example)
     return loss, {"latent_std": jnp.std(z)}
 

@@ -171,3 +171,18 @@ def test_bad_names_raise_listing_choices():
     loss_from_output(*args[:-1], jnp.array([0, 1000]))
   with pytest.raises(ValueError, match="'foo'"):
     training_loss(lambda x, t: x, s, jnp.zeros((2, 3)), jax.random.key(0), weighting="foo")
+
+
+@pytest.mark.parametrize("weighting", ["simple", "min_snr"])
+def test_l1_loss_type_matches_float64(weighting):
+  # LDM's loss_type "l1" (LSUN-Churches): weight(t) * mean |output - target|.
+  s = SCHEDULES["linear"]
+  x0, noise, out = batch(s, seed=3)
+  expected = weight64(s, T_VALUES, "epsilon", weighting) * np.mean(np.abs(out - noise), axis=(1, 2, 3))
+  loss = loss_from_output(s, jnp.asarray(out, jnp.float32), jnp.asarray(x0, jnp.float32),
+                          jnp.asarray(noise, jnp.float32), jnp.asarray(T_VALUES), weighting=weighting,
+                          min_snr_gamma=GAMMA, loss_type="l1")
+  np.testing.assert_allclose(loss, expected, rtol=2e-4)
+  with pytest.raises(ValueError, match="'l3'.*l2, l1"):
+    loss_from_output(s, jnp.asarray(out), jnp.asarray(x0), jnp.asarray(noise), jnp.asarray(T_VALUES),
+                     loss_type="l3")

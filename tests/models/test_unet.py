@@ -167,3 +167,32 @@ def test_bad_config_raises():
     unet_lib.UNET_TINY_COND(cross_attention_dim=None).check_config()
   with pytest.raises(ValueError, match="cudnn"):
     unet_lib.UNET_TINY_COND(attention_impl="flash").check_config()
+
+
+def test_class_context_embeds_labels_as_cross_attention_context():
+  # LDM's ClassEmbedder (cin configs): y -> embed(y) [B, 1, D] is the context of every
+  # cross-attention block; it equals passing that context to the same UNet without the table.
+  module = unet_lib.UNET_TINY_COND(num_class_embeds=11, class_embed_type="context")
+  x = jnp.asarray(np.random.default_rng(0).standard_normal((3, 8, 8, 4)), jnp.float32)
+  t, y = jnp.array([1.0, 10.0, 500.0]), jnp.array([0, 3, 10], jnp.int32)
+  params = random_params(diffusers_unet.param_shapes(module), seed=0)
+  table = params["class_context_embedding"]["embedding"]
+  assert table.shape == (11, 32)
+  run = jax.jit(lambda p, labels: module.apply({"params": p}, x, t, y=labels))
+  out = run(params, y)
+  plain = unet_lib.UNET_TINY_COND()
+  rest = {k: v for k, v in params.items() if k != "class_context_embedding"}
+  ref = jax.jit(lambda p, c: plain.apply({"params": p}, x, t, context=c))(rest, table[y][:, None, :])
+  np.testing.assert_allclose(out, ref, atol=1e-6)
+  other = run(params, jnp.array([1, 3, 10], jnp.int32))
+  assert float(jnp.abs(other[0] - out[0]).max()) > 1e-4 and np.allclose(other[1:], out[1:], atol=1e-6)
+  with pytest.raises(ValueError, match="builds its context from the class labels"):
+    module.apply({"params": params}, x, t, y=y, context=jnp.zeros((3, 1, 32)))
+  with pytest.raises(ValueError, match="needs cross-attention blocks"):
+    unet_lib.UNET_TINY(num_class_embeds=11, class_embed_type="context").init(
+        jax.random.key(0), x[..., :4], t, y=y)
+  with pytest.raises(ValueError, match="'adm' not in .*'timestep', 'context'"):
+    unet_lib.UNET_TINY_COND(num_class_embeds=11, class_embed_type="adm").init(
+        jax.random.key(0), x, t, y=y, context=jnp.zeros((3, 1, 32)))
+  with pytest.raises(ValueError, match="no diffusers UNet equivalent"):
+    diffusers_unet.unet_config_from_module(module)
