@@ -240,7 +240,8 @@ def run_overrides(steps, batch, seed=0, lr=None, decay_steps=None):
   decay_steps = decay_steps or steps
   o = {"train.num_steps": steps, "train.global_batch_size": batch, "train.save_every": max(steps, 1),
        "train.log_every": max(1, min(50, steps)), "optim.decay_steps": max(decay_steps, 1),
-       "optim.warmup_steps": min(100, max(decay_steps // 10, 0)), "seed": seed}
+       "optim.warmup_steps": min(100, max(decay_steps // 10, 0)), "seed": seed,
+       "train.image_every": 0}  # no preview grids: the scripts evaluate with their own samples
   if lr is not None:
     o["optim.learning_rate"] = lr
   return o

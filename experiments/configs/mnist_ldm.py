@@ -51,6 +51,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.diffusion.zero_terminal_snr = False
   c.diffusion.prediction_type = "epsilon"
   c.diffusion.weighting = "simple"
+  c.diffusion.loss_type = "l2"             # "l2" or "l1" (LDM's LSUN-Churches model)
   c.diffusion.min_snr_gamma = 5.0
   c.diffusion.conditioning = "class"      # "class" or "none"
   c.diffusion.num_classes = 10
@@ -71,6 +72,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.global_batch_size = 64
   c.train.save_every = 500
   c.train.log_every = 50
+  c.train.image_every = 500           # preview grid to TensorBoard (and at the end); 0: never
   c.train.ema_decay = 0.999
   c.train.max_consecutive_bad = 20
 

@@ -92,7 +92,8 @@ def summary(dp: DataParallel, state) -> str:
 def fit(dp: DataParallel, state, data, *, num_steps: int, checkpoints=None,
         save_every: int = 0, metadata: dict | None = None, config: Any = None,
         writer=None, log_every: int = 10, max_consecutive_bad: int = 10,
-        progress: bool = True, resume: bool = True) -> FitResult:
+        progress: bool = True, resume: bool = True, images_fn=None,
+        images_every: int = 0) -> FitResult:
   """Runs `dp.step` until `num_steps`, resuming from and saving to `checkpoints`.
 
   Args:
@@ -106,6 +107,9 @@ def fit(dp: DataParallel, state, data, *, num_steps: int, checkpoints=None,
     writer: `ldm_jax.train.metrics.MetricWriter` or None.
     log_every: write metrics every this many steps (the last step is always written).
     max_consecutive_bad: raise `guard.NonFiniteError` after this many skipped steps in a row.
+    images_fn: optional `images_fn(step, global_state) -> {name: uint8 image}` (e.g. sample grids,
+      `ldm_jax.stages.previews`), written to `writer` every `images_every` steps and at the last
+      step (0: never). Every process calls it (it may run collective programs).
   Raises:
     preemption.Preempted (a SystemExit, code 143) after saving on SIGTERM.
     guard.NonFiniteError on too many consecutive non-finite steps.
@@ -145,6 +149,10 @@ def fit(dp: DataParallel, state, data, *, num_steps: int, checkpoints=None,
           t_last, s_last = now, step
           writer.write_scalars(step, metrics)
         guard.check_bad_steps(int(metrics["consecutive_bad"]), max_consecutive_bad, step)
+        if images_fn is not None and images_every and (step % images_every == 0 or step == num_steps):
+          images = images_fn(step, dp.to_global(state))
+          if writer is not None:
+            writer.write_images(step, images)
         if save_every and step % save_every == 0:
           save(step)
       save(step)

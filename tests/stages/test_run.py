@@ -2,6 +2,7 @@
 
 import json
 import os
+import types
 
 import jax
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 
 from experiments.configs import mnist_autoencoder, mnist_ldm
 from ldm_jax.pipeline import LatentDiffusionPipeline
-from ldm_jax.stages import export, run
+from ldm_jax.stages import export, previews, run
 from ldm_jax.train import metrics as metrics_lib
 
 
@@ -24,6 +25,7 @@ def _tiny_ae_config(steps):
   c.train.global_batch_size = 8
   c.train.save_every = 2
   c.train.log_every = 1
+  c.train.image_every = 2
   c.optim.decay_steps = 10
   c.optim.warmup_steps = 1
   c.parallel.mode = "pmap"
@@ -43,6 +45,8 @@ def _tiny_ldm_config(ae_dir, steps):
   c.train.global_batch_size = 8
   c.train.save_every = 2
   c.train.log_every = 1
+  c.train.image_every = 2
+  c.sample.method, c.sample.num_steps, c.sample.per_class = "ddim", 2, 2
   c.optim.decay_steps = 10
   c.optim.warmup_steps = 1
   c.parallel.mode = "mesh"
@@ -86,6 +90,40 @@ def test_ldm_run_stores_scale_factor_and_resumes(runs):
   assert resumed["steps"] == 4 and resumed["latent_scale_factor"] == s
   steps = [r["step"] for r in metrics_lib.read_jsonl(ldm_dir) if "loss" in r]
   assert steps == [1, 2, 3, 4]
+
+
+def _image_rows(workdir, name):
+  return {r["step"]: r[f"{name}_shape"] for r in metrics_lib.read_jsonl(workdir) if f"{name}_shape" in r}
+
+
+def _event_bytes(workdir):
+  names = [n for n in os.listdir(workdir) if n.startswith("events.out.tfevents")]
+  assert names, os.listdir(workdir)
+  return b"".join(open(os.path.join(workdir, n), "rb").read() for n in names)
+
+
+def test_preview_grids_are_written_for_tensorboard(runs):
+  ae_dir, ldm_dir, _, _ = runs
+  # Autoencoder: 8 held-out images over their reconstructions (2 x 8 of 32x32x1) at steps 2 and 3
+  # (image_every = 2, and the last step); LDM: 10 classes x 2 samples at step 2.
+  assert _image_rows(ae_dir, "reconstructions") == {2: [64, 256, 1], 3: [64, 256, 1]}
+  assert _image_rows(ldm_dir, "samples")[2] == [320, 64, 1]
+  for workdir, tag in ((ae_dir, b"reconstructions"), (ldm_dir, b"samples")):
+    events = _event_bytes(workdir)
+    assert tag in events and b"\x89PNG" in events
+
+
+def test_autoencoder_preview_shows_inputs_over_reconstructions(runs):
+  ae_dir = runs[0]
+  ae, params, _ = run.load_first_stage(ae_dir)
+  images = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 1), dtype=np.uint8)
+  state = types.SimpleNamespace(ema_params={"autoencoder": params})
+  grid = previews.autoencoder_preview(ae, images)(0, state)["reconstructions"]
+  assert grid.shape == (64, 96, 1) and grid.dtype == np.uint8
+  np.testing.assert_array_equal(grid[:32, 32:64], images[1])
+  x_hat = ae.apply({"params": params}, images[2:].astype(np.float32) / 127.5 - 1)[0]
+  expected = np.clip(np.round((np.asarray(x_hat[0]) + 1) * 127.5), 0, 255)
+  assert np.abs(grid[32:, 64:].astype(int) - expected).max() <= 1
 
 
 def test_pipeline_samples_from_the_trained_workdir(runs):

@@ -1,0 +1,72 @@
+"""Image previews written to TensorBoard while a stage trains (from the EMA parameters).
+
+Each builder returns `preview(step, state) -> {name: uint8 grid [H, W, C]}` for
+`ldm_jax.train.loop.fit(images_fn=...)`; `state` is the global train state (`dp.to_global`), so a
+preview never changes training (it reads `state.ema_params`, draws its own fixed noise).
+
+  autoencoder_preview   a held-out batch x (top row) over its reconstruction D(E(x)) (bottom row)
+  ldm_preview           samples of the latent diffusion model: one row per class (classifier-free
+                        guidance), or a square grid when unconditional
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ldm_jax import samplers
+from ldm_jax.data import to_float
+from ldm_jax.pipeline.images import image_grid, to_uint8
+
+
+def autoencoder_preview(ae, images: np.ndarray):
+  """preview(step, state) of `ae` on fixed uint8 images [N, H, W, C] (EMA autoencoder params)."""
+  images = np.asarray(images)
+  # KL: decode the mode of q(z|x); VQ: decode the quantised code.
+  recon = jax.jit(lambda p, x: ae.apply({"params": p}, to_float(x))[0])
+
+  def preview(step, state):
+    del step
+    x_hat = to_uint8(recon(state.ema_params["autoencoder"], images))
+    return {"reconstructions": image_grid(np.concatenate([images, x_hat]), rows=2)}
+
+  return preview
+
+
+def ldm_preview(unet, ae, schedule, *, scale_factor: float, latent_shape, prediction_type: str,
+                num_classes: int | None, per_class: int = 8, num_samples: int = 64, max_rows: int = 10,
+                method: str = "ddim", num_steps: int = 25, guidance_scale: float = 2.0, seed: int = 0):
+  """preview(step, state): samples of the EMA UNet decoded by the frozen first stage.
+
+  Class-conditional (num_classes K): min(K, max_rows) rows of `per_class` samples, one class per
+  row (classes 0..K-1 when K <= max_rows, else max_rows classes evenly spaced over 0..K-1), guided
+  with weight `guidance_scale` against the null label K. Unconditional: `num_samples` in a square
+  grid.
+  The noise is the same at every call (fold of `seed`), so grids of successive steps compare.
+  """
+  latent_shape = tuple(latent_shape)
+  if num_classes is None:
+    n, rows, y = num_samples, max(1, int(round(np.sqrt(num_samples)))), None
+  else:
+    classes = np.unique(np.linspace(0, num_classes - 1, min(num_classes, max_rows)).round().astype(np.int32))
+    n, rows = len(classes) * per_class, len(classes)
+    y = jnp.repeat(jnp.asarray(classes), per_class)
+  x_T = jax.random.normal(jax.random.key(seed), (n, *latent_shape))
+  rng = jax.random.fold_in(jax.random.key(seed), 1)
+
+  @jax.jit
+  def draw(unet_params, ae_params, w):
+    if y is None:
+      model_fn = lambda x, t: unet.apply({"params": unet_params}, x, t)
+    else:
+      cond_fn = lambda x, t, c: unet.apply({"params": unet_params}, x, t, y=c)
+      model_fn = samplers.classifier_free_guidance(cond_fn, y, jnp.full_like(y, num_classes), w)
+    z = samplers.sample(model_fn, schedule, x_T, rng, method=method, num_steps=num_steps,
+                        prediction_type=prediction_type)
+    return ae.apply({"params": ae_params}, z / scale_factor, method="decode")
+
+  def preview(step, state):
+    del step
+    x = draw(state.ema_params, state.extra["frozen"], jnp.float32(guidance_scale))
+    return {"samples": image_grid(to_uint8(x), rows=rows)}
+
+  return preview
