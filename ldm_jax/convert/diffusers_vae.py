@@ -1,5 +1,6 @@
 """diffusers ``AutoencoderKL`` / ``VQModel`` config, weights <-> ``ldm_jax.models.autoencoder``."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
@@ -100,10 +101,10 @@ def vae_config_from_module(module):
 
 
 def abstract_params(module):
-  """The module's params as ``jax.ShapeDtypeStruct`` tree (no real initialisation)."""
+  """The module's unboxed params as ``jax.ShapeDtypeStruct`` tree (no real initialisation)."""
   f = module.downsampling_factor
   x = jax.ShapeDtypeStruct((1, f, f, module.in_channels), jnp.float32)
-  return jax.eval_shape(module.init, jax.random.key(0), x)["params"]
+  return nn.meta.unbox(jax.eval_shape(module.init, jax.random.key(0), x)["params"])
 
 
 def vae_params_from_state_dict(state_dict, module):

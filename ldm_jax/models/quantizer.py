@@ -55,7 +55,8 @@ class VectorQuantizer(nn.Module):
 
   def setup(self):
     k = self.num_embeddings
-    init = lambda rng, shape, dtype: jax.random.uniform(rng, shape, dtype, -1.0 / k, 1.0 / k)
+    uniform = lambda rng, shape, dtype: jax.random.uniform(rng, shape, dtype, -1.0 / k, 1.0 / k)
+    init = nn.with_logical_partitioning(uniform, ("vocab", "embed"))  # codebook e [K, D]
     self.embedding = nn.Embed(k, self.embed_dim, embedding_init=init, dtype=jnp.float32,
                               param_dtype=self.param_dtype)
 

@@ -10,6 +10,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ldm_jax.models.embeddings import logical_dense
 from ldm_jax.models.resnet import group_norm
 
 Dtype = Any
@@ -29,12 +30,15 @@ class VAEAttention(nn.Module):
   @nn.compact
   def __call__(self, x):
     b, h, w, c = x.shape
-    dense = lambda name: nn.Dense(c, name=name, dtype=self.dtype, param_dtype=self.param_dtype)
+    # Logical axes as in the UNet's attention (metadata for sharding rules; one head of width C).
+    dense = lambda name, axes: logical_dense(c, axes, name=name, dtype=self.dtype,
+                                             param_dtype=self.param_dtype)
     x = x.astype(self.dtype)
     y = group_norm(x, name="group_norm", groups=self.groups, epsilon=self.epsilon,
                    dtype=self.dtype, param_dtype=self.param_dtype)
     y = y.reshape(b, h * w, 1, c)  # [B, T, N=1 head, C]
-    q, k, v = dense("to_q")(y), dense("to_k")(y), dense("to_v")(y)
+    qkv_axes = ("embed", "heads")
+    q, k, v = dense("to_q", qkv_axes)(y), dense("to_k", qkv_axes)(y), dense("to_v", qkv_axes)(y)
     y = jax.nn.dot_product_attention(q, k, v)  # scale 1/sqrt(C)
-    y = dense("to_out_0")(y.reshape(b, h, w, c))
+    y = dense("to_out_0", ("heads", "embed"))(y.reshape(b, h, w, c))
     return x + y

@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -154,7 +155,7 @@ def _random_flax_params(module, seed):
     scale = {"kernel": 1 / np.sqrt(np.prod(shape[:-1])), "embedding": 1.0}.get(name, 0.3)
     value = (1.0 if name == "scale" else 0.0) + scale * rng.randn(*shape)
     return jnp.asarray(value, jnp.float32)
-  return jax.tree_util.tree_map_with_path(draw, shapes["params"])
+  return jax.tree_util.tree_map_with_path(draw, nn.meta.unbox(shapes["params"]))
 
 
 @pytest.mark.parametrize("preset", ["KL_TINY", "VQ_TINY"])

@@ -20,7 +20,7 @@ def random_params(module, x, seed):
   Kernels ~ N(0, 1/fan_in); GroupNorm scale ~ 1 + N(0, 0.3^2) and biases ~ N(0, 0.1^2), away
   from 1 / 0 so that they matter; the VQ codebook ~ N(0, 1).
   """
-  shapes = jax.eval_shape(module.init, jax.random.key(0), x)["params"]
+  shapes = nn.meta.unbox(jax.eval_shape(module.init, jax.random.key(0), x)["params"])
   rng = np.random.RandomState(seed)
   def draw(path, spec):
     name, shape = path[-1].key, spec.shape
@@ -249,3 +249,22 @@ def test_tile_weights_partition_unity():
   for s in starts:
     total[s:s + 8] += np.asarray(tiling.ramp_weights(8, 2, s > 0, s + 8 < 20))
   assert (total > 0).all() and np.allclose(total[:2], 1.0) and np.allclose(total[-2:], 1.0)
+
+
+@pytest.mark.parametrize("preset", ["KL_TINY", "VQ_TINY"])
+def test_logical_axis_names_for_sharding_rules(preset):
+  # Attention projections and the codebook carry the UNet's logical axis names, so
+  # nn.logical_to_mesh_sharding maps them with the same rules; convs stay unnamed (replicated).
+  module = getattr(autoencoder, preset)()
+  boxed = jax.eval_shape(module.init, jax.random.key(0), jnp.zeros(X_SHAPE))["params"]
+  specs = nn.get_partition_spec(boxed)
+  attn = specs["encoder"]["mid_block"]["attentions_0"]
+  assert attn["to_q"]["kernel"] == jax.sharding.PartitionSpec("embed", "heads")
+  assert attn["to_out_0"]["kernel"] == jax.sharding.PartitionSpec("heads", "embed")
+  if preset == "VQ_TINY":
+    assert specs["quantize"]["embedding"]["embedding"] == jax.sharding.PartitionSpec("vocab", "embed")
+  rules = (("embed", "fsdp"), ("heads", None), ("vocab", "fsdp"))
+  mesh = jax.make_mesh((2,), ("fsdp",), axis_types=(jax.sharding.AxisType.Auto,))
+  shardings = nn.logical_to_mesh_sharding(specs, mesh, rules)
+  assert shardings["encoder"]["mid_block"]["attentions_0"]["to_q"]["kernel"].spec == \
+      jax.sharding.PartitionSpec("fsdp", None)
