@@ -47,7 +47,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.loss.disc_weight = 0.5
   c.loss.disc_start = 800             # step at which the adversarial term switches on
   c.loss.disc_loss = "hinge"
-  c.loss.perceptual_weight = 0.0      # LPIPS needs weights that are not shipped
+  c.loss.perceptual_weight = 0.0      # LPIPS (> 0 needs the two weight files below)
+  c.loss.lpips_vgg = ""               # torchvision VGG16 state dict (.pth)
+  c.loss.lpips_lin = ""               # the lpips package's weights/v0.1/vgg.pth
 
   c.optim = optim.default_config()
   c.optim.unlock()
@@ -66,6 +68,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.global_batch_size = 32
   c.train.save_every = 300
   c.train.log_every = 50
+  c.train.image_every = 500           # preview grid to TensorBoard (and at the end); 0: never
   c.train.ema_decay = 0.999
   c.train.max_consecutive_bad = 20
 

@@ -60,6 +60,23 @@ def reconstruction_loss(x, x_hat, kind: str = "l1"):
   return jnp.abs(x - x_hat) if kind == "l1" else jnp.square(x - x_hat)
 
 
+def perceptual_from_config(config) -> Callable | None:
+  """LPIPS (x, x_hat) -> [B] from the `loss` section, or None when perceptual_weight is 0.
+
+  loss.lpips_vgg: torchvision's VGG16 state dict (e.g. vgg16-397923af.pth); loss.lpips_lin: the
+  lpips package's weights/v0.1/vgg.pth (or .npz / .safetensors of the same keys).
+  """
+  if config.perceptual_weight <= 0:
+    return None
+  vgg, lin = config.get("lpips_vgg", ""), config.get("lpips_lin", "")
+  if not vgg or not lin:
+    raise ValueError(f"loss.perceptual_weight={config.perceptual_weight} needs the LPIPS weights: set "
+                     f"loss.lpips_vgg (torchvision VGG16 .pth, got {vgg!r}) and loss.lpips_lin "
+                     f"(lpips weights/v0.1/vgg.pth, got {lin!r}), or loss.perceptual_weight = 0.")
+  from ldm_jax.convert import lpips as lpips_convert  # pylint: disable=import-outside-toplevel
+  return lpips_convert.perceptual_fn(lpips_convert.load_lpips(vgg, lin))
+
+
 def make_loss_fn(ae: nn.Module, disc: nn.Module, config, perceptual_fn: Callable | None = None):
   """Builds `loss_fn(params, batch, rng, extra) -> (loss, metrics)` for the train step.
 
@@ -75,8 +92,8 @@ def make_loss_fn(ae: nn.Module, disc: nn.Module, config, perceptual_fn: Callable
   gan.check_disc_loss(config.disc_loss)
   check_rec_loss(config.rec_loss)
   if config.perceptual_weight > 0 and perceptual_fn is None:
-    raise ValueError("loss.perceptual_weight > 0 needs a perceptual function (LPIPS weights); "
-                     "none was supplied. Set loss.perceptual_weight = 0.")
+    raise ValueError("loss.perceptual_weight > 0 needs a perceptual function (LPIPS weights, "
+                     "see perceptual_from_config); none was supplied. Set loss.perceptual_weight = 0.")
   is_vq = isinstance(ae, VQModel)
   if not is_vq and not isinstance(ae, AutoencoderKL):
     raise ValueError(f"Autoencoder must be an AutoencoderKL or VQModel, got {type(ae).__name__}.")
