@@ -1,4 +1,5 @@
-"""Evaluation metrics: Frechet distance, precision/recall, PSNR/SSIM, an MNIST digit classifier."""
+"""Evaluation metrics: Frechet distance, precision/recall, PSNR/SSIM, FID Inception-v3 features,
+an MNIST digit classifier."""
 
 from ldm_jax.metrics.frechet import (
     FeatureStats,
@@ -13,5 +14,6 @@ from ldm_jax.metrics.frechet import (
     update_stats,
 )
 from ldm_jax.metrics.image import psnr, ssim
+from ldm_jax.metrics.inception import FIDInceptionV3, inception_features
 
 # `precision_recall` is deliberately not re-exported: the function would shadow its module here.
