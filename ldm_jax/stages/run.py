@@ -22,6 +22,7 @@ from ldm_jax.stages import autoencoder as ae_stage
 from ldm_jax.stages import builders
 from ldm_jax.stages import export
 from ldm_jax.stages import latent_diffusion as ldm_stage
+from ldm_jax.stages import previews
 from ldm_jax.train import checkpoint as ckpt_lib
 from ldm_jax.train import loop
 from ldm_jax.train import metrics as metrics_lib
@@ -39,8 +40,9 @@ def _data(config, split=None, **kw):
                                   seed=config.seed, num_devices=kw.pop("num_devices", None), **kw)
 
 
-def _fit(config, workdir, loss_fn, init_params_fn, metadata, extra=None):
-  """The part both stages share: parallel step, state, checkpoints, `fit`, export."""
+def _fit(config, workdir, loss_fn, init_params_fn, metadata, extra=None, images_fn=None):
+  """The part both stages share: parallel step, state, checkpoints, `fit`, export.
+  images_fn: a `previews` function, written to TensorBoard every config.train.image_every steps."""
   devices = builders.devices(config)
   tx, lr_schedule = builders.optimizer(config)
   mesh = parallel.make_mesh(config.parallel.num_fsdp, devices)
@@ -57,7 +59,8 @@ def _fit(config, workdir, loss_fn, init_params_fn, metadata, extra=None):
     result = loop.fit(dp, state, data, num_steps=config.train.num_steps, checkpoints=checkpoints,
                       save_every=config.train.save_every, metadata=metadata, config=config,
                       writer=writer, log_every=config.train.log_every,
-                      max_consecutive_bad=config.train.max_consecutive_bad)
+                      max_consecutive_bad=config.train.max_consecutive_bad, images_fn=images_fn,
+                      images_every=config.train.get("image_every", 0))
   finally:
     checkpoints.close()
     writer.close()
@@ -73,14 +76,26 @@ def _fit(config, workdir, loss_fn, init_params_fn, metadata, extra=None):
 
 def train_autoencoder(config: ml_collections.ConfigDict, workdir: str) -> dict:
   ae, disc = builders.autoencoder(config.model), builders.discriminator(config.disc)
-  loss_fn = ae_stage.make_loss_fn(ae, disc, config.loss)
+  loss_fn = ae_stage.make_loss_fn(ae, disc, config.loss, ae_stage.perceptual_from_config(config.loss))
   shape = (1, config.data.image_size, config.data.image_size, config.data.channels)
   init_fn = lambda rng: ae_stage.init_params(ae, disc, rng, shape)
-  final, result = _fit(config, workdir, loss_fn, init_fn, metadata={"stage": "autoencoder"})
+  final, result = _fit(config, workdir, loss_fn, init_fn, metadata={"stage": "autoencoder"},
+                       images_fn=_autoencoder_preview(config, ae))
   summary = evaluate_autoencoder(config, ae, final.ema_params["autoencoder"])
   summary.update(steps=result.step, final_metrics=result.metrics)
   _write_json(workdir, "eval.json", summary)
   return summary
+
+
+def _autoencoder_preview(config, ae, n: int = 8):
+  """Reconstructions of the first n held-out images, when config.train.image_every > 0."""
+  if not config.train.get("image_every", 0):
+    return None
+  it = _data(config, split=config.data.eval_split, batch=n, num_epochs=1, num_devices=1,
+             process_index=0, process_count=1)
+  images = next(it)["image"]
+  it.close()
+  return previews.autoencoder_preview(ae, images)
 
 
 def evaluate_autoencoder(config, ae, ae_params, batch_size: int = 500) -> dict:
@@ -141,7 +156,17 @@ def train_latent_diffusion(config: ml_collections.ConfigDict, workdir: str) -> d
   init_fn = lambda rng: unet.init(rng, jnp.zeros(latent_shape), jnp.zeros((1,)), y=y0)["params"]
   metadata = {"stage": "latent_diffusion", "latent_scale_factor": scale,
               "first_stage_workdir": os.path.abspath(config.first_stage.workdir)}
-  _, result = _fit(config, workdir, loss_fn, init_fn, metadata, extra={"frozen": ae_params})
+  preview = None
+  if config.train.get("image_every", 0):
+    sample = config.get("sample") or {}
+    preview = previews.ldm_preview(
+        unet, ae, schedule, scale_factor=scale, latent_shape=latent_shape[1:],
+        prediction_type=d.prediction_type, num_classes=d.num_classes if num_class_embeds else None,
+        per_class=sample.get("per_class", 8), method=sample.get("method", "ddim"),
+        num_steps=sample.get("num_steps", 25), guidance_scale=sample.get("guidance_scale", 2.0),
+        seed=config.seed)
+  _, result = _fit(config, workdir, loss_fn, init_fn, metadata, extra={"frozen": ae_params},
+                   images_fn=preview)
   summary = {"steps": result.step, "final_metrics": result.metrics, "latent_scale_factor": scale}
   _write_json(workdir, "eval.json", summary)
   return summary

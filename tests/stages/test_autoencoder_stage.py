@@ -110,3 +110,34 @@ def test_bad_options_raise_with_valid_choices(setup):
     ae_stage.make_loss_fn(ae, disc, _loss_config(rec_loss="huber"))
   with pytest.raises(ValueError, match="perceptual"):
     ae_stage.make_loss_fn(ae, disc, _loss_config(perceptual_weight=1.0))
+
+
+def test_lpips_term_from_config_adds_weighted_perceptual_distance(setup, tmp_path):
+  # perceptual_from_config loads LPIPS from weight files; with weight w the generator loss grows
+  # by w * H * W * C * mean_b LPIPS(x_b, x_hat_b) (the per-image term is added to every pixel's
+  # reconstruction NLL, summed over pixels and averaged over the batch, logvar = 0).
+  from ldm_jax.convert import lpips as lpips_convert
+  from ldm_jax.models.lpips import lpips_distance
+  ae, disc, params, batch = setup
+  rng = np.random.default_rng(1)
+  vgg = {k: (rng.standard_normal(s) / np.sqrt(np.prod(s[1:]))).astype(np.float32)
+         for k, s in lpips_convert.vgg_shapes().items()}
+  lin = {k: np.abs(rng.standard_normal(s)).astype(np.float32) for k, s in lpips_convert.lin_shapes().items()}
+  np.savez(tmp_path / "vgg.npz", **vgg)
+  np.savez(tmp_path / "lin.npz", **lin)
+  assert ae_stage.perceptual_from_config(_loss_config()) is None
+  with pytest.raises(ValueError, match="loss.lpips_vgg"):
+    ae_stage.perceptual_from_config(_loss_config(perceptual_weight=1.0))
+  config = _loss_config(perceptual_weight=0.5, lpips_vgg=str(tmp_path / "vgg.npz"),
+                        lpips_lin=str(tmp_path / "lin.npz"))
+  with_lpips = ae_stage.make_loss_fn(ae, disc, config, ae_stage.perceptual_from_config(config))
+  without = ae_stage.make_loss_fn(ae, disc, _loss_config())
+  key, extra = jax.random.key(1), {"step": jnp.int32(0)}
+  (l1, m1), (l0, _) = (jax.jit(f)(params, batch, key, extra) for f in (with_lpips, without))
+  x = to_float(batch["image"])
+  p = params["autoencoder"]
+  z = ae.apply({"params": p}, x, method="posterior").sample(key)
+  x_hat = ae.apply({"params": p}, z, method="decode")
+  d = lpips_distance(lpips_convert.load_lpips(vgg, lin), x, x_hat)
+  assert float(jnp.min(d)) > 0
+  np.testing.assert_allclose(float(l1 - l0), 0.5 * 16 * 16 * float(jnp.mean(d)), rtol=1e-3)
