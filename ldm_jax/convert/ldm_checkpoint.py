@@ -198,20 +198,45 @@ def convert_ldm_state_dict(state_dict, config=None, *, use_ema=False):
       vae_config=vae_config, scale_factor=float(scale), ignored=ignored)
 
 
+CLASS_EMBEDDER_KEY = "cond_stage_model.embedding.weight"
+
+
+def _with_class_embedder(unet, unet_params, state_dict, ignored):
+  """Class-conditional cross-attention models (cin configs: ClassEmbedder, conditioning_key
+  crossattn) keep their label table in ``cond_stage_model.embedding.weight`` [N, D]: it becomes
+  the UNet's ``class_embed_type="context"`` table, so ``apply(..., y=labels)`` runs the model."""
+  if CLASS_EMBEDDER_KEY not in state_dict:
+    return unet, unet_params
+  table = np.asarray(state_dict[CLASS_EMBEDDER_KEY], np.float32)
+  if (table.ndim != 2 or not unet.has_cross_attention or unet.num_class_embeds is not None
+      or table.shape[1] != unet.cross_attention_dim):
+    raise ValueError(f"{CLASS_EMBEDDER_KEY} {table.shape} does not fit this UNet: a ClassEmbedder "
+                     f"needs cross-attention blocks with context width {unet.cross_attention_dim} "
+                     f"and no class embedding of its own (num_class_embeds={unet.num_class_embeds})")
+  ignored["cond_stage_model"] -= 1
+  if not ignored["cond_stage_model"]:
+    del ignored["cond_stage_model"]
+  unet = unet.clone(num_class_embeds=table.shape[0], class_embed_type="context")
+  return unet, {**unet_params, "class_context_embedding": {"embedding": table}}
+
+
 def load_ldm_checkpoint(path, config=None, *, use_ema=False, weights_only=True):
   """Loads an original CompVis / Stable Diffusion single file into Flax modules and params.
 
   path: ``.ckpt`` (torch pickle, ``{"state_dict": ...}``) or ``.safetensors`` with keys
-  ``model.diffusion_model.*`` and ``first_stage_model.*``; other prefixes (``cond_stage_model.*``,
+  ``model.diffusion_model.*`` and ``first_stage_model.*``; a ClassEmbedder's
+  ``cond_stage_model.embedding.weight`` (cin models) becomes the UNet's class-context table
+  (``class_embed_type="context"``, call with ``y=labels``); other prefixes (text encoders,
   schedule buffers, ...) are skipped and listed in ``ignored``. config: optional LDM yaml (path,
   or dict of the file or of ``model.params``). use_ema: take the UNet from ``model_ema.*``.
   Returns ``LdmCheckpoint``; ``unet.apply({"params": unet_params}, x, t, context=...)`` runs it.
   """
-  ckpt = convert_ldm_state_dict(read_state_dict(path, weights_only=weights_only), config,
-                                use_ema=use_ema)
+  state_dict = read_state_dict(path, weights_only=weights_only)
+  ckpt = convert_ldm_state_dict(state_dict, config, use_ema=use_ema)
   from ldm_jax.convert import diffusers_unet, diffusers_vae
   unet = diffusers_unet.unet_from_config(ckpt.unet_config)
   unet_params = diffusers_unet.unet_params_from_state_dict(ckpt.unet_state_dict, ckpt.unet_config)
+  unet, unet_params = _with_class_embedder(unet, unet_params, state_dict, ckpt.ignored)
   vae = diffusers_vae.vae_from_config(ckpt.vae_config)
   vae_params = diffusers_vae.vae_params_from_state_dict(ckpt.vae_state_dict, vae)
   return LdmCheckpoint(unet, unet_params, ckpt.unet_config, vae, vae_params, ckpt.vae_config,

@@ -570,3 +570,29 @@ def test_full_size_stable_diffusion_layouts(version):
   if version == "sd1":  # the published SD 1.x parameter counts
     assert count(ours.unet_state_dict) == 859_520_964
     assert count(ours.vae_state_dict) == 83_653_863
+
+
+def test_class_embedder_checkpoint_loads_as_class_context_unet(tmp_path):
+  """cin configs: cond_stage_model.embedding.weight [N, D] becomes the UNet's context table, and
+  apply(y=labels) equals the plain cross-attention UNet given context = table[y][:, None]."""
+  sd = random_checkpoint(ldm_unet_shapes(**UNET_KW), ldm_vae_shapes(), seed=5, extra=False)
+  table = np.random.default_rng(6).normal(size=(11, 16)).astype(np.float32)
+  sd["cond_stage_model.embedding.weight"] = table
+  save_file(sd, str(tmp_path / "cin.safetensors"))
+  cfg = original_config(SD1_UNET, DDCONFIG)
+  got = lc.load_ldm_checkpoint(tmp_path / "cin.safetensors", cfg)
+  assert got.unet.class_context and got.unet.num_class_embeds == 11
+  assert "cond_stage_model" not in got.ignored
+  np.testing.assert_array_equal(got.unet_params["class_context_embedding"]["embedding"], table)
+  rng = np.random.default_rng(7)
+  x = rng.normal(size=(2, 8, 8, 4)).astype(np.float32)
+  t, y = np.array([3.0, 700.0], np.float32), np.array([4, 10], np.int32)
+  out = jax.jit(lambda p: got.unet.apply({"params": p}, x, t, y=y))(got.unet_params)
+  plain = got.unet.clone(num_class_embeds=None, class_embed_type="timestep")
+  rest = {k: v for k, v in got.unet_params.items() if k != "class_context_embedding"}
+  ref = jax.jit(lambda p: plain.apply({"params": p}, x, t, context=table[y][:, None, :]))(rest)
+  _close(out, ref)
+  sd["cond_stage_model.embedding.weight"] = table[:, :8]  # width != context_dim
+  save_file(sd, str(tmp_path / "bad.safetensors"))
+  with pytest.raises(ValueError, match="does not fit this UNet"):
+    lc.load_ldm_checkpoint(tmp_path / "bad.safetensors", cfg)
