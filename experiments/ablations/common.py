@@ -307,7 +307,7 @@ def devices_line():
 # Per scale: autoencoder / LDM steps and batch, samples per class and sampler steps for evaluation.
 TRAIN_SCALES = {
     "tiny": dict(ae_steps=2, ldm_steps=2, batch=8, per_class=2, sample_steps=3, lr=1e-3),
-    "cpu": dict(ae_steps=600, ldm_steps=600, batch=64, per_class=50, sample_steps=20, lr=1e-3),
+    "cpu": dict(ae_steps=600, ldm_steps=1200, batch=64, per_class=50, sample_steps=20, lr=1e-3),
 }
 
 

@@ -25,7 +25,7 @@ NAME = "prediction_weighting"
 VARIANTS = (("eps, simple", "epsilon", "simple"), ("eps, min-SNR-5", "epsilon", "min_snr"),
             ("x0, simple", "sample", "simple"), ("x0, min-SNR-5", "sample", "min_snr"),
             ("v, simple", "v_prediction", "simple"), ("v, min-SNR-5", "v_prediction", "min_snr"))
-CHECKPOINTS = {"tiny": (1, 2), "cpu": (150, 300, 600)}
+CHECKPOINTS = {"tiny": (1, 2), "cpu": (300, 600, 1200)}
 CLAIM = ("DDPM (Ho et al. 2020, sec. 3.2/4.2): eps + L_simple gives the best samples, x0 "
          "prediction 'worse sample quality'; v-prediction (Salimans & Ho 2022) ~ eps; Min-SNR-gamma "
          "weighting (Hang et al. 2023, gamma = 5) converges faster ('3.4x' on ImageNet).")
