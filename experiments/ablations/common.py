@@ -212,11 +212,15 @@ def train_run(get_config, workdir, overrides):
   if os.path.exists(eval_path):
     with open(eval_path, encoding="utf-8") as f:
       summary = json.load(f)
-    if summary.get("steps") == config.train.num_steps:
-      return {**summary, "seconds": 0.0, "reused": True}
+    if summary.get("steps") == config.train.num_steps:  # reused: the wall time of its training
+      return {**summary, "seconds": summary.get("train_seconds", 0.0), "reused": True}
   t0 = time.time()
   summary = run.train(config, workdir)
-  return {**summary, "seconds": time.time() - t0, "reused": False}
+  seconds = time.time() - t0
+  if jax.process_index() == 0:
+    with open(eval_path, "w", encoding="utf-8") as f:
+      json.dump({**summary, "train_seconds": seconds}, f, indent=1, default=float)
+  return {**summary, "seconds": seconds, "reused": False}
 
 
 def tiny_autoencoder_overrides(f=4, z_channels=3):
