@@ -113,11 +113,11 @@ def test_schedules(tiny):
 
 def test_autoencoders_then_downsampling(tiny):
   """Ablation 2 trains the f = 8 autoencoder that ablation 1 then reuses (not retrained)."""
-  results, md = _run(autoencoders, tiny, "autoencoders", "--configs=KL:8:8")
+  results, md = _run(autoencoders, tiny, "autoencoders", "--configs=KL:8:4")
   _check_report(md)
   assert _table_rows(md) == ["KL"]
   kind, f, c, psnr, ssim, rfd, acc, _, _ = results[0]
-  assert (kind, f, c) == ("KL", 8, 8) and np.isfinite(psnr) and -1 <= ssim <= 1 and rfd > 0
+  assert (kind, f, c) == ("KL", 8, 4) and np.isfinite(psnr) and -1 <= ssim <= 1 and rfd > 0
   assert 0.0 <= acc <= 1.0
 
   results, md = _run(downsampling, tiny, "downsampling", "--factors=8")
