@@ -213,7 +213,8 @@ def train_run(get_config, workdir, overrides):
     with open(eval_path, encoding="utf-8") as f:
       summary = json.load(f)
     if summary.get("steps") == config.train.num_steps:  # reused: the wall time of its training
-      return {**summary, "seconds": summary.get("train_seconds", 0.0), "reused": True}
+      # (None for runs trained before eval.json recorded it; reports print "n/a")
+      return {**summary, "seconds": summary.get("train_seconds"), "reused": True}
   t0 = time.time()
   summary = run.train(config, workdir)
   seconds = time.time() - t0
@@ -256,6 +257,8 @@ def run_overrides(steps, batch, seed=0, lr=None, decay_steps=None):
 
 
 def fmt(v, digits=3):
+  if v is None:
+    return "n/a"
   if isinstance(v, (float, np.floating)):
     return f"{v:.{digits}f}" if abs(v) < 1e4 else f"{v:.3g}"
   return str(v)
