@@ -100,6 +100,16 @@ def test_prediction_weighting(tiny):
   _check_report(md)
   assert _table_rows(md) == ["v, simple", "v, simple", "real (floor)"]
   assert [step for _, step, _, _, _ in results] == [1, 2]
+  # A rerun reuses each checkpoint's scores (the run only keeps its latest step, so retraining or
+  # re-scoring would report step 2's model at step 1).
+  again, md2 = _run(prediction_weighting, tiny, "prediction_weighting", f"--ae={tiny['ae']}",
+                    "--variants=4", "--checkpoints=1,2")
+  assert [(s, ev["fd"], secs) for _, s, ev, secs, _ in again] == [
+      (s, ev["fd"], secs) for _, s, ev, secs, _ in results]
+  assert results[0][2]["fd"] != results[1][2]["fd"]  # the two checkpoints are different models
+  assert results[0][2]["bpd"] is None and np.isfinite(results[1][2]["bpd"])  # final step only
+  assert results[1][2]["bpd_se"] > 0
+  assert _table_rows(md2) == _table_rows(md)
 
 
 def test_schedules(tiny):
@@ -113,12 +123,13 @@ def test_schedules(tiny):
 
 def test_autoencoders_then_downsampling(tiny):
   """Ablation 2 trains the f = 8 autoencoder that ablation 1 then reuses (not retrained)."""
-  results, md = _run(autoencoders, tiny, "autoencoders", "--configs=KL:8:4")
+  results, md = _run(autoencoders, tiny, "autoencoders", "--configs=KL:8:4,VQ:2:2")
   _check_report(md)
-  assert _table_rows(md) == ["KL"]
-  kind, f, c, psnr, ssim, rfd, acc, _, _ = results[0]
+  assert _table_rows(md) == ["KL", "VQ"]
+  assert results[1][-1] == 4.0 * 16 * 16 / (32 * 32)  # VQ bound: log2(16 codes) per 16x16 position
+  kind, f, c, psnr, ssim, rfd, acc, _, _, rate = results[0]
   assert (kind, f, c) == ("KL", 8, 4) and np.isfinite(psnr) and -1 <= ssim <= 1 and rfd > 0
-  assert 0.0 <= acc <= 1.0
+  assert 0.0 <= acc <= 1.0 and rate > 0
 
   results, md = _run(downsampling, tiny, "downsampling", "--factors=8")
   _check_report(md)

@@ -232,6 +232,41 @@ def test_from_pretrained_diffusers_folder(tmp_path, pipe, images):
                              pipe.reconstruct(images, output="float"), atol=1e-5)
 
 
+def test_latent_bits_per_dim_matches_a_direct_bound_and_ignores_batching(workdirs, pipe, images):
+  """latent_bits_per_dim = vlb_terms of the plain conditional UNet call (no guidance, no label
+  interceptor) on encode(images), image by image with its own key; the same for any chunking or
+  device count."""
+  from ldm_jax import diffusion, schedules  # pylint: disable=import-outside-toplevel
+  short = schedules.get_schedule("scaled_linear", 20, beta_start=0.0015, beta_end=0.0195)
+  chunked = LatentDiffusionPipeline.from_workdir(workdirs["ldm"], max_batch=4, schedule=short)
+  single = LatentDiffusionPipeline.from_workdir(workdirs["ldm"], max_batch=8, shard=False, schedule=short)
+  x = np.concatenate([images, images[::-1, ::-1]])[:6]
+  labels = np.array([0, 3, 9, 1, 3, 5])
+  key = jax.random.key(4)
+  got = chunked.latent_bits_per_dim(key, x, labels, timesteps_per_chunk=3)
+  other = single.latent_bits_per_dim(key, x, labels, timesteps_per_chunk=20)
+  assert got.terms_bpd.shape == (6, 20) and got.prior_bpd.shape == got.total_bpd.shape == (6,)
+  np.testing.assert_allclose(other.total_bpd, got.total_bpd, rtol=1e-4)
+  np.testing.assert_allclose(got.total_bpd, got.prior_bpd + got.terms_bpd.sum(1), rtol=1e-5)
+
+  z = pipe.encode(x)
+  params = pipe.unet_params
+  for b in range(6):
+    model_fn = lambda x_t, t, y=int(labels[b]): pipe.unet.apply(
+        {"params": params}, x_t, t, y=jnp.full((x_t.shape[0],), y, jnp.int32))
+    k = jax.random.fold_in(jax.random.fold_in(key, b), 5)  # the pipeline's per-image key
+    want = diffusion.vlb_terms(model_fn, short, z[b:b + 1], k[None], prediction_type="epsilon",
+                               decoder="gaussian", timesteps_per_chunk=20)
+    np.testing.assert_allclose(got.terms_bpd[b], np.asarray(want.terms_bpd)[0], rtol=1e-4, atol=1e-6)
+  # the label matters (the model is conditional), the key draws the Monte-Carlo noise
+  relabelled = chunked.latent_bits_per_dim(key, x, (labels + 1) % 10, timesteps_per_chunk=3)
+  assert not np.allclose(relabelled.terms_bpd, got.terms_bpd)
+  with pytest.raises(ValueError, match="0..9"):
+    chunked.latent_bits_per_dim(key, x, np.full(6, 10))
+  with pytest.raises(ValueError, match="timesteps_per_chunk"):
+    chunked.latent_bits_per_dim(key, x, labels, timesteps_per_chunk=0)
+
+
 def test_bad_inputs_raise_before_compiling(workdirs, images):
   fresh = LatentDiffusionPipeline.from_workdir(workdirs["ldm"], max_batch=4)
   key = jax.random.key(0)

@@ -18,14 +18,18 @@ if __name__ == "__main__":
 import time  # pylint: disable=wrong-import-position
 
 import jax  # pylint: disable=wrong-import-position
+import jax.numpy as jnp  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 
 from experiments.ablations import common  # pylint: disable=wrong-import-position
 from ldm_jax import data as data_lib  # pylint: disable=wrong-import-position
 from ldm_jax.metrics import frechet  # pylint: disable=wrong-import-position
+from ldm_jax.metrics import rate as rate_lib  # pylint: disable=wrong-import-position
 from ldm_jax.models.autoencoder import VQModel  # pylint: disable=wrong-import-position
 
 NAME = "autoencoders"
+KINDS = ("KL", "VQ")
+FACTORS = (1, 2, 4, 8, 16, 32)
 # (kind, f, c)
 GRID = {"tiny": (("KL", 2, 2), ("KL", 4, 3), ("VQ", 4, 3)),
         "cpu": (("KL", 1, 1), ("KL", 2, 2), ("KL", 4, 1), ("KL", 4, 3), ("KL", 4, 4), ("KL", 8, 4), ("KL", 8, 8),
@@ -36,50 +40,77 @@ CLAIM = ("LDM Table 8: at fixed c, PSNR / SSIM fall and rFD rises with f; more l
 
 
 def reconstruct(ae_workdir, images_uint8, batch=500):
-  """uint8 reconstructions decode(mean or quantised code of encode(x)) and the latent std."""
+  """(uint8 reconstructions decode(mean or quantised code of encode(x)), the latent std, the rate
+  in bits per pixel dimension): KL rate averaged over the images, or the VQ bound log2 K per
+  latent position (`ldm_jax.metrics.rate`)."""
   from ldm_jax.stages import run  # pylint: disable=import-outside-toplevel
   ae, params, _ = run.load_first_stage(ae_workdir)
   params = common.strip_boxes(params)
+  vq = isinstance(ae, VQModel)
 
   @jax.jit
   def rec(p, x):
-    if isinstance(ae, VQModel):
+    if vq:
       enc = ae.apply({"params": p}, x, method="encode")
-      return ae.apply({"params": p}, enc.quantized, method=lambda m, z: m.decode(z, quantize=False)), enc.latents
-    mean, _ = ae.apply({"params": p}, x, method="encode")
-    return ae.apply({"params": p}, mean, method="decode"), mean
+      x_hat = ae.apply({"params": p}, enc.quantized, method=lambda m, z: m.decode(z, quantize=False))
+      return x_hat, enc.latents, jnp.zeros((x.shape[0],))
+    mean, logvar = ae.apply({"params": p}, x, method="encode")
+    return ae.apply({"params": p}, mean, method="decode"), mean, rate_lib.kl_rate_bits(mean, logvar)
 
-  outs, stds = [], []
+  outs, zs, rates = [], [], []
   for i in range(0, images_uint8.shape[0], batch):
-    x_hat, z = rec(params, data_lib.to_float(images_uint8[i:i + batch]))
+    x_hat, z, bits = rec(params, data_lib.to_float(images_uint8[i:i + batch]))
     outs.append(np.asarray(np.clip(np.round((np.asarray(x_hat) + 1.0) * 127.5), 0, 255), np.uint8))
-    stds.append(np.asarray(z, np.float64).ravel())
-  return np.concatenate(outs), float(np.std(np.concatenate(stds)))
+    zs.append(np.asarray(z, np.float64))
+    rates.append(np.asarray(bits, np.float64))
+  z = np.concatenate(zs)
+  pixel_dims = int(np.prod(images_uint8.shape[1:]))
+  if vq:
+    rate = rate_lib.vq_rate_bits(z.shape[1] * z.shape[2], ae.num_embeddings) / pixel_dims
+  else:
+    rate = float(np.mean(np.concatenate(rates))) / pixel_dims
+  return np.concatenate(outs), float(np.std(z)), rate
+
+
+def parse_grid(spec):
+  """[(kind, f, c)] of a comma-separated "kind:f:c" list such as "KL:4:3,VQ:4:3"."""
+  grid = []
+  for item in spec.split(","):
+    parts = item.split(":")
+    if len(parts) != 3 or not parts[1].isdigit() or not parts[2].isdigit():
+      raise ValueError(f"--configs item {item!r} is not kind:f:c (e.g. KL:4:3).")
+    kind, f, c = parts[0], int(parts[1]), int(parts[2])
+    if kind not in KINDS:
+      raise ValueError(f"--configs item {item!r}: unknown kind {kind!r}; valid kinds: {', '.join(KINDS)}.")
+    if f not in FACTORS:
+      raise ValueError(f"--configs item {item!r}: f = {f} is not one of {FACTORS} (32x32 images).")
+    if c < 1:
+      raise ValueError(f"--configs item {item!r}: c must be at least 1.")
+    grid.append((kind, f, c))
+  return grid
 
 
 def main(argv=None):
   args = common.parse_args(argv, __doc__, configs=("", "kind:f:c list, e.g. KL:4:3,VQ:4:3 (default: the scale's grid)."))
   t_start = time.time()
+  grid = parse_grid(args.configs) if args.configs else GRID[args.scale]
   judge, clf_path = common.load_judge(args.classifier, args.workdir)
   x, y = common.split(common.HELD_OUT)
   results = []
-  grid = GRID[args.scale]
-  if args.configs:
-    grid = [(k, int(f), int(c)) for k, f, c in (item.split(":") for item in args.configs.split(","))]
   for kind, f, c in grid:
     ae_dir = common.autoencoder_dir(args.workdir, args.scale, kind, f, c)
     run = common.autoencoder_run(ae_dir, args.scale, f=f, z_channels=c, kind=kind, seed=args.seed)
-    x_hat, z_std = reconstruct(ae_dir, x)
+    x_hat, z_std, rate = reconstruct(ae_dir, x)
     rfd = frechet.frechet_distance_from_stats(frechet.stats_from_features(judge.features(x_hat)),
                                               judge.real_stats)
     acc = float(np.mean(judge.predict(x_hat) == y))
-    results.append((kind, f, c, run["psnr"], run["ssim"], rfd, acc, z_std, run["seconds"]))
+    results.append((kind, f, c, run["psnr"], run["ssim"], rfd, acc, z_std, run["seconds"], rate))
     print(f"{kind} f={f} c={c}: PSNR {run['psnr']:.2f} SSIM {run['ssim']:.3f} rFD {rfd:.3f}", flush=True)
 
   floor = judge.floor(x.shape[0], args.seed)
   sc = common.TRAIN_SCALES[args.scale]
-  rows = [[kind, f, c, f"{32 // f}x{32 // f}x{c}", psnr, ssim, rfd, acc, z_std, secs]
-          for kind, f, c, psnr, ssim, rfd, acc, z_std, secs in results]
+  rows = [[kind, f, c, f"{32 // f}x{32 // f}x{c}", psnr, ssim, rfd, acc, rate, z_std, secs]
+          for kind, f, c, psnr, ssim, rfd, acc, z_std, secs, rate in results]
   wall = time.time() - t_start
   common.write_report(
       args.out, NAME, title="Ablation 2: autoencoder zoo (MNIST, held-out split)", claim=CLAIM,
@@ -89,11 +120,14 @@ def main(argv=None):
              f"PSNR / SSIM (images in [0, 1]) by the stage's own evaluation over the "
              f"{x.shape[0]} held-out images; rFD / class accuracy of the reconstructions with "
              f"classifier `{clf_path}`; latent std of the posterior mean (VQ: pre-quantisation).",
+             "Rate in bits per pixel dimension (`ldm_jax.metrics.rate`): KL autoencoders "
+             "KL(q(z|x) || N(0, I)) averaged over the held-out images; VQ the bound log2 K per "
+             "latent position (K codes). 8 bits would store the pixels themselves.",
              f"rFD scale: the real-vs-real FD at this N (train subset vs held-out) is "
              f"{floor['fd']:.3f}; a perfect autoencoder has rFD 0.",
              f"Scale `{args.scale}`; wall time {wall:.0f} s on {common.devices_line()}."],
       header=["kind", "f", "c", "latent", "PSNR dB", "SSIM", "rFD", "class acc of rec.",
-              "latent std", "train s"],
+              "rate bits/px", "latent std", "train s"],
       rows=rows, verdict=_verdict(results))
   _plot(args.out, results)
   return results

@@ -212,6 +212,10 @@ def train_run(get_config, workdir, overrides):
   if os.path.exists(eval_path):
     with open(eval_path, encoding="utf-8") as f:
       summary = json.load(f)
+    if summary.get("steps", 0) > config.train.num_steps:
+      raise ValueError(f"{workdir} is already trained to {summary['steps']} steps, past the "
+                       f"{config.train.num_steps} asked for; remove it (or point --workdir "
+                       "elsewhere) to train it again.")
     if summary.get("steps") == config.train.num_steps:  # reused: the wall time of its training
       # (None for runs trained before eval.json recorded it; reports print "n/a")
       return {**summary, "seconds": summary.get("train_seconds"), "reused": True}
@@ -311,10 +315,13 @@ def devices_line():
 # ---------------------------------------------------------------------------------------------
 # The runs the training ablations share.
 
-# Per scale: autoencoder / LDM steps and batch, samples per class and sampler steps for evaluation.
+# Per scale: autoencoder / LDM steps and batch, samples per class and sampler steps for evaluation,
+# held-out images of the likelihood evaluation.
 TRAIN_SCALES = {
-    "tiny": dict(ae_steps=2, ldm_steps=2, batch=8, per_class=2, sample_steps=3, lr=1e-3),
-    "cpu": dict(ae_steps=600, ldm_steps=1200, batch=64, per_class=50, sample_steps=20, lr=1e-3),
+    "tiny": dict(ae_steps=2, ldm_steps=2, batch=8, per_class=2, sample_steps=3, lr=1e-3,
+                 bpd_images=4),
+    "cpu": dict(ae_steps=600, ldm_steps=1200, batch=64, per_class=50, sample_steps=20, lr=1e-3,
+                bpd_images=100),
 }
 
 
@@ -327,6 +334,54 @@ def unet_overrides(scale):
               "model.down_block_types": ("DownBlock2D", "DownBlock2D"),
               "model.up_block_types": ("UpBlock2D", "UpBlock2D"), "model.mid_block_type": "UNetMidBlock2D"})
   return o
+
+
+# The flags of the ablations that train LDMs on one autoencoder's latents (3, 5, 7).
+LATENT_ABLATION_FLAGS = {
+    "ae": ("", "Autoencoder workdir (default: the shared KL f4 c3 one, trained if missing)."),
+    "variants": ("", "Comma-separated variant indices (default: all)."),
+}
+
+
+def latent_ablation_setup(args, name):
+  """The setup of an ablation that trains LDMs on one autoencoder's latents (3, 5, 7): returns
+  (scale dict, the root of its runs, judge, classifier path, autoencoder workdir). Without --ae,
+  the shared KL f = 4, c = 3 autoencoder of the scale is trained (or reused)."""
+  sc = TRAIN_SCALES[args.scale]
+  root = os.path.join(args.workdir, name, args.scale)
+  judge, clf_path = load_judge(args.classifier, args.workdir)
+  ae_dir = args.ae or autoencoder_dir(args.workdir, args.scale, "KL", 4, 3)
+  if not args.ae:
+    autoencoder_run(ae_dir, args.scale, seed=args.seed)
+  return sc, root, judge, clf_path, ae_dir
+
+
+def pick_variants(spec, variants, always=()):
+  """The variants whose indices are listed in `spec` ("0,2"; all when empty) plus those in
+  `always`, in index order. variants: tuples whose first item is the label."""
+  if not spec:
+    return list(variants)
+  valid = "; ".join(f"{i}: {v[0]}" for i, v in enumerate(variants))
+  try:
+    chosen = {int(i) for i in spec.split(",")}
+  except ValueError:
+    raise ValueError(f"--variants={spec!r} is not a comma-separated list of indices; valid "
+                     f"indices: {valid}.") from None
+  bad = sorted(i for i in chosen if not 0 <= i < len(variants))
+  if bad:
+    raise ValueError(f"--variants={spec!r}: no variant {bad}; valid indices: {valid}.")
+  return [variants[i] for i in sorted(chosen | set(always))]
+
+
+def int_list(spec, flag):
+  """Positive ints of a comma-separated flag value ("300,600"), increasing."""
+  try:
+    values = tuple(int(v) for v in spec.split(","))
+  except ValueError:
+    raise ValueError(f"--{flag}={spec!r} is not a comma-separated list of integers.") from None
+  if any(v <= 0 for v in values) or list(values) != sorted(set(values)):
+    raise ValueError(f"--{flag}={spec!r}: the values must be positive and increasing.")
+  return values
 
 
 def autoencoder_dir(workdir, scale, kind, f, c):
@@ -363,6 +418,17 @@ def ldm_run(workdir, ae_workdir, scale, *, seed=0, steps=None, decay_steps=None,
        "first_stage.workdir": os.path.abspath(ae_workdir), "train.ema_decay": 0.99}
   o.update(extra or {})
   return train_run(mnist_ldm.get_config, workdir, o)
+
+
+def latent_bits_per_dim(ldm_workdir, num_images, *, seed=0, timesteps_per_chunk=10):
+  """Mean variational bound (bits per latent dimension, `LatentDiffusionPipeline.
+  latent_bits_per_dim`) of an LDM run (raw weights) on the first num_images held-out images and
+  their labels, and its standard error over the images."""
+  x, y = split(HELD_OUT)
+  pipe = load_pipeline(ldm_workdir, use_ema=False, max_batch=min(num_images, 100))
+  bpd = pipe.latent_bits_per_dim(jax.random.key(seed), x[:num_images], y[:num_images],
+                                 timesteps_per_chunk=timesteps_per_chunk).total_bpd
+  return float(np.mean(bpd)), float(np.std(bpd) / np.sqrt(len(bpd)))
 
 
 def evaluate_ldm(judge, ldm_workdir, scale, *, seed=0, method="ddim", num_steps=None,

@@ -30,21 +30,17 @@ CLAIM = ("LDM sec. 4.3.2 / app. D.1: the signal-to-noise ratio induced by the la
 
 
 def main(argv=None):
-  args = common.parse_args(argv, __doc__, ae=("", "Autoencoder workdir (default: train one)."),
-                           variants=("", "Comma-separated variant indices (default: all; 0 always runs)."))
+  args = common.parse_args(argv, __doc__, **{
+      **common.LATENT_ABLATION_FLAGS,
+      "variants": ("", "Comma-separated variant indices (default: all; 0 always runs).")})
   t_start = time.time()
-  sc = common.TRAIN_SCALES[args.scale]
-  root = os.path.join(args.workdir, NAME, args.scale)
-  judge, clf_path = common.load_judge(args.classifier, args.workdir)
-  ae_dir = args.ae or common.autoencoder_dir(args.workdir, args.scale, "KL", 4, 3)
-  if not args.ae:
-    common.autoencoder_run(ae_dir, args.scale, seed=args.seed)
+  variants = common.pick_variants(args.variants, VARIANTS, always=(0,))
+  sc, root, judge, clf_path, ae_dir = common.latent_ablation_setup(args, NAME)
 
   base = common.ldm_run(os.path.join(root, "inv_std"), ae_dir, args.scale, seed=args.seed)
   inv_std = base["latent_scale_factor"]
-  chosen = sorted({0} | {int(i) for i in args.variants.split(",")}) if args.variants else range(len(VARIANTS))
   results = []
-  for label, mult in [VARIANTS[i] for i in chosen]:
+  for label, mult in variants:
     s = inv_std if mult == 1.0 else (1.0 if mult is None else mult * inv_std)
     tag = "inv_std" if mult == 1.0 else ("none" if mult is None else f"x{mult:g}")
     run = base if mult == 1.0 else common.ldm_run(

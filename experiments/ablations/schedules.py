@@ -51,16 +51,10 @@ def brightness(images_uint8):
 
 
 def main(argv=None):
-  args = common.parse_args(argv, __doc__, ae=("", "Autoencoder workdir (default: train one)."),
-                           variants=("", "Comma-separated variant indices (default: all)."))
+  args = common.parse_args(argv, __doc__, **common.LATENT_ABLATION_FLAGS)
   t_start = time.time()
-  sc = common.TRAIN_SCALES[args.scale]
-  root = os.path.join(args.workdir, NAME, args.scale)
-  judge, clf_path = common.load_judge(args.classifier, args.workdir)
-  ae_dir = args.ae or common.autoencoder_dir(args.workdir, args.scale, "KL", 4, 3)
-  if not args.ae:
-    common.autoencoder_run(ae_dir, args.scale, seed=args.seed)
-  variants = ([VARIANTS[int(i)] for i in args.variants.split(",")] if args.variants else VARIANTS)
+  variants = common.pick_variants(args.variants, VARIANTS)
+  sc, root, judge, clf_path, ae_dir = common.latent_ablation_setup(args, NAME)
 
   results = []
   for label, tag, diff in variants:

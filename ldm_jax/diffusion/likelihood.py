@@ -109,7 +109,9 @@ def vlb_terms(model_fn: Callable[[jax.Array, jax.Array], jax.Array], schedule: S
       called on batches of N = timesteps_per_chunk * B.
     schedule: the noise schedule (T levels).
     x0: data [B, ...]; for decoder="discretized" 8-bit values scaled to [-1, 1].
-    rng: PRNG key; level t uses eps drawn with jax.random.fold_in(rng, t).
+    rng: PRNG key; level t uses eps drawn with jax.random.fold_in(rng, t). Or one key per example
+      ([B] keys): example b's eps at level t is drawn from fold_in(rng[b], t), so its terms do not
+      depend on the rest of the batch (results are invariant to batch splits and sharding).
     prediction_type: what model_fn predicts (PREDICTION_TYPES).
     decoder: "discretized" (pixels, bits/dim of the discrete image) or "gaussian" (continuous
       data such as latents, bits/dim of a density; see the module docstring).
@@ -134,9 +136,19 @@ def vlb_terms(model_fn: Callable[[jax.Array, jax.Array], jax.Array], schedule: S
   abar0 = schedule.alphas_cumprod[0].astype(jnp.float32)
   decoder_log_var = log_var[0] if decoder == "discretized" else jnp.log(one_minus_alphas_cumprod(schedule)[0] / abar0)
 
+  rng = jnp.asarray(rng) if not hasattr(rng, "dtype") else rng
+  per_example = rng.ndim == (1 if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key) else 2)  # raw keys: [2]
+  if per_example and rng.shape[0] != B:
+    raise ValueError(f"rng holds {rng.shape[0]} keys for a batch of {B}: pass one key, or one per example.")
+
+  def level_noise(t):
+    if per_example:
+      return jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, t), x0.shape[1:], jnp.float32))(rng)
+    return jax.random.normal(jax.random.fold_in(rng, t), x0.shape, jnp.float32)
+
   def chunk_terms(ts):  # ts: int32 [C] -> nats [C, B]
     C = ts.shape[0]
-    noise = jax.vmap(lambda t: jax.random.normal(jax.random.fold_in(rng, t), x0.shape, jnp.float32))(ts)
+    noise = jax.vmap(level_noise)(ts)
     t_flat = jnp.repeat(ts, B)
     x0_rep = jnp.broadcast_to(x0, (C,) + x0.shape).reshape((C * B,) + x0.shape[1:])
     x_t = q_sample(schedule, x0_rep, t_flat, noise.reshape(x0_rep.shape))

@@ -1,5 +1,6 @@
 """Evaluation metrics: Frechet distance, precision/recall, PSNR/SSIM, FID Inception-v3 features,
-an MNIST digit classifier."""
+the rate of a first stage's latent, an MNIST digit classifier. (Likelihood in bits/dim:
+`ldm_jax.diffusion.vlb_terms` and `LatentDiffusionPipeline.latent_bits_per_dim`.)"""
 
 from ldm_jax.metrics.frechet import (
     FeatureStats,
@@ -15,5 +16,6 @@ from ldm_jax.metrics.frechet import (
 )
 from ldm_jax.metrics.image import psnr, ssim
 from ldm_jax.metrics.inception import FIDInceptionV3, inception_features
+from ldm_jax.metrics.rate import kl_rate_bits, vq_rate_bits
 
 # `precision_recall` is deliberately not re-exported: the function would shadow its module here.

@@ -8,6 +8,8 @@ The embedding is swapped with `flax.linen.intercept_methods` on the UNet's "clas
 """
 
 import flax.linen as nn
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from ldm_jax import samplers
@@ -45,6 +47,25 @@ def model_fn(unet, params, kind, cond, null_cond, guidance_scale):
   else:
     raise ValueError(f"Unknown conditioning kind {kind!r}; valid choices: {', '.join(KINDS)}.")
   return samplers.classifier_free_guidance(cond_fn, cond, null_cond, guidance_scale)
+
+
+def conditional_model_fn(unet, params, kind, cond):
+  """model_fn(x_t, t) of the conditional model alone, without guidance (what the likelihood
+  evaluates). cond has a leading axis B dividing x_t's batch N; example i of x_t gets cond[i mod B]
+  (the layout of `diffusion.vlb_terms`, which stacks timestep chunks of the batch)."""
+  if kind not in KINDS:
+    raise ValueError(f"Unknown conditioning kind {kind!r}; valid choices: {', '.join(KINDS)}.")
+
+  def fn(x, t):
+    if kind == "none":
+      return unet.apply({"params": params}, x, t)
+    reps = x.shape[0] // jax.tree.leaves(cond)[0].shape[0]
+    tiled = jax.tree.map(lambda a: jnp.tile(a, (reps,) + (1,) * (a.ndim - 1)), cond)
+    if kind == "class":
+      return _mixed_class_apply(unet, params, x, t, tiled)
+    return unet.apply({"params": params}, x, t, context=tiled)
+
+  return fn
 
 
 def class_mixture(y_a, y_b=None, w=None):

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from ldm_jax import diffusion
 from ldm_jax import samplers
 from ldm_jax.pipeline import checks
 from ldm_jax.pipeline import conditioning
@@ -256,6 +257,43 @@ class LatentDiffusionPipeline:
       traj["x0_images"] = self._finish(decoded, output).reshape(s[:2] + self.image_shape)
       z = self._finish(self._decode(z), output)
     return z, traj
+
+  # ---------------------------------------------------------------------------------------------
+  # Likelihood.
+
+  def latent_bits_per_dim(self, rng, images, labels=None, context=None, *,
+                          timesteps_per_chunk: int = 8):
+    """The variational bound on -log p(z) of the diffusion-space latents z = encode(images) under
+    the (conditional, unguided) latent model, in bits per latent dimension (Ho et al. 2020, eq. 5,
+    with the Gaussian decoder of `diffusion.vlb_terms`).
+
+    What the number means: a bound on the negative log-*density* of the latents, not an image
+    likelihood (that would also need the decoder's likelihood and the encoder's entropy). It
+    shifts by -log2(scale_factor) per dimension when the latents are rescaled and can be negative,
+    so compare it only between models on the same autoencoder and scale factor. One Monte-Carlo
+    draw of x_t per level and image (image b draws from fold_in(rng, b)), so the result does not
+    depend on max_batch or the device count. Costs T model calls per image.
+
+    Returns:
+      diffusion.VLBTerms of host arrays: prior_bpd [N], terms_bpd [N, T], total_bpd [N].
+    """
+    x = images_lib.to_float(checks.images(images, self.image_shape))
+    chunk = checks.positive_int(timesteps_per_chunk, "timesteps_per_chunk")
+    n = x.shape[0]
+    cond, _ = self._conditions(n, labels, context, None)
+    z = self._encode(x)
+    rng = _key(rng)
+    fn = self._program(("likelihood", chunk), lambda: programs.likelihood_program(
+        self.unet, self.schedule, self._count, kind=self.conditioning,
+        prediction_type=self.prediction_type, timesteps_per_chunk=chunk))
+    per_sample = {"index": np.arange(n, dtype=np.int32), "z": z, "cond": cond}
+
+    def call(placement, take):
+      a = take(per_sample)
+      return fn(placement[2], rng, a["index"], a["z"], a["cond"])
+
+    prior, terms = self._map(n, call)
+    return diffusion.VLBTerms(prior_bpd=prior, terms_bpd=terms, total_bpd=prior + terms.sum(axis=1))
 
   def _check_common(self, method, num_steps, eta, output):
     checks.method(method)

@@ -10,12 +10,13 @@ batch size). `on_trace(name)` is called whenever a program is traced (i.e. about
 import jax
 import jax.numpy as jnp
 
+from ldm_jax import diffusion
 from ldm_jax import samplers
 from ldm_jax.models.autoencoder import VQModel
 from ldm_jax.pipeline import conditioning
 from ldm_jax.pipeline import loop
 
-INIT_NOISE, PROBE_NOISE = 0, 4  # fold_in purposes of the per-sample keys (see loop.py for the others)
+INIT_NOISE, PROBE_NOISE, LIKELIHOOD_NOISE = 0, 4, 5  # fold_in purposes of the per-sample keys (see loop.py for the others)
 
 
 def sample_keys(rng, index):
@@ -53,6 +54,20 @@ def denoise_program(unet, schedule, on_trace, *, method, num_steps, kind, predic
       return out
     return out[0], {k: jnp.moveaxis(out[1][k], 1, 0) for k in ("x_t", "x0_pred")}  # [B, S, ...]
 
+  return jax.jit(fn)
+
+
+def likelihood_program(unet, schedule, on_trace, *, kind, prediction_type, timesteps_per_chunk):
+  """fn(params, rng, index, z0, cond) -> (prior_bpd [B], terms_bpd [B, T]): the variational bound
+  of the conditional latent model on latents z0 (`diffusion.vlb_terms`, Gaussian decoder); sample
+  b's noise comes from its own key fold_in(fold_in(rng, index_b), LIKELIHOOD_NOISE)."""
+  def fn(params, rng, index, z0, cond):
+    on_trace("likelihood")
+    keys = jax.vmap(lambda k: jax.random.fold_in(k, LIKELIHOOD_NOISE))(sample_keys(rng, index))
+    out = diffusion.vlb_terms(conditioning.conditional_model_fn(unet, params, kind, cond), schedule,
+                              z0, keys, prediction_type=prediction_type, decoder="gaussian",
+                              timesteps_per_chunk=timesteps_per_chunk)
+    return out.prior_bpd, out.terms_bpd
   return jax.jit(fn)
 
 
