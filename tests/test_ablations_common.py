@@ -61,3 +61,13 @@ def test_train_run_reused_without_recorded_time_reports_none(tmp_path):
   (tmp_path / "eval.json").write_text(json.dumps({"steps": 7}))
   reused = common.train_run(mnist_autoencoder.get_config, str(tmp_path), {"train.num_steps": 7})
   assert reused["seconds"] is None and common.fmt(reused["seconds"]) == "n/a"
+
+
+def test_autoencoder_verdict_separates_direction_and_size():
+  row = lambda kind, f, c, psnr: (kind, f, c, psnr, 0.9, 1.0, 0.9, 1.0, 1.0, 1.0)
+  close = autoencoders._verdict([row("KL", 4, 3, 24.0), row("VQ", 4, 3, 23.5)])  # pylint: disable=protected-access
+  assert "(gap 0.50 dB): agrees (KL slightly better)" in close
+  far = autoencoders._verdict([row("KL", 4, 3, 24.0), row("VQ", 4, 3, 18.0)])  # pylint: disable=protected-access
+  assert "agrees in direction (KL better), not in size" in far and "1.1 dB" in far
+  worse = autoencoders._verdict([row("KL", 8, 4, 20.0), row("VQ", 8, 4, 21.0)])  # pylint: disable=protected-access
+  assert "DISAGREES" in worse

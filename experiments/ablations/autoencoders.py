@@ -34,6 +34,9 @@ FACTORS = (1, 2, 4, 8, 16, 32)
 GRID = {"tiny": (("KL", 2, 2), ("KL", 4, 3), ("VQ", 4, 3)),
         "cpu": (("KL", 1, 1), ("KL", 2, 2), ("KL", 4, 1), ("KL", 4, 3), ("KL", 4, 4), ("KL", 8, 4), ("KL", 8, 8),
                 ("KL", 8, 16), ("VQ", 4, 3), ("VQ", 8, 4))}
+# LDM Table 8, KL minus VQ-256 PSNR at matched f / c: f = 4, c = 3: 27.53 - 26.43; f = 8, c = 4:
+# 24.19 - 22.35.
+PAPER_VQ256_GAP_DB = {4: 1.10, 8: 1.84}
 CLAIM = ("LDM Table 8: at fixed c, PSNR / SSIM fall and rFD rises with f; more latent channels c "
          "recover quality (f = 32 KL: R-FID 7.3 at c = 16 -> 2.04 at c = 64); VQ reconstructs "
          "'slightly' worse than KL at matched f / c.")
@@ -156,9 +159,17 @@ def _verdict(results):
     if r[0] == "VQ":
       match = [k for k in kl if k[1] == r[1] and k[2] == r[2]]
       if match:
-        ok = match[0][3] >= r[3]
-        parts.append(f"KL vs VQ at f={r[1]}, c={r[2]}: PSNR {match[0][3]:.2f} vs {r[3]:.2f}: "
-                     f"{'agrees' if ok else 'DISAGREES'} (KL slightly better).")
+        gap = match[0][3] - r[3]
+        paper = PAPER_VQ256_GAP_DB.get(r[1])
+        if gap < 0:
+          verdict = "DISAGREES (KL slightly better)"
+        elif paper is not None and gap > 2 * paper:
+          verdict = (f"agrees in direction (KL better), not in size: the paper's gap with 256 "
+                     f"codes is {paper:.1f} dB")
+        else:
+          verdict = "agrees (KL slightly better)"
+        parts.append(f"KL vs VQ at f={r[1]}, c={r[2]}: PSNR {match[0][3]:.2f} vs {r[3]:.2f} "
+                     f"(gap {gap:.2f} dB): {verdict}.")
   return " ".join(parts) if parts else "Too few autoencoders to compare."
 
 
