@@ -136,7 +136,7 @@ def vlb_terms(model_fn: Callable[[jax.Array, jax.Array], jax.Array], schedule: S
   abar0 = schedule.alphas_cumprod[0].astype(jnp.float32)
   decoder_log_var = log_var[0] if decoder == "discretized" else jnp.log(one_minus_alphas_cumprod(schedule)[0] / abar0)
 
-  rng = jnp.asarray(rng) if not hasattr(rng, "dtype") else rng
+  rng = jnp.asarray(rng)
   per_example = rng.ndim == (1 if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key) else 2)  # raw keys: [2]
   if per_example and rng.shape[0] != B:
     raise ValueError(f"rng holds {rng.shape[0]} keys for a batch of {B}: pass one key, or one per example.")

@@ -14,6 +14,8 @@ import math
 import jax
 import jax.numpy as jnp
 
+from ldm_jax.diffusion.likelihood import normal_kl
+
 LN2 = math.log(2.0)
 
 
@@ -22,7 +24,7 @@ def kl_rate_bits(mean: jax.Array, logvar: jax.Array) -> jax.Array:
   """KL(N(mean, e^logvar) || N(0, I)) per example in bits [B], summed over the non-batch axes of
   mean / logvar [B, ...] (the posterior of a KL autoencoder's `encode`)."""
   mean, logvar = jnp.asarray(mean, jnp.float32), jnp.asarray(logvar, jnp.float32)
-  kl = 0.5 * (jnp.square(mean) + jnp.exp(logvar) - 1.0 - logvar)
+  kl = normal_kl(mean, logvar, 0.0, 0.0)
   return jnp.sum(kl, axis=tuple(range(1, mean.ndim))) / LN2
 
 
