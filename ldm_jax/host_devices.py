@@ -9,8 +9,12 @@ import os
 
 
 def simulate_one_device_per_core() -> None:
-  """Adds --xla_force_host_platform_device_count=<cores> to XLA_FLAGS unless already set."""
+  """Adds --xla_force_host_platform_device_count=<cores> to XLA_FLAGS unless already set, or unless
+  this process is one of several started together (LDM_JAX_NUM_PROCESSES / JAX_NUM_PROCESSES > 1):
+  each of those keeps one CPU device (`ldm_jax.launch`)."""
   flags = os.environ.get("XLA_FLAGS", "")
-  if "xla_force_host_platform_device_count" not in flags:
+  several = any(os.environ.get(v, "").strip().isdigit() and int(os.environ[v]) > 1
+                for v in ("LDM_JAX_NUM_PROCESSES", "JAX_NUM_PROCESSES"))
+  if "xla_force_host_platform_device_count" not in flags and not several:
     os.environ["XLA_FLAGS"] = (flags + f" --xla_force_host_platform_device_count={os.cpu_count() or 1}").strip()
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")

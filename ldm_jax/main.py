@@ -8,17 +8,19 @@
   python -m ldm_jax.main sample --workdir=workdirs/mnist_ldm --out=samples.png \
       --labels=0,1,2,3,4,5,6,7,8,9 --per_label=8 --method=dpmpp_2m --num_steps=25 --guidance_scale=2
 
-On a CPU-only host one XLA device is simulated per core (data parallelism over the cores), unless
-XLA_FLAGS already says otherwise.
+Multi-process runs (TPU pods, SLURM / Open MPI clusters, or N processes started by hand): run the
+same command in every process; `jax.distributed` is initialised from the config's `distributed`
+section, LDM_JAX_* / JAX_* environment variables or the detected cluster before any device is
+touched (`ldm_jax.launch`; README "Launching on pods and clusters"). On a CPU-only host a single
+process simulates one XLA device per core (data parallelism over the cores), unless XLA_FLAGS
+already says otherwise.
 """
 
-from ldm_jax import host_devices  # pylint: disable=wrong-import-position
+from absl import app
+from absl import flags
+from ml_collections import config_flags
 
-host_devices.simulate_one_device_per_core()  # before JAX is imported
-
-from absl import app  # pylint: disable=wrong-import-position
-from absl import flags  # pylint: disable=wrong-import-position
-from ml_collections import config_flags  # pylint: disable=wrong-import-position
+from ldm_jax import launch
 
 COMMANDS = ("train", "sample")
 
@@ -39,6 +41,7 @@ def _train():
   from ldm_jax.stages import run  # pylint: disable=import-outside-toplevel
   if FLAGS.config is None or FLAGS.workdir is None:
     raise app.UsageError("train needs --config=<experiments/configs/NAME.py> and --workdir=<dir>.")
+  launch.start(FLAGS.config.get("distributed"))
   summary = run.train(FLAGS.config, FLAGS.workdir)
   print({k: v for k, v in summary.items() if k != "final_metrics"})
 
@@ -51,6 +54,7 @@ def _sample():
   from ldm_jax.pipeline import LatentDiffusionPipeline, image_grid  # pylint: disable=import-outside-toplevel
   if FLAGS.workdir is None:
     raise app.UsageError("sample needs --workdir=<latent diffusion run>.")
+  launch.start()
   pipe = LatentDiffusionPipeline.from_workdir(FLAGS.workdir)
   labels = [int(s) for s in FLAGS.labels.split(",") if s.strip()] or [None]
   rows = []

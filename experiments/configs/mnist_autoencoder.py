@@ -7,6 +7,7 @@ Override any key, e.g. --config.train.num_steps=100 --config.parallel.mode=mesh.
 
 import ml_collections
 
+from ldm_jax.train import distributed
 from ldm_jax.train import optim
 
 
@@ -34,11 +35,19 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.z_channels = 3
   c.model.norm_groups = 8
   c.model.mid_attention = True
+  c.model.dtype = "float32"           # activations: "float32" | "bfloat16" | "float16"
+  c.model.param_dtype = "float32"     # params, optimizer state, EMA
+  c.model.remat = "none"              # "none" | "full" | "dots" | "dots_no_batch"
+  c.model.attention_impl = "xla"      # "xla" | "cudnn" (NVIDIA GPUs, 16-bit dtype)
 
   c.disc = ml_collections.ConfigDict()
   c.disc.base_channels = 32           # PatchGAN width (ndf)
   c.disc.num_layers = 2               # stride-2 layers: 32 -> 8 -> 7 patch grid
   c.disc.norm = "batch"
+  c.disc.dtype = "float32"
+  c.disc.param_dtype = "float32"
+  c.disc.remat = "none"               # rematerialises the whole discriminator forward
+  c.disc.attention_impl = "xla"       # unused: the PatchGAN has no attention
 
   c.loss = ml_collections.ConfigDict()
   c.loss.rec_loss = "l1"              # "l1" or "l2"
@@ -76,5 +85,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.parallel.mode = "pmap"            # "pmap" or "mesh"
   c.parallel.num_devices = 0          # 0: all devices
   c.parallel.num_fsdp = 1             # mesh mode: size of the "fsdp" axis
+
+  c.distributed = distributed.default_config()  # multi-process runs (README: pods and clusters)
   c.lock()
   return c

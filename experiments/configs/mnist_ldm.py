@@ -7,6 +7,7 @@ Launch (after the autoencoder run):
 
 import ml_collections
 
+from ldm_jax.train import distributed
 from ldm_jax.train import optim
 
 
@@ -42,6 +43,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.cross_attention_dim = None
   c.model.norm_num_groups = 16
   c.model.dropout = 0.0
+  c.model.dtype = "float32"           # activations: "float32" | "bfloat16" | "float16"
+  c.model.param_dtype = "float32"     # params, optimizer state, EMA
+  c.model.remat = "none"              # "none" | "full" | "dots" | "dots_no_batch"
+  c.model.attention_impl = "xla"      # "xla" | "cudnn" (NVIDIA GPUs, 16-bit dtype)
 
   c.diffusion = ml_collections.ConfigDict()
   c.diffusion.schedule = "scaled_linear"  # LDM's "linear" (linear in sqrt(beta))
@@ -86,5 +91,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.parallel.mode = "pmap"
   c.parallel.num_devices = 0
   c.parallel.num_fsdp = 1
+
+  c.distributed = distributed.default_config()  # multi-process runs (README: pods and clusters)
   c.lock()
   return c

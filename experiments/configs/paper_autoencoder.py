@@ -24,6 +24,7 @@ then set `--config.loss.perceptual_weight=1.0` as in the paper); no weights are 
 import ml_collections
 
 from experiments.configs import mnist_autoencoder
+from ldm_jax.models import precision
 
 VARIANTS = ("vq_f4", "kl_f8")
 
@@ -42,6 +43,7 @@ def get_config(variant: str = "vq_f4") -> ml_collections.ConfigDict:
     c.model.preset = "VQ_F4" if variant == "vq_f4" else "KL_F8"  # ldm_jax.models.autoencoder
     c.model.in_channels = 3
     c.model.out_channels = 3
+    c.model.update(precision.DEFAULTS)  # dtype, param_dtype, remat, attention_impl
 
     c.disc.base_channels = 64           # taming NLayerDiscriminator: ndf 64, 3 layers
     c.disc.num_layers = 3

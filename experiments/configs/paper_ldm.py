@@ -32,12 +32,15 @@ level, which ldm_jax's autoencoder does not build; it is not offered here.
 import ml_collections
 
 from experiments.configs import mnist_ldm
+from ldm_jax.models import precision
 
 VARIANTS = ("celebahq_ldm_vq4", "churches_ldm_kl8", "imagenet_cin_ldm_vq4")
 
 
-def _unet(**fields) -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict({"preset": "UNet", **fields})
+def _unet(preset: str = "UNet", **fields) -> ml_collections.ConfigDict:
+  """A model section: the preset, its fields and the precision keys (override e.g.
+  --config.model.dtype=bfloat16 --config.model.remat=full --config.model.attention_impl=cudnn)."""
+  return ml_collections.ConfigDict({"preset": preset, **fields, **precision.DEFAULTS})
 
 
 def get_config(variant: str = "celebahq_ldm_vq4") -> ml_collections.ConfigDict:
@@ -62,7 +65,7 @@ def get_config(variant: str = "celebahq_ldm_vq4") -> ml_collections.ConfigDict:
     if variant == "celebahq_ldm_vq4":
       c.data.name = "celeb_a_hq/256"
       c.first_stage.scale_factor = 1.0
-      c.model = ml_collections.ConfigDict({"preset": "LDM_CELEBAHQ"})
+      c.model = _unet("LDM_CELEBAHQ")
       c.train.global_batch_size, c.train.num_steps = 48, 500_000
       c.optim.learning_rate, c.optim.warmup_steps = 9.6e-5, 0
     elif variant == "churches_ldm_kl8":

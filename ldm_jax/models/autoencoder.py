@@ -56,7 +56,8 @@ class _Autoencoder(nn.Module):
   mid_attention: bool = True
   scaling_factor: float = 1.0
   shift_factor: float = 0.0
-  remat: bool = False
+  remat: bool | str = False  # or a policy name of ldm_jax.models.precision
+  attention_impl: str | None = None  # mid-block attention kernel: None / "xla" or "cudnn"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -69,6 +70,7 @@ class _Autoencoder(nn.Module):
     return dict(block_out_channels=tuple(self.block_out_channels),
                 layers_per_block=self.layers_per_block, norm_groups=self.norm_groups,
                 epsilon=self.epsilon, mid_attention=self.mid_attention, remat=self.remat,
+                attention_impl=self.attention_impl,
                 dtype=self.dtype, param_dtype=self.param_dtype)
 
   def _conv1x1(self, features, name):

@@ -35,6 +35,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from ldm_jax.models import precision
 from ldm_jax.models.attention import AttentionBlock
 from ldm_jax.models.embeddings import TimestepEmbedding, class_embedding, timestep_embedding
 from ldm_jax.models.resnet import Downsample, ResnetBlock, Upsample, conv, group_norm
@@ -178,7 +179,8 @@ class UNet(nn.Module):
   ``num_class_embeds`` models.  Dropout (``train=True``) draws from the "dropout" rng.
   Returns float32 [B, H, W, out_channels].  Computation runs in ``dtype``; GroupNorm, LayerNorm,
   timestep features and attention logits/softmax run in float32.  ``remat``: rematerialise
-  (gradient-checkpoint) every down/mid/up block.
+  (gradient-checkpoint) every down/mid/up block, True / "full" saving nothing, "dots" / "dots_no_batch"
+  saving matmul outputs (``ldm_jax.models.precision``).
   """
   in_channels: int = 4
   out_channels: int = 4
@@ -209,7 +211,7 @@ class UNet(nn.Module):
   resnet_time_scale_shift: str = "default"  # "default" | "scale_shift" (ADM)
   mid_block_scale_factor: float = 1.0
   downsample_padding: int = 1
-  remat: bool = False
+  remat: bool | str = False  # or a policy name of ldm_jax.models.precision ("full", "dots", ...)
   attention_impl: str | None = None  # None/"xla", or "cudnn" (fused GPU kernel, bf16/fp16)
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
@@ -315,7 +317,7 @@ class UNet(nn.Module):
       default = self.norm_num_groups if self.resnet_time_scale_shift == "default" else None
       kw["attn_groups"] = self.attn_norm_num_groups or default
     kw["output_scale_factor"] = self.mid_block_scale_factor
-    cls = nn.remat(MidBlock, static_argnums=(4,)) if self.remat else MidBlock
+    cls = precision.maybe_remat(MidBlock, self.remat, static_argnums=(4,))
     return cls(num_layers=self.mid_block_layers, name="mid_block", **kw)
 
   @nn.compact
@@ -342,7 +344,7 @@ class UNet(nn.Module):
 
     h = conv(boc[0], 3, name="conv_in", **kw)(x.astype(self.dtype))
     skips = [h]
-    down_cls = nn.remat(DownBlock, static_argnums=(4,)) if self.remat else DownBlock
+    down_cls = precision.maybe_remat(DownBlock, self.remat, static_argnums=(4,))
     for level, block_type in enumerate(self.down_block_types):
       h, s = down_cls(num_layers=self.layers_per_block, resample=level < self.levels - 1,
                       name=f"down_blocks_{level}",
@@ -352,7 +354,7 @@ class UNet(nn.Module):
     if self.mid_block_type is not None:
       h = self._mid_block()(h, emb, context, train)
 
-    up_cls = nn.remat(UpBlock, static_argnums=(5,)) if self.remat else UpBlock
+    up_cls = precision.maybe_remat(UpBlock, self.remat, static_argnums=(5,))
     n = self.layers_per_block + 1
     for i, block_type in enumerate(self.up_block_types):
       level = self.levels - 1 - i

@@ -24,6 +24,7 @@ class VAEAttention(nn.Module):
   """
   groups: int = 32
   epsilon: float = 1e-6
+  implementation: str | None = None  # jax.nn.dot_product_attention's: None / "xla" or "cudnn"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -39,6 +40,6 @@ class VAEAttention(nn.Module):
     y = y.reshape(b, h * w, 1, c)  # [B, T, N=1 head, C]
     qkv_axes = ("embed", "heads")
     q, k, v = dense("to_q", qkv_axes)(y), dense("to_k", qkv_axes)(y), dense("to_v", qkv_axes)(y)
-    y = jax.nn.dot_product_attention(q, k, v)  # scale 1/sqrt(C)
+    y = jax.nn.dot_product_attention(q, k, v, implementation=self.implementation)  # scale 1/sqrt(C)
     y = dense("to_out_0", ("heads", "embed"))(y.reshape(b, h, w, c))
     return x + y

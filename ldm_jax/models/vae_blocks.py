@@ -15,6 +15,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from ldm_jax.models import precision
 from ldm_jax.models.resnet import Downsample, ResnetBlock, Upsample, conv, group_norm
 from ldm_jax.models.vae_attention import VAEAttention
 
@@ -68,6 +69,7 @@ class MidBlock(nn.Module):
   groups: int
   epsilon: float
   add_attention: bool = True
+  attention_impl: str | None = None
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -77,12 +79,12 @@ class MidBlock(nn.Module):
               param_dtype=self.param_dtype)
     x = ResnetBlock(name="resnets_0", **kw)(x)
     if self.add_attention:
-      x = VAEAttention(name="attentions_0", **kw)(x)
+      x = VAEAttention(name="attentions_0", implementation=self.attention_impl, **kw)(x)
     return ResnetBlock(name="resnets_1", **kw)(x)
 
 
 def _maybe_remat(cls, remat):
-  return nn.remat(cls) if remat else cls
+  return precision.maybe_remat(cls, remat)
 
 
 class Encoder(nn.Module):
@@ -94,7 +96,8 @@ class Encoder(nn.Module):
   epsilon: float = 1e-6
   double_z: bool = True
   mid_attention: bool = True
-  remat: bool = False
+  remat: bool | str = False
+  attention_impl: str | None = None
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -108,7 +111,8 @@ class Encoder(nn.Module):
     for i, c in enumerate(chans):
       x = down_cls(c, self.layers_per_block, i < len(chans) - 1, name=f"down_blocks_{i}",
                    **norm_kw)(x)
-    x = _maybe_remat(MidBlock, self.remat)(add_attention=self.mid_attention, name="mid_block",
+    x = _maybe_remat(MidBlock, self.remat)(add_attention=self.mid_attention, attention_impl=self.attention_impl,
+                                           name="mid_block",
                                            **norm_kw)(x)
     x = nn.silu(group_norm(x, name="conv_norm_out", **norm_kw))
     out = self.out_channels * (2 if self.double_z else 1)
@@ -123,7 +127,8 @@ class Decoder(nn.Module):
   norm_groups: int = 32
   epsilon: float = 1e-6
   mid_attention: bool = True
-  remat: bool = False
+  remat: bool | str = False
+  attention_impl: str | None = None
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -133,7 +138,8 @@ class Decoder(nn.Module):
     norm_kw = dict(groups=self.norm_groups, epsilon=self.epsilon, **kw)
     chans = tuple(reversed(self.block_out_channels))
     x = conv(chans[0], 3, name="conv_in", **kw)(z.astype(self.dtype))
-    x = _maybe_remat(MidBlock, self.remat)(add_attention=self.mid_attention, name="mid_block",
+    x = _maybe_remat(MidBlock, self.remat)(add_attention=self.mid_attention, attention_impl=self.attention_impl,
+                                           name="mid_block",
                                            **norm_kw)(x)
     up_cls = _maybe_remat(UpDecoderBlock, self.remat)
     for i, c in enumerate(chans):

@@ -7,16 +7,22 @@ import optax
 from ldm_jax import schedules
 from ldm_jax.models import autoencoder as autoencoder_lib
 from ldm_jax.models import discriminator as discriminator_lib
+from ldm_jax.models import precision
 from ldm_jax.models import unet as unet_lib
 from ldm_jax.train import optim
 
 AUTOENCODER_CLASSES = ("AutoencoderKL", "VQModel")
 
 
-def _fields(section: ml_collections.ConfigDict) -> dict:
+def _fields(section: ml_collections.ConfigDict, *, has_attention: bool = True) -> dict:
+  """Module keyword arguments of a model section: lists as tuples, the precision keys (dtype,
+  param_dtype, remat, attention_impl given as strings) resolved by `models.precision`."""
   d = section.to_dict()
-  d.pop("preset")
-  return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+  d.pop("preset", None)
+  fields = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()
+            if k not in precision.PRECISION_KEYS}
+  fields.update(precision.module_fields(d, has_attention=has_attention))
+  return fields
 
 
 def _preset(module, name, valid):
@@ -33,7 +39,11 @@ def autoencoder(model: ml_collections.ConfigDict):
 
 
 def discriminator(disc: ml_collections.ConfigDict):
-  return discriminator_lib.PatchDiscriminator(**disc.to_dict())
+  """A PatchGAN; it has no attention (attention_impl is validated, then unused), and its remat
+  setting rematerialises the whole discriminator forward."""
+  fields = _fields(disc, has_attention=False)
+  cls = precision.maybe_remat(discriminator_lib.PatchDiscriminator, fields.pop("remat", "none"))
+  return cls(**fields)
 
 
 def unet(model: ml_collections.ConfigDict, *, in_channels: int, num_class_embeds: int | None):
