@@ -6,6 +6,9 @@ UNet2DModel or UNet2DConditionModel; ``module.apply({"params": params}, ...)`` r
 ``save_diffusers(module, params, path)`` writes such a folder without needing torch.
 ``load_ldm_checkpoint(path)`` reads an original CompVis / Stable Diffusion single file
 (``.ckpt`` or ``.safetensors``) into UNet and autoencoder params plus the latent scale factor.
+``load_text_encoder(path) -> (module, params)`` reads a ``text_encoder/`` (CLIPTextModel) or
+``bert/`` (LDMBertModel) folder; ``load_text_encoder_from_checkpoint(path or state dict) ->
+(module, params, layout)`` the text encoder of an SD 1.x / 2.x or LDM txt2img single file.
 """
 
 import json
@@ -107,3 +110,5 @@ def save_diffusers(module, params, path):
 
 # Original CompVis / Stable Diffusion single-file checkpoints (imported last: it uses the above).
 from ldm_jax.convert.ldm_checkpoint import load_ldm_checkpoint  # noqa: E402  pylint: disable=wrong-import-position
+from ldm_jax.convert.text_checkpoint import load_text_encoder_from_checkpoint  # noqa: E402,F401  pylint: disable=wrong-import-position
+from ldm_jax.convert.text_encoders import load_text_encoder  # noqa: E402,F401  pylint: disable=wrong-import-position

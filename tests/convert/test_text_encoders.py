@@ -1,7 +1,6 @@
 """Tests for ldm_jax.convert.text_encoders: parity with transformers' CLIPTextModel and diffusers'
 LDMBertModel (torch, random weights, float32) through their save_pretrained folders."""
 
-import functools
 import json
 import os
 
@@ -11,56 +10,12 @@ import pytest
 import torch
 from safetensors.numpy import save_file
 
+from text_encoder_refs import (IDS, assert_close, flax_outputs, tiny_clip, tiny_ldm_bert,
+                               torch_outputs)
+
 from ldm_jax.convert import text_encoders as te
 
-transformers = pytest.importorskip("transformers")
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
-RTOL = 1e-5
-
-
-def randomize(model, seed=0):
-  """Every parameter (LayerNorms and biases too) random, so no mapping hides behind ones / zeros."""
-  g = torch.Generator().manual_seed(seed)
-  with torch.no_grad():
-    for p in model.parameters():
-      p.copy_(torch.randn(p.shape, generator=g) * 0.3 + (1.0 if p.ndim == 1 else 0.0) * 0.1)
-  return model.eval()
-
-
-def tiny_clip(act):
-  config = transformers.CLIPTextConfig(
-      vocab_size=1000, hidden_size=48, intermediate_size=96, num_hidden_layers=3,
-      num_attention_heads=4, max_position_embeddings=77, hidden_act=act, bos_token_id=998,
-      eos_token_id=999, pad_token_id=999)
-  return randomize(transformers.CLIPTextModel(config), seed={"quick_gelu": 0, "gelu": 1}[act])
-
-
-def tiny_ldm_bert():
-  from diffusers.pipelines.latent_diffusion.pipeline_latent_diffusion import (LDMBertConfig,
-                                                                              LDMBertModel)
-  config = LDMBertConfig(vocab_size=1000, max_position_embeddings=77, encoder_layers=2,
-                         encoder_ffn_dim=96, encoder_attention_heads=4, head_dim=8, d_model=48)
-  return randomize(LDMBertModel(config), seed=2)
-
-
-IDS = np.random.default_rng(0).integers(0, 1000, size=(2, 77)).astype(np.int64)
-
-
-def torch_outputs(model, ids=IDS):
-  with torch.no_grad():
-    out = model(torch.from_numpy(ids), output_hidden_states=True, return_dict=True)
-  return out.last_hidden_state.numpy(), [h.numpy() for h in out.hidden_states]
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def flax_outputs(module, params, ids):
-  return module.apply({"params": params}, ids, output_hidden_states=True)
-
-
-def assert_close(a, b):
-  np.testing.assert_allclose(np.asarray(a), b, rtol=RTOL, atol=RTOL * np.abs(b).max())
-
-
 @pytest.fixture(scope="module", params=["quick_gelu", "gelu"])
 def clip_folder(request, tmp_path_factory):
   model = tiny_clip(request.param)

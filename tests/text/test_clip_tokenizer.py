@@ -11,11 +11,10 @@ import random
 
 import numpy as np
 import pytest
+import transformers
 
 from ldm_jax.text import clip_tokenizer as ct
 from ldm_jax.text.token_ids import tokenize
-
-transformers = pytest.importorskip("transformers")
 
 _HAND = [
     "", " ", "a photo of a cat", "A Photo Of A CAT", "an astronaut riding a horse on mars",

@@ -5,11 +5,10 @@ import random
 
 import numpy as np
 import pytest
+import transformers
 
 from ldm_jax.text import wordpiece as wp
 from ldm_jax.text.token_ids import tokenize
-
-transformers = pytest.importorskip("transformers")
 
 _WORDS = ["a", "the", "photo", "of", "cat", "dog", "un", "##aff", "##able", "##s", "##ing",
           "paint", "##er", "cafe", "naive", "resume", "ein", "hund", "猫", "日", "本", "play",
