@@ -28,7 +28,10 @@ TEXT_ENCODER_FOLDERS = ("text_encoder", "bert")  # diffusers: SD pipelines, LDMT
 
 
 class PromptEncoder(NamedTuple):
-  """A tokenizer (``tokenizers.Tokenizer``, fixed length) and a text encoder with its params."""
+  """A tokenizer (``tokenizers.Tokenizer``, fixed length) and a text encoder with its params.
+
+  The loaders put ``params`` on the default device once, so encoding does not copy them again.
+  """
   tokenizer: Any
   module: Any  # CLIPTextTransformer or BERTEmbedder
   params: Any
@@ -66,7 +69,7 @@ def load_prompt_encoder(path, *, variant=None, max_length=None, **overrides):
   module, params = load_text_encoder(os.path.join(path, folders[0]), variant=variant,
                                      **overrides)
   tokenizer = load_tokenizer(os.path.join(path, "tokenizer"), max_length=max_length)
-  return PromptEncoder(tokenizer, module, params)
+  return PromptEncoder(tokenizer, module, jax.device_put(params))
 
 
 def prompt_encoder_from_checkpoint(checkpoint, *, tokenizer=None, heads=None, **overrides):
@@ -84,4 +87,4 @@ def prompt_encoder_from_checkpoint(checkpoint, *, tokenizer=None, heads=None, **
                        "kind='wordpiece') (bert-base-uncased's vocab.txt)")
     pad = clip_tokenizer.SD2_PAD_TOKEN if layout == "sd2_openclip" else clip_tokenizer.END_TOKEN
     tokenizer = clip_tokenizer.load_clip_tokenizer(pad_token=pad)
-  return PromptEncoder(tokenizer, module, params)
+  return PromptEncoder(tokenizer, module, jax.device_put(params))
