@@ -12,6 +12,8 @@ and then fixed to 77 tokens (``ldm_jax.text.token_ids.fixed_length``). Stable Di
 with the end token (49407, ``SD1_PAD_TOKEN``); SD 2.x / OpenCLIP pads with id 0, the token "!"
 (``SD2_PAD_TOKEN``). As in transformers, the pad token is a special token, so with the SD 2.x
 pad a "!" in a prompt also becomes id 0 (open_clip's own tokenizer would give "!</w>", 256).
+Unlike OpenAI's SimpleTokenizer there is no ftfy.fix_text / html.unescape (transformers >= 5
+does neither), so mojibake or "&amp;" in a prompt stay as typed.
 
 Vocabulary sources: a diffusers / transformers ``tokenizer/`` folder (vocab.json + merges.txt,
 or tokenizer.json), or the merge list ``bpe_simple_vocab_16e6.txt.gz`` embedded in this package
