@@ -23,12 +23,18 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from ldm_jax import diffusion
 from ldm_jax import samplers
+from ldm_jax.models import precision
 from ldm_jax.pipeline import checks
 from ldm_jax.pipeline import conditioning
 from ldm_jax.pipeline import images as images_lib
 from ldm_jax.pipeline import loading
 from ldm_jax.pipeline import programs
 from ldm_jax.pipeline.persistent_cache import enable_persistent_cache
+
+
+def _cast_floats(tree, dtype):
+  cast = lambda a: jnp.asarray(a, dtype) if jnp.issubdtype(jnp.result_type(a), jnp.floating) else a
+  return jax.tree.map(cast, tree)
 
 
 def _key(rng):
@@ -70,14 +76,23 @@ class LatentDiffusionPipeline:
       null label used for classifier-free guidance is num_classes.
     latent_shape (h, w, c); image_shape (H, W, C).
     max_batch: largest batch one program runs; shard: spread each batch over all devices.
+    dtype: the networks' computation dtype ("float32", "bfloat16", "float16"; None keeps the
+      modules' own). Floating parameters are cast to it once, here; the sampler arithmetic, the
+      diffusion math and the networks' outputs stay float32 (`ldm_jax.models.precision`).
     trace_counts: Counter of program traces by name (each trace is one compilation).
   """
 
   def __init__(self, unet, unet_params, autoencoder, ae_params, schedule, *, scale_factor,
                latent_shape, shift_factor=0.0, prediction_type="epsilon", num_classes=None,
-               max_batch=64, shard=True, persistent_cache=None):
-    self.unet, self.unet_params = unet, nn.meta.unbox(unet_params)
-    self.autoencoder, self.ae_params = autoencoder, nn.meta.unbox(ae_params)
+               max_batch=64, shard=True, persistent_cache=None, dtype=None):
+    unet_params, ae_params = nn.meta.unbox(unet_params), nn.meta.unbox(ae_params)
+    if dtype is not None:
+      dtype = precision.dtype(dtype, "dtype")
+      unet, autoencoder = unet.clone(dtype=dtype), autoencoder.clone(dtype=dtype)
+      unet_params, ae_params = _cast_floats((unet_params, ae_params), dtype)
+    self.dtype = unet.dtype
+    self.unet, self.unet_params = unet, unet_params
+    self.autoencoder, self.ae_params = autoencoder, ae_params
     self.schedule, self.prediction_type, self.num_classes = schedule, prediction_type, num_classes
     self.scale_factor, self.shift_factor = float(scale_factor), float(shift_factor)
     self.latent_shape = tuple(int(v) for v in latent_shape)
@@ -95,13 +110,15 @@ class LatentDiffusionPipeline:
   @classmethod
   def from_workdir(cls, workdir: str, *, use_ema: bool = True, **kwargs):
     """Loads a latent diffusion run of this project (`<workdir>/export`, EMA weights by default).
-    kwargs: constructor arguments (max_batch, shard, ...), or overrides of the loaded ones."""
+    kwargs: constructor arguments (max_batch, shard, dtype="bfloat16", ...), or overrides of the
+    loaded ones."""
     return cls(**{**loading.from_workdir(workdir, use_ema), **kwargs})
 
   @classmethod
   def from_pretrained(cls, path: str, *, num_classes=None, **kwargs):
     """Loads a diffusers pipeline folder (unet/, vae/, scheduler/) through `ldm_jax.convert`.
-    kwargs: constructor arguments, or overrides of the loaded ones (e.g. latent_shape, scale_factor)."""
+    kwargs: constructor arguments (e.g. dtype="bfloat16"), or overrides of the loaded ones (e.g.
+    latent_shape, scale_factor)."""
     return cls(**{**loading.from_pretrained(path, num_classes), **kwargs})
 
   # ---------------------------------------------------------------------------------------------
