@@ -223,7 +223,8 @@ def _with_class_embedder(unet, unet_params, state_dict, ignored):
 def load_ldm_checkpoint(path, config=None, *, use_ema=False, weights_only=True):
   """Loads an original CompVis / Stable Diffusion single file into Flax modules and params.
 
-  path: ``.ckpt`` (torch pickle, ``{"state_dict": ...}``) or ``.safetensors`` with keys
+  path: ``.ckpt`` (torch pickle, ``{"state_dict": ...}``) or ``.safetensors`` (or the state dict
+  ``read_state_dict`` returns for one) with keys
   ``model.diffusion_model.*`` and ``first_stage_model.*``; a ClassEmbedder's
   ``cond_stage_model.embedding.weight`` (cin models) becomes the UNet's class-context table
   (``class_embed_type="context"``, call with ``y=labels``); other prefixes (text encoders,
@@ -231,7 +232,8 @@ def load_ldm_checkpoint(path, config=None, *, use_ema=False, weights_only=True):
   or dict of the file or of ``model.params``). use_ema: take the UNet from ``model_ema.*``.
   Returns ``LdmCheckpoint``; ``unet.apply({"params": unet_params}, x, t, context=...)`` runs it.
   """
-  state_dict = read_state_dict(path, weights_only=weights_only)
+  state_dict = (path if isinstance(path, Mapping) else
+                read_state_dict(path, weights_only=weights_only))
   ckpt = convert_ldm_state_dict(state_dict, config, use_ema=use_ema)
   from ldm_jax.convert import diffusers_unet, diffusers_vae
   unet = diffusers_unet.unet_from_config(ckpt.unet_config)

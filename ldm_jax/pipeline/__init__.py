@@ -4,10 +4,15 @@
   pipe = LatentDiffusionPipeline.from_workdir("workdirs/mnist/ldm")
   grid = image_grid(pipe.sample(jax.random.key(0), 16, labels=3, guidance_scale=2.0), rows=2)
 
+  sd = LatentDiffusionPipeline.from_pretrained("stable-diffusion-v1-5")   # a diffusers folder
+  images = sd.sample(jax.random.key(0), 4, prompts="a photo of a cat", negative_prompts="blurry")
+
 Files: latent_diffusion.py (the class), programs.py (jitted programs), loop.py (the sampling loop
 with a traced start step, inpainting and RePaint), conditioning.py (labels / context and guidance),
-checks.py (input validation), loading.py (workdir and diffusers folders), images.py (conversions,
-masks, grids), persistent_cache.py, random_init.py (untrained
+prompts.py (prompt validation and the text encoder program), checks.py (input validation),
+loading.py (workdir and diffusers folders), single_file.py (original SD 1.x / 2.x checkpoints),
+scheduler_config.py (a diffusers scheduler config as timestep grid and default method),
+images.py (conversions, masks, grids), persistent_cache.py, random_init.py (untrained
 parameters for demos and tests).
 """
 

@@ -124,3 +124,20 @@ def noise_level(value):
     raise ValueError(f"noise_level must be a finite number >= 0 (noise std on the [0, 1] image scale), "
                      f"got {value!r}.")
   return float(value)
+
+
+def defaults(values, base):
+  """Sampling defaults: `base` ({"method", "num_steps", "guidance_scale"}) updated by `values`
+  (None entries keep base's), each checked like the argument it stands for."""
+  values = dict(values or {})
+  unknown = sorted(set(values) - set(base))
+  if unknown:
+    raise ValueError(f"Unknown sampling defaults {unknown}; valid keys: {', '.join(base)}.")
+  out = {**base, **{k: v for k, v in values.items() if v is not None}}
+  method(out["method"])
+  out["num_steps"] = positive_int(out["num_steps"], "defaults['num_steps']")
+  w = out["guidance_scale"]
+  if np.ndim(w) != 0 or not np.isfinite(w):
+    raise ValueError(f"defaults['guidance_scale'] must be a finite scalar, got {w!r}.")
+  out["guidance_scale"] = float(w)
+  return out

@@ -5,11 +5,16 @@
   edited = pipe.img2img(jax.random.key(1), images, strength=0.6, labels=5)
   filled = pipe.inpaint(jax.random.key(2), images, mask, labels=3, resample=4)
 
+  sd = LatentDiffusionPipeline.from_pretrained("stable-diffusion-v1-5")  # a diffusers folder
+  images = sd.sample(jax.random.key(0), 2, prompts="a photo of a cat", negative_prompts="blurry")
+
 Every method validates its inputs on the host (ValueError before anything compiles), splits the
 batch into chunks of at most `max_batch` (the last chunk is padded, so one shape compiles), shards
 each chunk across the devices, and runs programs cached per (method, num_steps, batch, ...).
 Sample b of a call draws all its noise from fold_in(rng, b), so results do not depend on chunking or
-device count.
+device count. Prompts are encoded by their own program before denoising (`prompts.py`); method,
+num_steps and guidance_scale left as None take the pipeline's `defaults` (a run's config, or the
+diffusers folder's scheduler), and every method's timestep grid follows `sampler_grid`.
 """
 
 import collections
@@ -29,6 +34,9 @@ from ldm_jax.pipeline import conditioning
 from ldm_jax.pipeline import images as images_lib
 from ldm_jax.pipeline import loading
 from ldm_jax.pipeline import programs
+from ldm_jax.pipeline import prompts as prompts_lib
+from ldm_jax.pipeline import scheduler_config
+from ldm_jax.pipeline import single_file
 from ldm_jax.pipeline.persistent_cache import enable_persistent_cache
 
 
@@ -79,18 +87,31 @@ class LatentDiffusionPipeline:
     dtype: the networks' computation dtype ("float32", "bfloat16", "float16"; None keeps the
       modules' own). Floating parameters are cast to it once, here; the sampler arithmetic, the
       diffusion math and the networks' outputs stay float32 (`ldm_jax.models.precision`).
+    prompt_encoder: `ldm_jax.text.PromptEncoder` of a text-conditioned model (None: no prompts).
+    sampler_grid: timestep grid keywords of `samplers.make_tables` for every method
+      (`scheduler_config.GRID_KEYS`: timestep_spacing, steps_offset, set_alpha_to_one, ...).
+    defaults: the sampling settings used where a call leaves them None (`DEFAULTS` keys).
     trace_counts: Counter of program traces by name (each trace is one compilation).
   """
 
+  DEFAULTS = {"method": "dpmpp_2m", "num_steps": 20, "guidance_scale": 1.0}
+
   def __init__(self, unet, unet_params, autoencoder, ae_params, schedule, *, scale_factor,
                latent_shape, shift_factor=0.0, prediction_type="epsilon", num_classes=None,
-               max_batch=64, shard=True, persistent_cache=None, dtype=None):
+               max_batch=64, shard=True, persistent_cache=None, dtype=None, prompt_encoder=None,
+               sampler_grid=None, defaults=None):
     unet_params, ae_params = nn.meta.unbox(unet_params), nn.meta.unbox(ae_params)
     if dtype is not None:
       dtype = precision.dtype(dtype, "dtype")
       unet, autoencoder = unet.clone(dtype=dtype), autoencoder.clone(dtype=dtype)
       unet_params, ae_params = _cast_floats((unet_params, ae_params), dtype)
+      if prompt_encoder is not None:
+        prompt_encoder = prompt_encoder._replace(module=prompt_encoder.module.clone(dtype=dtype),
+                                                 params=_cast_floats(prompt_encoder.params, dtype))
     self.dtype = unet.dtype
+    self.prompt_encoder = prompt_encoder
+    self.sampler_grid = scheduler_config.check_grid(sampler_grid)
+    self.defaults = checks.defaults(defaults, self.DEFAULTS)
     self.unet, self.unet_params = unet, unet_params
     self.autoencoder, self.ae_params = autoencoder, ae_params
     self.schedule, self.prediction_type, self.num_classes = schedule, prediction_type, num_classes
@@ -115,11 +136,22 @@ class LatentDiffusionPipeline:
     return cls(**{**loading.from_workdir(workdir, use_ema), **kwargs})
 
   @classmethod
-  def from_pretrained(cls, path: str, *, num_classes=None, **kwargs):
-    """Loads a diffusers pipeline folder (unet/, vae/, scheduler/) through `ldm_jax.convert`.
+  def from_pretrained(cls, path: str, *, num_classes=None, scheduler_config=None, **kwargs):
+    """Loads a diffusers pipeline folder (model_index.json; unet/, vae/, scheduler/, and
+    tokenizer/ + text_encoder/ for Stable Diffusion) through `ldm_jax.convert` and `ldm_jax.text`
+    (see `loading.from_pretrained`). scheduler_config: overrides of the folder's scheduler config.
     kwargs: constructor arguments (e.g. dtype="bfloat16"), or overrides of the loaded ones (e.g.
-    latent_shape, scale_factor)."""
-    return cls(**{**loading.from_pretrained(path, num_classes), **kwargs})
+    latent_shape, scale_factor, defaults)."""
+    return cls(**{**loading.from_pretrained(path, num_classes, scheduler_config), **kwargs})
+
+  @classmethod
+  def from_single_file(cls, path, *, version=None, prediction_type=None, config=None, **kwargs):
+    """Loads an original Stable Diffusion 1.x / 2.x checkpoint (.ckpt or .safetensors) with its
+    text encoder and SD's DDIM schedule (see `single_file.from_single_file`: the version is read
+    from the text encoder's layout unless `version` says "v1" or "v2")."""
+    return cls(**{**single_file.from_single_file(path, version=version,
+                                                 prediction_type=prediction_type, config=config),
+                  **kwargs})
 
   # ---------------------------------------------------------------------------------------------
   # Properties and plumbing.
@@ -133,6 +165,14 @@ class LatentDiffusionPipeline:
   @property
   def context_dim(self):
     return self.unet.cross_attention_dim if self.conditioning == "context" else None
+
+  @property
+  def text_conditioned(self) -> bool:
+    return self.prompt_encoder is not None
+
+  def _tables(self, method, num_steps):
+    grid = scheduler_config.grid_for(self.sampler_grid, method)
+    return samplers.make_tables(self.schedule, method=method, num_steps=num_steps, **grid)
 
   def _count(self, name):
     self.trace_counts[name] += 1
@@ -220,9 +260,29 @@ class LatentDiffusionPipeline:
   # ---------------------------------------------------------------------------------------------
   # The shared generation path.
 
-  def _conditions(self, n, labels, context, null_context, label_mix=None):
-    """(cond, null_cond) host pytrees with leading axis n for the conditioning kind."""
+  def encode_prompt(self, prompts) -> np.ndarray:
+    """The context float32 [N, L, D] of prompts (a str or a list of str) for `context=`."""
+    if not self.text_conditioned:
+      raise ValueError("This pipeline has no text encoder (load a diffusers folder with "
+                       "tokenizer/ and text_encoder/, or a Stable Diffusion single file).")
+    return self._encode_prompts(prompts_lib.check_prompts(prompts))
+
+  def _encode_prompts(self, prompts):
+    fn = self._program(("prompts",), lambda: prompts_lib.encode_program(
+        self.prompt_encoder.module, self._count))
+    return prompts_lib.encode(self.prompt_encoder, fn, prompts)
+
+  def _conditions(self, n, labels, context, null_context, label_mix=None, prompts=None,
+                  negative_prompts=None):
+    """(cond, null_cond) host pytrees with leading axis n for the conditioning kind; prompts are
+    checked, then encoded (after every other input has been validated by the caller)."""
     kind = self.conditioning
+    prompts_lib.check_kind(kind, self.text_conditioned, labels=labels, prompts=prompts,
+                           negative_prompts=negative_prompts, context=context,
+                           null_context=null_context)
+    if self.text_conditioned:
+      context, null_context = prompts_lib.contexts(self._encode_prompts, n, prompts,
+                                                   negative_prompts, context, null_context)
     if kind != "class":
       checks.labels(labels, n, None)
     if kind != "context":
@@ -251,7 +311,7 @@ class LatentDiffusionPipeline:
     key = ("denoise", method, num_steps, min(n, self.max_batch), self.conditioning,
            known_mask is not None, resample, bool(return_trajectory))
     fn = self._program(key, lambda: programs.denoise_program(
-        self.unet, self.schedule, self._count, method=method, num_steps=num_steps,
+        self.unet, self._tables(method, num_steps), self._count, method=method,
         kind=self.conditioning, prediction_type=self.prediction_type,
         inpaint=known_mask is not None, resample=resample, trajectory=bool(return_trajectory)))
     per_sample = {"index": index, "noise": noise, "cond": cond, "null": null, "w": w, "z0": z0,
@@ -266,7 +326,7 @@ class LatentDiffusionPipeline:
     if not return_trajectory:
       return out if output == "latent" else self._finish(self._decode(out), output)
     z, traj = out[0], {k: np.moveaxis(v, 0, 1) for k, v in out[1].items()}
-    tables = samplers.make_tables(self.schedule, method=method, num_steps=num_steps)
+    tables = self._tables(method, num_steps)
     traj.update(t=np.asarray(tables.xs["t"], np.float32), active=np.arange(num_steps) >= start)
     if output != "latent":
       s = traj["x0_pred"].shape
@@ -312,56 +372,70 @@ class LatentDiffusionPipeline:
     prior, terms = self._map(n, call)
     return diffusion.VLBTerms(prior_bpd=prior, terms_bpd=terms, total_bpd=prior + terms.sum(axis=1))
 
-  def _check_common(self, method, num_steps, eta, output):
+  def _check_common(self, method, num_steps, guidance_scale, eta, output):
+    """Validated (method, num_steps, guidance_scale, eta), None taking the pipeline's defaults."""
+    method = self.defaults["method"] if method is None else method
+    num_steps = self.defaults["num_steps"] if num_steps is None else num_steps
+    guidance_scale = self.defaults["guidance_scale"] if guidance_scale is None else guidance_scale
     checks.method(method)
     num_steps = checks.positive_int(num_steps, "num_steps")
     eta = checks.eta(eta, method)
     checks.output(output)
-    samplers.make_tables(self.schedule, method=method, num_steps=num_steps)  # grid errors now
-    return num_steps, eta
+    self._tables(method, num_steps)  # grid errors now
+    return method, num_steps, guidance_scale, eta
 
   # ---------------------------------------------------------------------------------------------
   # Public methods.
 
-  def sample(self, rng, num_samples: int, labels=None, context=None, method: str = "dpmpp_2m",
-             num_steps: int = 20, guidance_scale=1.0, eta: float = 0.0, *, output: str = "uint8",
-             return_trajectory: bool = False, null_context=None):
+  def sample(self, rng, num_samples: int, labels=None, context=None, method=None, num_steps=None,
+             guidance_scale=None, eta: float = 0.0, *, prompts=None, negative_prompts=None,
+             output: str = "uint8", return_trajectory: bool = False, null_context=None):
     """Draws num_samples images [N, H, W, C] (uint8; float in [-1, 1] with output="float"; the
     latents with output="latent").
 
-    labels: int or int [N] in 0..num_classes-1 (class-conditional models); context: [N, L, D] or
-    [L, D] (cross-attention models; null_context is the unconditional context, zeros by default).
-    guidance_scale: classifier-free guidance w, a scalar or [N]; eta: DDIM's noise weight.
+    labels: int or int [N] in 0..num_classes-1 (class-conditional models). Text models: prompts,
+    a str or a list of N str; negative_prompts (same form) are the unconditional branch of the
+    guidance, the empty prompt by default. Other cross-attention models: context [N, L, D] or
+    [L, D], null_context the unconditional context (zeros by default; a text model's default is
+    the empty prompt's context). method, num_steps, guidance_scale (classifier-free guidance w, a
+    scalar or [N]): None takes `self.defaults`. eta: DDIM's noise weight.
     return_trajectory: also return {"t" [S], "x_t", "x0_pred" latents [S, N, h, w, c],
     "x0_images" [S, N, H, W, C], "active" [S]}.
     """
-    num_steps, eta = self._check_common(method, num_steps, eta, output)
+    method, num_steps, guidance_scale, eta = self._check_common(method, num_steps, guidance_scale,
+                                                                eta, output)
     n = checks.positive_int(num_samples, "num_samples")
-    cond, null = self._conditions(n, labels, context, null_context)
+    checks.guidance(guidance_scale, n)
+    cond, null = self._conditions(n, labels, context, null_context, prompts=prompts,
+                                  negative_prompts=negative_prompts)
     return self._generate(rng, n, cond, null, method=method, num_steps=num_steps,
                           guidance_scale=guidance_scale, eta=eta, start=0, output=output,
                           return_trajectory=return_trajectory)
 
-  def img2img(self, rng, images, strength: float, labels=None, context=None, *,
-              method: str = "dpmpp_2m", num_steps: int = 20, guidance_scale=1.0, eta: float = 0.0,
-              output: str = "uint8", return_trajectory: bool = False, null_context=None):
+  def img2img(self, rng, images, strength: float, labels=None, context=None, *, prompts=None,
+              negative_prompts=None, method=None, num_steps=None, guidance_scale=None,
+              eta: float = 0.0, output: str = "uint8", return_trajectory: bool = False,
+              null_context=None):
     """SDEdit (Meng et al. 2022): noise the images' latents to the level of grid step
     S - floor(strength S) and denoise from there. strength 0 returns the reconstruction, strength 1
     starts from pure noise (the images are ignored). Other arguments as `sample`."""
-    num_steps, eta = self._check_common(method, num_steps, eta, output)
+    method, num_steps, guidance_scale, eta = self._check_common(method, num_steps, guidance_scale,
+                                                                eta, output)
     strength = checks.strength(strength)
     x = checks.images(images, self.image_shape)
-    cond, null = self._conditions(x.shape[0], labels, context, null_context)
+    checks.guidance(guidance_scale, x.shape[0])
+    cond, null = self._conditions(x.shape[0], labels, context, null_context, prompts=prompts,
+                                  negative_prompts=negative_prompts)
     start = samplers.start_step_for_strength(num_steps, strength)
     z0 = self._encode(images_lib.to_float(x))
     return self._generate(rng, x.shape[0], cond, null, method=method, num_steps=num_steps,
                           guidance_scale=guidance_scale, eta=eta, start=start, z0=z0, output=output,
                           return_trajectory=return_trajectory)
 
-  def inpaint(self, rng, images, mask, labels=None, context=None, *, method: str = "dpmpp_2m",
-              num_steps: int = 20, guidance_scale=1.0, eta: float = 0.0, resample: int = 1,
-              strength: float = 1.0, output: str = "uint8", return_trajectory: bool = False,
-              null_context=None):
+  def inpaint(self, rng, images, mask, labels=None, context=None, *, prompts=None,
+              negative_prompts=None, method=None, num_steps=None, guidance_scale=None,
+              eta: float = 0.0, resample: int = 1, strength: float = 1.0, output: str = "uint8",
+              return_trajectory: bool = False, null_context=None):
     """Fills the region where mask = 1 ([N, H, W], [N, H, W, 1] or [H, W]); the rest is kept.
 
     After every step the known latents (where no pixel of the f x f block is masked) are replaced by
@@ -369,14 +443,18 @@ class LatentDiffusionPipeline:
     the output equals `reconstruct(images)` up to the decoder's mixing across the mask border.
     resample: RePaint's U (Lugmayr et al. 2022): each step is redone U times with a jump back in
     between, which harmonises the filled region with the kept one (U model calls per step).
+    Other arguments as `sample`.
     """
-    num_steps, eta = self._check_common(method, num_steps, eta, output)
+    method, num_steps, guidance_scale, eta = self._check_common(method, num_steps, guidance_scale,
+                                                                eta, output)
     resample = checks.positive_int(resample, "resample")
     strength = checks.strength(strength)
     x = checks.images(images, self.image_shape)
     n = x.shape[0]
     m = checks.mask(mask, n, *self.image_shape[:2])
-    cond, null = self._conditions(n, labels, context, null_context)
+    checks.guidance(guidance_scale, n)
+    cond, null = self._conditions(n, labels, context, null_context, prompts=prompts,
+                                  negative_prompts=negative_prompts)
     known = images_lib.latent_known_mask(m, self.autoencoder.downsampling_factor)
     z0 = self._encode(images_lib.to_float(x))
     return self._generate(rng, n, cond, null, method=method, num_steps=num_steps,
@@ -385,14 +463,17 @@ class LatentDiffusionPipeline:
                           known_mask=known, resample=resample, output=output,
                           return_trajectory=return_trajectory)
 
-  def interpolate(self, rng, a=None, b=None, num: int = 8, *, method: str = "dpmpp_2m",
-                  num_steps: int = 20, guidance_scale=1.0, output: str = "uint8", null_context=None):
+  def interpolate(self, rng, a=None, b=None, num: int = 8, *, negative_prompts=None, method=None,
+                  num_steps=None, guidance_scale=None, output: str = "uint8", null_context=None):
     """num images between two endpoints: the initial noise is slerped between the noises of
     samples 0 and 1 of `rng`, the conditioning is lerped between a and b (class labels: their
-    class embeddings; contexts [L, D]; None for unconditional models). The first and last images
-    are `sample(rng, 2, labels=[a, b])` (for deterministic methods)."""
-    num_steps, _ = self._check_common(method, num_steps, 0.0, output)
+    class embeddings; text models: two prompts, or contexts [L, D]; negative_prompts one str;
+    None for unconditional models). The first and last images are `sample(rng, 2, labels=[a, b])`
+    (or prompts=[a, b]) for deterministic methods."""
+    method, num_steps, guidance_scale, _ = self._check_common(method, num_steps, guidance_scale,
+                                                              0.0, output)
     num = checks.positive_int(num, "num", minimum=2)
+    checks.guidance(guidance_scale, num)
     weights = np.linspace(0.0, 1.0, num)
     if self.conditioning == "class":
       y = checks.labels([a, b] if a is not None and b is not None else None, 2, self.num_classes,
@@ -400,10 +481,10 @@ class LatentDiffusionPipeline:
       cond, null = self._conditions(num, np.full((num,), y[0]), None, None,
                                     label_mix=(np.full((num,), y[1]), weights))
     elif self.conditioning == "context":
-      ca = checks.context(a, 1, self.context_dim, name="a")[0]
-      cb = checks.context(b, 1, self.context_dim, name="b")[0]
+      ends, negative = self._interpolation_ends(a, b, num, negative_prompts, null_context)
+      ca, cb = (checks.context(c, 1, self.context_dim, name=k)[0] for c, k in zip(ends, "ab"))
       mixed = ((1.0 - weights)[:, None, None] * ca + weights[:, None, None] * cb).astype(np.float32)
-      cond, null = self._conditions(num, None, mixed, null_context)
+      cond, null = self._conditions(num, None, mixed, null_context, negative_prompts=negative)
     else:
       if a is not None or b is not None:
         raise ValueError("This model is unconditional: the endpoints a and b must be None.")
@@ -415,22 +496,42 @@ class LatentDiffusionPipeline:
                           noise=slerp(ends[0], ends[1], weights), output=output,
                           return_trajectory=False)
 
+  def _interpolation_ends(self, a, b, num, negative_prompts, null_context):
+    """The endpoint contexts (prompts encoded) and the negative prompts repeated num times."""
+    texts = [isinstance(e, str) for e in (a, b)]
+    if any(texts) and not self.text_conditioned:
+      raise ValueError("This model has no text encoder: the endpoints a and b must be contexts "
+                       "[L, D], not prompts.")
+    if negative_prompts is not None:
+      if not self.text_conditioned or null_context is not None:
+        raise ValueError("negative_prompts need a text model and no null_context.")
+      if not isinstance(negative_prompts, str):
+        raise ValueError(f"negative_prompts of interpolate must be one str, got "
+                         f"{negative_prompts!r:.80}.")
+    if any(texts):
+      encoded = list(self._encode_prompts([e for e, t in zip((a, b), texts) if t]))
+      a, b = (encoded.pop(0)[None] if t else e for e, t in zip((a, b), texts))
+    return (a, b), (None if negative_prompts is None else [negative_prompts] * num)
+
   def restore(self, rng, noisy_images, noise_level: float, labels=None, context=None, *,
-              method: str = "dpmpp_2m", num_steps: int = 20, guidance_scale=1.0,
-              output: str = "uint8", null_context=None):
+              prompts=None, negative_prompts=None, method=None, num_steps=None,
+              guidance_scale=None, output: str = "uint8", null_context=None):
     """Denoising as restoration: images carrying white Gaussian noise of std `noise_level` (on the
     [0, 1] image scale) are encoded, their latent noise std is estimated as noise_level x the
     encoder's gain on white noise (a JVP, see `programs.encode_with_gain_program`), and sampling
     starts, without adding noise, at the grid step of that noise level. noise_level 0 returns the
-    reconstruction."""
-    num_steps, _ = self._check_common(method, num_steps, 0.0, output)
+    reconstruction. Other arguments as `sample`."""
+    method, num_steps, guidance_scale, _ = self._check_common(method, num_steps, guidance_scale,
+                                                              0.0, output)
     level = checks.noise_level(noise_level)
     x = checks.images(noisy_images, self.image_shape, name="noisy_images")
     n = x.shape[0]
-    cond, null = self._conditions(n, labels, context, null_context)
+    checks.guidance(guidance_scale, n)
+    cond, null = self._conditions(n, labels, context, null_context, prompts=prompts,
+                                  negative_prompts=negative_prompts)
     rng = _key(rng)
     z, gain = self._encode_with_gain(images_lib.to_float(x), rng)
-    tables = samplers.make_tables(self.schedule, method=method, num_steps=num_steps)
+    tables = self._tables(method, num_steps)
     start = start_for_noise(tables, 2.0 * level * float(np.mean(gain)))
     return self._generate(rng, n, cond, null, method=method, num_steps=num_steps,
                           guidance_scale=guidance_scale, eta=0.0, start=start, z0=z,

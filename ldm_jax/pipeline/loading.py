@@ -1,7 +1,11 @@
 """Where a pipeline's networks come from: a run of this project (`<workdir>/export`) or a diffusers
-folder (model_index-style: `unet/`, `vae/`, optional `scheduler/scheduler_config.json`).
+pipeline folder (`model_index.json`; `unet/`, `vae/` or `vqvae/`, `scheduler/`, and `tokenizer/`
+with `text_encoder/` (Stable Diffusion) or `bert/` (LDM txt2img)). Original single files: see
+`single_file.py`.
 
-Both return the keyword arguments of `LatentDiffusionPipeline.__init__`.
+Each returns the keyword arguments of `LatentDiffusionPipeline.__init__`, including the sampling
+`defaults`: a run's own `config.sample` settings, or the folder's scheduler class (its method)
+and, for text-to-image folders, diffusers' StableDiffusionPipeline defaults (50 steps, w = 7.5).
 """
 
 import json
@@ -11,12 +15,19 @@ import jax
 import jax.numpy as jnp
 
 from ldm_jax import schedules
+from ldm_jax.pipeline import scheduler_config as sched_lib
 from ldm_jax.stages import builders
 from ldm_jax.stages import export
 
 # diffusers beta_schedule -> ldm_jax.schedules name.
 DIFFUSERS_SCHEDULES = {"linear": "linear", "scaled_linear": "scaled_linear",
                        "squaredcos_cap_v2": "cosine", "sigmoid": "sigmoid"}
+# The scheduler of folders without one: LDM / SD's scaled_linear 0.00085..0.012.
+LDM_SCHEDULER = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012}
+# diffusers StableDiffusionPipeline.__call__ defaults, for text-to-image folders.
+TEXT_TO_IMAGE_DEFAULTS = {"num_steps": 50, "guidance_scale": 7.5}
+VAE_FOLDERS = ("vae", "vqvae")  # StableDiffusionPipeline / LDMPipeline and LDMTextToImagePipeline
+TEXT_FOLDERS = ("text_encoder", "bert")
 
 
 def latent_channels(ae):
@@ -38,8 +49,15 @@ def from_workdir(workdir: str, use_ema: bool = True) -> dict:
   return dict(unet=unet, unet_params=jax.tree.map(jnp.asarray, params), autoencoder=ae,
               ae_params=ae_params, schedule=builders.schedule(d),
               scale_factor=metadata["latent_scale_factor"], prediction_type=d.prediction_type,
-              num_classes=num_classes,
+              num_classes=num_classes, defaults=run_defaults(config),
               latent_shape=(config.data.image_size // f, config.data.image_size // f, channels))
+
+
+def run_defaults(config) -> dict:
+  """The sampling settings of a run's `sample` section (method, num_steps, guidance_scale): what
+  its own sample grids used, so `pipe.sample(rng, n, labels=...)` matches them."""
+  section = config.get("sample") or {}
+  return {k: section.get(k) for k in ("method", "num_steps", "guidance_scale")}
 
 
 def _read_json(path):
@@ -65,31 +83,83 @@ def schedule_from_diffusers(config: dict) -> tuple[schedules.Schedule, str]:
   return s, config.get("prediction_type", "epsilon")
 
 
-def from_pretrained(path: str, num_classes: int | None = None) -> dict:
-  """A diffusers pipeline folder: `unet/` and `vae/` model folders (read by
-  `ldm_jax.convert.load_diffusers`) and `scheduler/scheduler_config.json` (default: LDM's
-  scaled_linear 0.00085..0.012 schedule, epsilon prediction).
+def pipeline_components(path: str) -> set:
+  """The component folders of a diffusers pipeline folder: those model_index.json names (entries
+  saved as None, e.g. safety_checker, skipped), each checked to exist; without model_index.json,
+  the sub-folders present."""
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f"diffusers pipeline folder {path!r} does not exist.")
+  present = sorted(d for d in os.listdir(path) if os.path.isdir(os.path.join(path, d)))
+  index_file = os.path.join(path, "model_index.json")
+  if not os.path.exists(index_file):
+    return set(present)
+  listed = {k for k, v in _read_json(index_file).items()
+            if not k.startswith("_") and isinstance(v, list) and v and v[0] is not None}
+  missing = sorted(listed - set(present))
+  if missing:
+    raise FileNotFoundError(f"{path!r}: model_index.json lists {', '.join(missing)} but the folder "
+                            f"has no {', '.join(m + '/' for m in missing)}; found: {present}.")
+  return listed
+
+
+def _scheduler(path, components, overrides):
+  """(schedule, prediction_type, grid, default method) from scheduler/ (or LDM_SCHEDULER)."""
+  sched_file = os.path.join(path, "scheduler", "scheduler_config.json")
+  config = _read_json(sched_file) if "scheduler" in components and os.path.exists(sched_file) \
+      else dict(LDM_SCHEDULER)
+  config.update(overrides or {})
+  schedule, prediction_type = schedule_from_diffusers(config)
+  return (schedule, prediction_type, sched_lib.grid_from_diffusers(config),
+          sched_lib.default_method(config))
+
+
+def _prompt_encoder(path, components, unet):
+  """The text encoder of a text-to-image folder (None without one), checked against the UNet."""
+  if not components & set(TEXT_FOLDERS):
+    return None
+  from ldm_jax import text  # pylint: disable=import-outside-toplevel
+  if "tokenizer" not in components:
+    found = ", ".join(f + "/" for f in sorted(components & set(TEXT_FOLDERS)))
+    raise FileNotFoundError(f"{path!r} has a text encoder ({found}) but no tokenizer/ folder.")
+  encoder = text.load_prompt_encoder(path)
+  if encoder.module.width != unet.cross_attention_dim:
+    raise ValueError(f"{path!r}: the text encoder's width {encoder.module.width} does not match the "
+                     f"UNet's cross_attention_dim {unet.cross_attention_dim}.")
+  return encoder
+
+
+def from_pretrained(path: str, num_classes: int | None = None,
+                    scheduler_config: dict | None = None) -> dict:
+  """A diffusers pipeline folder (see the module docstring): the UNet and autoencoder through
+  `ldm_jax.convert.load_diffusers`, the text encoder and tokenizer through
+  `ldm_jax.text.load_prompt_encoder`, the schedule, prediction type (epsilon, v_prediction, ...)
+  and timestep grid (`scheduler_config.grid_from_diffusers`) from scheduler/scheduler_config.json
+  (default: LDM_SCHEDULER) updated by `scheduler_config`.
 
   The latent scale factor is the VAE config's scaling_factor (and shift_factor). A class-conditional
   UNet (num_class_embeds = K + 1) is taken to have K classes with the null label K, unless
   `num_classes` says otherwise.
   """
   from ldm_jax import convert  # pylint: disable=import-outside-toplevel
-  missing = [d for d in ("unet", "vae") if not os.path.isdir(os.path.join(path, d))]
+  components = pipeline_components(path)
+  vae_folder = next((d for d in VAE_FOLDERS if d in components), None)
+  missing = [d + "/" for d, ok in (("unet", "unet" in components),
+                                   (" or ".join(VAE_FOLDERS), vae_folder)) if not ok]
   if missing:
-    raise ValueError(f"{path!r} is not a diffusers pipeline folder: missing {', '.join(missing)}/ "
-                     f"(expected unet/, vae/ and optionally scheduler/).")
+    raise ValueError(f"{path!r} is not a diffusers pipeline folder: missing {', '.join(missing)} "
+                     f"(expected unet/, vae/ or vqvae/, optionally scheduler/, and tokenizer/ + "
+                     f"text_encoder/ or bert/ for text-to-image); found: {sorted(components)}.")
   unet, unet_params = convert.load_diffusers(os.path.join(path, "unet"))
-  ae, ae_params = convert.load_diffusers(os.path.join(path, "vae"))
-  sched_file = os.path.join(path, "scheduler", "scheduler_config.json")
-  sched_config = (_read_json(sched_file) if os.path.exists(sched_file) else
-                  {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012})
-  schedule, prediction_type = schedule_from_diffusers(sched_config)
+  ae, ae_params = convert.load_diffusers(os.path.join(path, vae_folder))
+  schedule, prediction_type, grid, method = _scheduler(path, components, scheduler_config)
+  prompt_encoder = _prompt_encoder(path, components, unet)
   size = _read_json(os.path.join(path, "unet", "config.json")).get("sample_size", 32)
   size = tuple(size) if isinstance(size, (list, tuple)) else (size, size)
   if num_classes is None and unet.num_class_embeds is not None:
     num_classes = unet.num_class_embeds - 1
+  defaults = {"method": method, **(TEXT_TO_IMAGE_DEFAULTS if prompt_encoder else {})}
   return dict(unet=unet, unet_params=unet_params, autoencoder=ae, ae_params=ae_params,
               schedule=schedule, scale_factor=ae.scaling_factor, shift_factor=ae.shift_factor,
               prediction_type=prediction_type, num_classes=num_classes,
-              latent_shape=(*size, unet.in_channels))
+              latent_shape=(*size, unet.in_channels), prompt_encoder=prompt_encoder,
+              sampler_grid=grid, defaults=defaults)

@@ -11,7 +11,6 @@ import jax
 import jax.numpy as jnp
 
 from ldm_jax import diffusion
-from ldm_jax import samplers
 from ldm_jax.models.autoencoder import VQModel
 from ldm_jax.pipeline import conditioning
 from ldm_jax.pipeline import loop
@@ -32,16 +31,15 @@ def noise_program(latent_shape, on_trace):
   return jax.jit(fn)
 
 
-def denoise_program(unet, schedule, on_trace, *, method, num_steps, kind, prediction_type,
-                    inpaint, resample, trajectory):
+def denoise_program(unet, tables, on_trace, *, method, kind, prediction_type, inpaint, resample,
+                    trajectory):
   """fn(params, rng, index, noise, cond, null_cond, w, eta, start, z0, noise_weight, known_mask)
   -> final latents [B, h, w, c] (and, if `trajectory`, {"x_t", "x0_pred"} [B, S, h, w, c]).
 
-  The start state is built by `loop.initial_state` from z0, noise and the traced `start` step;
-  with `inpaint` the region where known_mask [B, h, w, 1] = 1 is held to z0.
+  tables: `samplers.make_tables(schedule, method=method, num_steps=S, **grid)`. The start state is
+  built by `loop.initial_state` from z0, noise and the traced `start` step; with `inpaint` the
+  region where known_mask [B, h, w, 1] = 1 is held to z0.
   """
-  tables = samplers.make_tables(schedule, method=method, num_steps=num_steps)
-
   def fn(params, rng, index, noise, cond, null_cond, w, eta, start, z0, noise_weight, known_mask):
     on_trace("denoise")
     x = loop.initial_state(tables, z0, noise, start, noise_weight)

@@ -16,7 +16,7 @@ from ldm_jax.text.clip_tokenizer import (SD1_PAD_TOKEN, SD2_PAD_TOKEN,
                                          clip_bpe_tokenizer, clip_vocab_from_bpe, load_clip_tokenizer)
 from ldm_jax.text.loading import TOKENIZER_KINDS, load_tokenizer, tokenizer_kind
 from ldm_jax.text.prompts import (PromptEncoder, encode_prompts, load_prompt_encoder,
-                                  prompt_encoder_from_checkpoint)
+                                  prompt_encoder_from_checkpoint, prompt_ids)
 from ldm_jax.text.token_ids import fixed_length, tokenize
 from ldm_jax.text.word_level import UNKNOWN_POLICIES, train_word_level, word_level_tokenizer
 from ldm_jax.text.wordpiece import load_wordpiece_tokenizer, wordpiece_tokenizer

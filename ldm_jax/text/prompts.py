@@ -42,8 +42,8 @@ def _encode(module, params, ids):
   return module.apply({"params": params}, ids)
 
 
-def encode_prompts(encoder: PromptEncoder, prompts):
-  """float32 context [N, L, D] of prompts (a str or a sequence of str); L = tokenizer length."""
+def prompt_ids(encoder: PromptEncoder, prompts):
+  """int32 token ids [N, L] of prompts, checked against the encoder's positions and vocabulary."""
   ids = tokenize(encoder.tokenizer, prompts)
   if ids.shape[1] > encoder.module.max_length:
     raise ValueError(f"tokenizer gives {ids.shape[1]} tokens but the text encoder has "
@@ -52,7 +52,12 @@ def encode_prompts(encoder: PromptEncoder, prompts):
   if ids.max() >= vocab:
     raise ValueError(f"token id {int(ids.max())} is outside the text encoder's vocabulary of "
                      f"{vocab}: tokenizer and encoder do not match")
-  return _encode(encoder.module, encoder.params, jnp.asarray(ids))
+  return ids
+
+
+def encode_prompts(encoder: PromptEncoder, prompts):
+  """float32 context [N, L, D] of prompts (a str or a sequence of str); L = tokenizer length."""
+  return _encode(encoder.module, encoder.params, jnp.asarray(prompt_ids(encoder, prompts)))
 
 
 def load_prompt_encoder(path, *, variant=None, max_length=None, **overrides):

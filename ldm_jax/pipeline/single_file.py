@@ -1,0 +1,84 @@
+"""Original Stable Diffusion 1.x / 2.x single-file checkpoints (.ckpt / .safetensors) as pipeline
+arguments: UNet and autoencoder (`convert.load_ldm_checkpoint`), text encoder and tokenizer
+(`text.prompt_encoder_from_checkpoint`), and SD's DDIM scheduler.
+
+v1 or v2 is read from the text encoder inside the file, the one part that differs in layout:
+``cond_stage_model.transformer.text_model.*`` (CLIP ViT-L/14, SD 1.x) or
+``cond_stage_model.model.*`` (OpenCLIP ViT-H/14, SD 2.x); `version="v1"` / `"v2"` asserts it.
+The prediction type is not visible in the weights: SD 2.0-v / 2.1 (768 px) predict v, SD 2.x-base
+(512 px) and SD 1.x predict eps. It comes from `prediction_type`, else the LDM yaml `config`
+(``parameterization: "v"``), else v_prediction for v2 and epsilon for v1.
+"""
+
+from collections.abc import Mapping
+
+from ldm_jax.pipeline import loading
+from ldm_jax.pipeline import scheduler_config as sched_lib
+
+VERSIONS = {"v1": "sd1_clip", "v2": "sd2_openclip"}  # version -> text encoder layout
+# SD's sampling schedule (configs/stable-diffusion/v1-inference.yaml; diffusers' SD scheduler).
+SD_SCHEDULER = {"_class_name": "DDIMScheduler", "beta_schedule": "scaled_linear",
+                "beta_start": 0.00085, "beta_end": 0.012, "num_train_timesteps": 1000,
+                "steps_offset": 1, "set_alpha_to_one": False, "timestep_spacing": "leading",
+                "clip_sample": False}
+# SD's txt2img.py defaults: DDIM, 50 steps, scale 7.5.
+SD_DEFAULTS = {"method": "ddim", "num_steps": 50, "guidance_scale": 7.5}
+# Latent size of the released models: 512 px (v1, v2-base) and 768 px (v2 v-prediction).
+LATENT_SIZES = {"epsilon": 64, "v_prediction": 96}
+
+
+def sd_version(state_dict, version=None) -> str:
+  """ "v1" or "v2" from the checkpoint's text encoder layout; `version` (if given) must agree."""
+  from ldm_jax.convert import text_checkpoint  # pylint: disable=import-outside-toplevel
+  if version is not None and version not in VERSIONS:
+    raise ValueError(f"Unknown Stable Diffusion version {version!r}; valid choices: "
+                     f"{', '.join(VERSIONS)}.")
+  layout = text_checkpoint.text_encoder_layout(state_dict)
+  detected = {v: k for k, v in VERSIONS.items()}.get(layout)
+  if detected is None:
+    raise ValueError(f"the checkpoint's text encoder is {layout!r}, not a Stable Diffusion one "
+                     f"({', '.join(VERSIONS.values())}); load LDM txt2img models from a diffusers "
+                     "folder with from_pretrained.")
+  if version is not None and version != detected:
+    raise ValueError(f"version={version!r}, but the checkpoint's text encoder is {layout!r} "
+                     f"(Stable Diffusion {detected}).")
+  return detected
+
+
+def _prediction_type(version, prediction_type, ldm_config):
+  if prediction_type is not None:
+    return prediction_type
+  if ldm_config:
+    return "v_prediction" if ldm_config.get("parameterization") == "v" else "epsilon"
+  return "v_prediction" if version == "v2" else "epsilon"
+
+
+def _scheduler_config(ldm_config):
+  """SD_SCHEDULER with the yaml's linear_start / linear_end / timesteps, if given."""
+  return {**SD_SCHEDULER, **{k: ldm_config[src] for k, src in
+                             (("beta_start", "linear_start"), ("beta_end", "linear_end"),
+                              ("num_train_timesteps", "timesteps")) if src in ldm_config}}
+
+
+def from_single_file(path, *, version=None, prediction_type=None, config=None) -> dict:
+  """`LatentDiffusionPipeline.__init__` arguments of an SD 1.x / 2.x file (or its state dict).
+
+  version: None (detect), "v1" or "v2". prediction_type: None (see the module docstring),
+  "epsilon" or "v_prediction". config: the LDM yaml (path or dict), optional.
+  """
+  from ldm_jax import convert, text  # pylint: disable=import-outside-toplevel
+  from ldm_jax.convert import ldm_checkpoint  # pylint: disable=import-outside-toplevel
+  state_dict = path if isinstance(path, Mapping) else ldm_checkpoint.read_state_dict(path)
+  version = sd_version(state_dict, version)
+  ldm_config = ldm_checkpoint.read_ldm_config(config)
+  prediction_type = _prediction_type(version, prediction_type, ldm_config)
+  sched = _scheduler_config(ldm_config)
+  schedule, _ = loading.schedule_from_diffusers(sched)
+  ckpt = convert.load_ldm_checkpoint(state_dict, config)
+  encoder = text.prompt_encoder_from_checkpoint(state_dict)
+  size = LATENT_SIZES.get(prediction_type, 64)
+  return dict(unet=ckpt.unet, unet_params=ckpt.unet_params, autoencoder=ckpt.vae,
+              ae_params=ckpt.vae_params, schedule=schedule, scale_factor=ckpt.scale_factor,
+              prediction_type=prediction_type, latent_shape=(size, size, ckpt.unet.in_channels),
+              prompt_encoder=encoder, sampler_grid=sched_lib.grid_from_diffusers(sched),
+              defaults=SD_DEFAULTS)

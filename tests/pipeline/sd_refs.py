@@ -1,0 +1,95 @@
+"""Tiny random-weight diffusers StableDiffusionPipelines (SD 1.x- and SD 2.x-style) saved with
+`save_pretrained`, and their reference images, for the pipeline's end-to-end parity tests."""
+
+import json
+
+import numpy as np
+import torch
+import transformers
+from diffusers import (AutoencoderKL, DDIMScheduler, DPMSolverMultistepScheduler,
+                       StableDiffusionPipeline, UNet2DConditionModel)
+
+from ldm_jax.text import clip_tokenizer as ct
+
+TEXT_DIM = 32
+LATENT_SIZE = 8
+# SD 1.x: CLIP ViT-L/14 style text model (quick_gelu), <|endoftext|> padding, epsilon prediction.
+# SD 2.x: OpenCLIP ViT-H/14 style (gelu), "!" (id 0) padding, linear attention projections,
+# per-level head counts and v-prediction.
+VARIANTS = {
+    "sd1": dict(act="quick_gelu", pad=ct.SD1_PAD_TOKEN, prediction_type="epsilon",
+                unet=dict(attention_head_dim=2)),
+    "sd2": dict(act="gelu", pad=ct.SD2_PAD_TOKEN, prediction_type="v_prediction",
+                unet=dict(attention_head_dim=(2, 4), use_linear_projection=True)),
+}
+
+
+def _perturb(model, seed):
+  """Default init plus small random offsets on every 1-D parameter (norm scales, biases), so no
+  mapping hides behind ones or zeros while the network stays well conditioned."""
+  g = torch.Generator().manual_seed(seed)
+  with torch.no_grad():
+    for p in model.parameters():
+      if p.ndim == 1:
+        p.add_(0.05 * torch.randn(p.shape, generator=g))
+  return model.eval()
+
+
+def write_clip_tokenizer(path, pad):
+  vocab, merges = ct.clip_vocab_from_bpe()
+  path.mkdir(parents=True)
+  (path / "vocab.json").write_text(json.dumps(vocab))
+  (path / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges))
+  (path / "special_tokens_map.json").write_text(json.dumps({"pad_token": pad}))
+  (path / "tokenizer_config.json").write_text(json.dumps(
+      {"tokenizer_class": "CLIPTokenizer", "model_max_length": 77}))
+  return transformers.CLIPTokenizer.from_pretrained(str(path))
+
+
+def tiny_sd_pipeline(root, variant="sd1", seed=0):
+  """Writes a StableDiffusionPipeline folder at root / variant; returns (folder, torch pipeline)."""
+  v = VARIANTS[variant]
+  torch.manual_seed(seed)
+  tokenizer = write_clip_tokenizer(root / "tok_src" / variant, v["pad"])
+  text_encoder = _perturb(transformers.CLIPTextModel(transformers.CLIPTextConfig(
+      vocab_size=49408, hidden_size=TEXT_DIM, intermediate_size=64, num_hidden_layers=2,
+      num_attention_heads=4, max_position_embeddings=77, hidden_act=v["act"])), seed)
+  unet = _perturb(UNet2DConditionModel(
+      sample_size=LATENT_SIZE, in_channels=4, out_channels=4, block_out_channels=(32, 64),
+      layers_per_block=1, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+      up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=TEXT_DIM,
+      norm_num_groups=8, **v["unet"]), seed + 1)
+  vae = _perturb(AutoencoderKL(
+      in_channels=3, out_channels=3, block_out_channels=(16, 32), layers_per_block=1,
+      down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+      latent_channels=4, norm_num_groups=8, sample_size=2 * LATENT_SIZE), seed + 2)
+  scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                            clip_sample=False, set_alpha_to_one=False, steps_offset=1,
+                            prediction_type=v["prediction_type"])
+  pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+                                 unet=unet, scheduler=scheduler, safety_checker=None,
+                                 feature_extractor=None, requires_safety_checker=False)
+  folder = root / variant
+  pipe.save_pretrained(str(folder))
+  loaded = StableDiffusionPipeline.from_pretrained(str(folder))  # what a diffusers user runs
+  loaded.set_progress_bar_config(disable=True)
+  return str(folder), loaded
+
+
+def with_scheduler(pipe, method):
+  """The torch pipeline with the scheduler diffusers uses for `method` (from the folder's config)."""
+  cls = {"ddim": DDIMScheduler, "dpmpp_2m": DPMSolverMultistepScheduler}[method]
+  extra = {"algorithm_type": "dpmsolver++", "solver_order": 2} if method == "dpmpp_2m" else {}
+  pipe.scheduler = cls.from_config(pipe.scheduler.config, **extra)
+  return pipe
+
+
+def reference_images(pipe, latents_nhwc, prompts, *, num_steps, guidance_scale,
+                     negative_prompts=None):
+  """diffusers' images float [N, H, W, 3] in [0, 1] from the given initial latents (NHWC)."""
+  latents = torch.from_numpy(np.ascontiguousarray(np.transpose(latents_nhwc, (0, 3, 1, 2))))
+  with torch.no_grad():  # diffusers scales latents by init_noise_sigma, 1 for DDIM / DPM-Solver
+    out = pipe(prompt=list(prompts), negative_prompt=negative_prompts, latents=latents,
+               num_inference_steps=num_steps, guidance_scale=guidance_scale, output_type="np",
+               height=latents.shape[2] * 2, width=latents.shape[3] * 2)
+  return out.images
