@@ -364,3 +364,15 @@ def test_bfloat16_pipeline_casts_weights_once_and_stays_close_to_float32(pipe, p
 def test_pipeline_dtype_is_validated(workdirs):
   with pytest.raises(ValueError, match="dtype='float8'; valid choices: float32, bfloat16, float16"):
     LatentDiffusionPipeline.from_workdir(workdirs["ldm"], dtype="float8")
+
+
+def test_from_workdir_defaults_to_the_run_sample_settings(pipe):
+  """Left out, method / num_steps / guidance_scale are the run config's `sample` section (what its
+  own sample grids used; mnist_ldm: DPM-Solver++(2M), 25 steps, w = 2)."""
+  section = mnist_ldm.get_config().sample
+  assert pipe.defaults == {"method": section.method, "num_steps": section.num_steps,
+                           "guidance_scale": section.guidance_scale}
+  key, labels = jax.random.key(12), [1, 2, 3, 4]
+  explicit = pipe.sample(key, 4, labels, method=section.method, num_steps=section.num_steps,
+                         guidance_scale=section.guidance_scale, output="latent")
+  np.testing.assert_array_equal(pipe.sample(key, 4, labels, output="latent"), explicit)
