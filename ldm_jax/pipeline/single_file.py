@@ -12,6 +12,7 @@ The prediction type is not visible in the weights: SD 2.0-v / 2.1 (768 px) predi
 
 from collections.abc import Mapping
 
+from ldm_jax.diffusion.parameterization import PREDICTION_TYPES
 from ldm_jax.pipeline import loading
 from ldm_jax.pipeline import scheduler_config as sched_lib
 
@@ -47,6 +48,9 @@ def sd_version(state_dict, version=None) -> str:
 
 def _prediction_type(version, prediction_type, ldm_config):
   if prediction_type is not None:
+    if prediction_type not in PREDICTION_TYPES:
+      raise ValueError(f"Unknown prediction_type {prediction_type!r}; valid choices: "
+                       f"{', '.join(PREDICTION_TYPES)}.")
     return prediction_type
   if ldm_config:
     return "v_prediction" if ldm_config.get("parameterization") == "v" else "epsilon"

@@ -1,0 +1,122 @@
+"""`LatentDiffusionPipeline.from_single_file`: a tiny SD 1.x-style original checkpoint (CompVis
+UNet and autoencoder layout, CLIP text model under cond_stage_model.transformer) against the
+diffusers StableDiffusionPipeline assembled from diffusers' own single-file converters; and the
+v1 / v2 and prediction-type rules."""
+
+import os
+import sys
+
+import jax
+import numpy as np
+import pytest
+import torch
+import transformers
+from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers.loaders import single_file_utils as sfu
+from safetensors.numpy import save_file
+
+import sd_refs
+from ldm_jax.convert import text_checkpoint as tc
+from ldm_jax.pipeline import LatentDiffusionPipeline, single_file
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "convert"))
+# pylint: disable=wrong-import-position
+from test_ldm_checkpoint import DDCONFIG, SD1_UNET, UNET_KW, ldm_unet_shapes, ldm_vae_shapes  # noqa: E402
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")
+WIDTH = 64  # one 64-wide head, the single-file rule for CLIP
+PROMPTS = ["a photo of a cat", "a red house"]
+
+
+def _weights(shapes, prefix, rng):
+  """Well-conditioned random tensors: N(0, 1/fan_in) matrices and kernels, norm scales near 1."""
+  out = {}
+  for k, shape in shapes.items():
+    if len(shape) > 1:
+      w = rng.normal(0.0, 1.0 / np.sqrt(np.prod(shape[1:])), shape)
+    else:
+      w = (1.0 if k.endswith("weight") else 0.0) + 0.05 * rng.normal(size=shape)
+    out[prefix + k] = w.astype(np.float32)
+  return out
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+  """(path, LDM config dict, the diffusers reference pipeline) of a tiny SD 1.x single file."""
+  threads = torch.get_num_threads()
+  torch.set_num_threads(1)  # torch's pool spins on a shared 2-core machine
+  rng = np.random.default_rng(0)
+  sd = {**_weights(ldm_unet_shapes(**{**UNET_KW, "context_dim": WIDTH}), "model.diffusion_model.", rng),
+        **_weights(ldm_vae_shapes(), "first_stage_model.", rng)}
+  torch.manual_seed(0)
+  clip = transformers.CLIPTextModel(transformers.CLIPTextConfig(
+      vocab_size=49408, hidden_size=WIDTH, intermediate_size=128, num_hidden_layers=2,
+      num_attention_heads=1, max_position_embeddings=77, hidden_act="quick_gelu")).eval()
+  sd.update({tc.SD1_PREFIX + k: v.numpy() for k, v in clip.state_dict().items()})
+  sd[tc.SD1_PREFIX + "embeddings.position_ids"] = np.arange(77)[None]
+  root = tmp_path_factory.mktemp("single")
+  save_file(sd, str(root / "tiny-sd1.safetensors"))
+  config = {"unet_config": {"params": {**SD1_UNET, "context_dim": WIDTH}},
+            "first_stage_config": {"params": {"embed_dim": 4, "ddconfig": DDCONFIG}}}
+  yield str(root / "tiny-sd1.safetensors"), config, _reference(sd, config, clip, root)
+  torch.set_num_threads(threads)
+
+
+def _reference(sd, config, clip, root):
+  """diffusers' conversion of the same file, as a StableDiffusionPipeline with SD's scheduler."""
+  ckpt = {k: torch.from_numpy(np.asarray(v)) for k, v in sd.items()}
+  ldm = {"model": {"params": config}}
+  unet_cfg = sfu.create_unet_diffusers_config_from_ldm(ldm, ckpt, image_size=16)
+  unet = UNet2DConditionModel(**unet_cfg).eval()
+  unet.load_state_dict(sfu.convert_ldm_unet_checkpoint(ckpt, unet_cfg), strict=True)
+  vae_cfg = sfu.create_vae_diffusers_config_from_ldm(ldm, ckpt, image_size=16,
+                                                    scaling_factor=0.18215)
+  vae = AutoencoderKL(**vae_cfg).eval()
+  vae.load_state_dict(sfu.convert_ldm_vae_checkpoint(ckpt, vae_cfg), strict=True)
+  scheduler = DDIMScheduler(**{k: v for k, v in single_file.SD_SCHEDULER.items()
+                               if not k.startswith("_")})
+  tokenizer = sd_refs.write_clip_tokenizer(root / "tokenizer", sd_refs.VARIANTS["sd1"]["pad"])
+  pipe = StableDiffusionPipeline(vae=vae, text_encoder=clip, tokenizer=tokenizer, unet=unet,
+                                 scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                 requires_safety_checker=False)
+  pipe.set_progress_bar_config(disable=True)
+  return pipe
+
+
+def test_single_file_images_match_diffusers(checkpoint):
+  path, config, reference = checkpoint
+  pipe = LatentDiffusionPipeline.from_single_file(path, config=config, latent_shape=(8, 8, 4),
+                                                  max_batch=4)
+  assert pipe.text_conditioned and pipe.prediction_type == "epsilon"
+  assert pipe.defaults == single_file.SD_DEFAULTS and pipe.sampler_grid["steps_offset"] == 1
+  noise = pipe.initial_noise(jax.random.key(0), 2)
+  for w, negative in [(1.0, None), (7.5, ["blurry", ""])]:
+    ours = pipe.sample(jax.random.key(0), 2, prompts=PROMPTS, negative_prompts=negative,
+                       num_steps=4, guidance_scale=w, output="float")
+    want = sd_refs.reference_images(reference, noise, PROMPTS, num_steps=4, guidance_scale=w,
+                                    negative_prompts=negative)
+    diff = np.abs(np.clip(ours / 2.0 + 0.5, 0.0, 1.0) - want).max() * 255
+    assert diff < 1.0, (w, diff)
+
+
+def test_version_and_prediction_type_rules():
+  v1 = {tc.SD1_PREFIX + "embeddings.token_embedding.weight": 0}
+  v2 = {tc.SD2_PREFIX + "token_embedding.weight": 0}
+  bert = {tc.BERT_PREFIX + "token_emb.weight": 0}
+  assert single_file.sd_version(v1) == "v1" and single_file.sd_version(v2, "v2") == "v2"
+  with pytest.raises(ValueError, match="version='v1', but the checkpoint's text encoder is "
+                                       "'sd2_openclip'"):
+    single_file.sd_version(v2, "v1")
+  with pytest.raises(ValueError, match="Unknown Stable Diffusion version 'xl'; valid choices: v1, v2"):
+    single_file.sd_version(v1, "xl")
+  with pytest.raises(ValueError, match="'ldm_bert', not a Stable Diffusion one"):
+    single_file.sd_version(bert)
+  with pytest.raises(ValueError, match="no supported text encoder"):
+    single_file.sd_version({"model.diffusion_model.out.0.weight": 0})
+  rule = single_file._prediction_type  # pylint: disable=protected-access
+  assert rule("v1", None, {}) == "epsilon" and rule("v2", None, {}) == "v_prediction"
+  assert rule("v2", None, {"parameterization": "eps"}) == "epsilon"
+  assert rule("v1", None, {"parameterization": "v"}) == "v_prediction"
+  assert rule("v2", "epsilon", {}) == "epsilon"  # SD 2.x-base (512 px)
+  with pytest.raises(ValueError, match="Unknown prediction_type 'v'; valid choices: "):
+    rule("v2", "v", {})
