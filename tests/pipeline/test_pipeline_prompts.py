@@ -168,3 +168,12 @@ def test_scheduler_config_is_read_and_checked(folder):
     LatentDiffusionPipeline.from_pretrained(folder, sampler_grid={"spacing": "leading"})
   with pytest.raises(ValueError, match="Unknown sampling defaults"):
     LatentDiffusionPipeline.from_pretrained(folder, defaults={"steps": 10})
+
+
+def test_dtype_casts_the_text_encoder_too(folder, pipe):
+  half = LatentDiffusionPipeline.from_pretrained(folder, dtype="bfloat16")
+  assert half.prompt_encoder.module.dtype == jnp.bfloat16
+  assert {a.dtype for a in jax.tree.leaves(half.prompt_encoder.params)} == {jnp.dtype(jnp.bfloat16)}
+  got, want = half.encode_prompt(PROMPTS), pipe.encode_prompt(PROMPTS)
+  assert got.dtype == np.float32
+  assert np.linalg.norm(got - want) / np.linalg.norm(want) < 0.03  # bfloat16 rounding only
