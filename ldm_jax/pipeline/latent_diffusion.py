@@ -481,7 +481,9 @@ class LatentDiffusionPipeline:
       cond, null = self._conditions(num, np.full((num,), y[0]), None, None,
                                     label_mix=(np.full((num,), y[1]), weights))
     elif self.conditioning == "context":
-      ends, negative = self._interpolation_ends(a, b, num, negative_prompts, null_context)
+      ends, negative = prompts_lib.interpolation_ends(
+          self._encode_prompts if self.text_conditioned else None, a, b, num, negative_prompts,
+          null_context)
       ca, cb = (checks.context(c, 1, self.context_dim, name=k)[0] for c, k in zip(ends, "ab"))
       mixed = ((1.0 - weights)[:, None, None] * ca + weights[:, None, None] * cb).astype(np.float32)
       cond, null = self._conditions(num, None, mixed, null_context, negative_prompts=negative)
@@ -495,23 +497,6 @@ class LatentDiffusionPipeline:
                           guidance_scale=guidance_scale, eta=0.0, start=0,
                           noise=slerp(ends[0], ends[1], weights), output=output,
                           return_trajectory=False)
-
-  def _interpolation_ends(self, a, b, num, negative_prompts, null_context):
-    """The endpoint contexts (prompts encoded) and the negative prompts repeated num times."""
-    texts = [isinstance(e, str) for e in (a, b)]
-    if any(texts) and not self.text_conditioned:
-      raise ValueError("This model has no text encoder: the endpoints a and b must be contexts "
-                       "[L, D], not prompts.")
-    if negative_prompts is not None:
-      if not self.text_conditioned or null_context is not None:
-        raise ValueError("negative_prompts need a text model and no null_context.")
-      if not isinstance(negative_prompts, str):
-        raise ValueError(f"negative_prompts of interpolate must be one str, got "
-                         f"{negative_prompts!r:.80}.")
-    if any(texts):
-      encoded = list(self._encode_prompts([e for e, t in zip((a, b), texts) if t]))
-      a, b = (encoded.pop(0)[None] if t else e for e, t in zip((a, b), texts))
-    return (a, b), (None if negative_prompts is None else [negative_prompts] * num)
 
   def restore(self, rng, noisy_images, noise_level: float, labels=None, context=None, *,
               prompts=None, negative_prompts=None, method=None, num_steps=None,

@@ -76,6 +76,28 @@ def contexts(encode, n, prompts, negative_prompts, context, null_context):
   return context, null_context
 
 
+def interpolation_ends(encode, a, b, num, negative_prompts, null_context):
+  """((a, b), negatives) for `interpolate`: endpoints given as prompts encoded to contexts [1, L, D]
+  (others returned as given), the one negative prompt repeated num times (None: none).
+
+  encode: list of str -> [len, L, D], or None for models without a text encoder.
+  """
+  texts = [isinstance(e, str) for e in (a, b)]
+  if any(texts) and encode is None:
+    raise ValueError("This model has no text encoder: the endpoints a and b must be contexts "
+                     "[L, D], not prompts.")
+  if negative_prompts is not None:
+    if encode is None or null_context is not None:
+      raise ValueError("negative_prompts need a text model and no null_context.")
+    if not isinstance(negative_prompts, str):
+      raise ValueError(f"negative_prompts of interpolate must be one str, got "
+                       f"{negative_prompts!r:.80}.")
+  if any(texts):
+    encoded = list(encode([e for e, t in zip((a, b), texts) if t]))
+    a, b = (encoded.pop(0)[None] if t else e for e, t in zip((a, b), texts))
+  return (a, b), (None if negative_prompts is None else [negative_prompts] * num)
+
+
 def encode_program(module, on_trace):
   """encode(params, ids int32 [N, L]) -> float32 context [N, L, D] (compiles once per N)."""
   def fn(params, ids):
