@@ -5,7 +5,8 @@ with `text_encoder/` (Stable Diffusion) or `bert/` (LDM txt2img)). Original sing
 
 Each returns the keyword arguments of `LatentDiffusionPipeline.__init__`, including the sampling
 `defaults`: a run's own `config.sample` settings, or the folder's scheduler class (its method)
-and, for text-to-image folders, diffusers' StableDiffusionPipeline defaults (50 steps, w = 7.5).
+and, for text-to-image folders, the diffusers pipeline's own defaults (StableDiffusionPipeline:
+50 steps, w = 7.5; LDMTextToImagePipeline: 50 steps, w = 1).
 """
 
 import json
@@ -24,8 +25,10 @@ DIFFUSERS_SCHEDULES = {"linear": "linear", "scaled_linear": "scaled_linear",
                        "squaredcos_cap_v2": "cosine", "sigmoid": "sigmoid"}
 # The scheduler of folders without one: LDM / SD's scaled_linear 0.00085..0.012.
 LDM_SCHEDULER = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012}
-# diffusers StableDiffusionPipeline.__call__ defaults, for text-to-image folders.
-TEXT_TO_IMAGE_DEFAULTS = {"num_steps": 50, "guidance_scale": 7.5}
+# The __call__ defaults of diffusers' text-to-image pipelines (model_index.json's _class_name);
+# other text folders (StableDiffusionImg2ImgPipeline, ...) take StableDiffusionPipeline's.
+TEXT_TO_IMAGE_DEFAULTS = {"StableDiffusionPipeline": {"num_steps": 50, "guidance_scale": 7.5},
+                          "LDMTextToImagePipeline": {"num_steps": 50, "guidance_scale": 1.0}}
 VAE_FOLDERS = ("vae", "vqvae")  # StableDiffusionPipeline / LDMPipeline and LDMTextToImagePipeline
 TEXT_FOLDERS = ("text_encoder", "bert")
 
@@ -83,23 +86,24 @@ def schedule_from_diffusers(config: dict) -> tuple[schedules.Schedule, str]:
   return s, config.get("prediction_type", "epsilon")
 
 
-def pipeline_components(path: str) -> set:
-  """The component folders of a diffusers pipeline folder: those model_index.json names (entries
-  saved as None, e.g. safety_checker, skipped), each checked to exist; without model_index.json,
-  the sub-folders present."""
+def pipeline_components(path: str) -> tuple[set, str | None]:
+  """(component folders, pipeline class) of a diffusers pipeline folder: the folders that
+  model_index.json names (entries saved as None, e.g. safety_checker, skipped), each checked to
+  exist, and its _class_name; without model_index.json, the sub-folders present and None."""
   if not os.path.isdir(path):
     raise FileNotFoundError(f"diffusers pipeline folder {path!r} does not exist.")
   present = sorted(d for d in os.listdir(path) if os.path.isdir(os.path.join(path, d)))
   index_file = os.path.join(path, "model_index.json")
   if not os.path.exists(index_file):
-    return set(present)
-  listed = {k for k, v in _read_json(index_file).items()
+    return set(present), None
+  index = _read_json(index_file)
+  listed = {k for k, v in index.items()
             if not k.startswith("_") and isinstance(v, list) and v and v[0] is not None}
   missing = sorted(listed - set(present))
   if missing:
     raise FileNotFoundError(f"{path!r}: model_index.json lists {', '.join(missing)} but the folder "
                             f"has no {', '.join(m + '/' for m in missing)}; found: {present}.")
-  return listed
+  return listed, index.get("_class_name")
 
 
 def _scheduler(path, components, overrides):
@@ -141,7 +145,7 @@ def from_pretrained(path: str, num_classes: int | None = None,
   `num_classes` says otherwise.
   """
   from ldm_jax import convert  # pylint: disable=import-outside-toplevel
-  components = pipeline_components(path)
+  components, pipeline_class = pipeline_components(path)
   vae_folder = next((d for d in VAE_FOLDERS if d in components), None)
   missing = [d + "/" for d, ok in (("unet", "unet" in components),
                                    (" or ".join(VAE_FOLDERS), vae_folder)) if not ok]
@@ -157,7 +161,9 @@ def from_pretrained(path: str, num_classes: int | None = None,
   size = tuple(size) if isinstance(size, (list, tuple)) else (size, size)
   if num_classes is None and unet.num_class_embeds is not None:
     num_classes = unet.num_class_embeds - 1
-  defaults = {"method": method, **(TEXT_TO_IMAGE_DEFAULTS if prompt_encoder else {})}
+  text_defaults = TEXT_TO_IMAGE_DEFAULTS.get(pipeline_class,
+                                             TEXT_TO_IMAGE_DEFAULTS["StableDiffusionPipeline"])
+  defaults = {"method": method, **(text_defaults if prompt_encoder else {})}
   return dict(unet=unet, unet_params=unet_params, autoencoder=ae, ae_params=ae_params,
               schedule=schedule, scale_factor=ae.scaling_factor, shift_factor=ae.shift_factor,
               prediction_type=prediction_type, num_classes=num_classes,

@@ -10,6 +10,7 @@ not shipped: pass the path of a vocab.txt (one token per line, id = line number)
 holding one (a diffusers txt2img ``tokenizer/`` folder).
 """
 
+import json
 import os
 
 from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, processors
@@ -22,9 +23,25 @@ MAX_LENGTH = 77
 VOCAB_FILE = "vocab.txt"
 
 
+def _tokenizer_json_vocab(folder):
+  """The WordPiece vocabulary of a folder's transformers tokenizer.json (transformers >= 5 saves
+  BertTokenizer as tokenizer.json only), or None."""
+  file = os.path.join(folder, "tokenizer.json")
+  if not os.path.isfile(file):
+    return None
+  with open(file, encoding="utf-8") as f:
+    model = json.load(f).get("model", {})
+  return dict(model["vocab"]) if model.get("type") == "WordPiece" else None
+
+
 def read_wordpiece_vocab(path):
-  """{token: line number} of a vocab.txt, or of the vocab.txt inside a folder."""
+  """{token: line number} of a vocab.txt, or of the vocab.txt inside a folder (else the WordPiece
+  vocabulary of the folder's tokenizer.json)."""
   file = os.path.join(path, VOCAB_FILE) if os.path.isdir(path) else path
+  if not os.path.isfile(file) and os.path.isdir(path):
+    vocab = _tokenizer_json_vocab(path)
+    if vocab:
+      return vocab
   if not os.path.isfile(file):
     where = f"folder {path!r} has no {VOCAB_FILE}" if os.path.isdir(path) else "does not exist"
     raise FileNotFoundError(f"WordPiece vocabulary {file!r} {where}; pass a vocab.txt (one token "

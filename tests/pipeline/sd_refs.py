@@ -7,7 +7,9 @@ import numpy as np
 import torch
 import transformers
 from diffusers import (AutoencoderKL, DDIMScheduler, DPMSolverMultistepScheduler,
-                       StableDiffusionPipeline, UNet2DConditionModel)
+                       LDMTextToImagePipeline, StableDiffusionPipeline, UNet2DConditionModel)
+from diffusers.pipelines.latent_diffusion.pipeline_latent_diffusion import (LDMBertConfig,
+                                                                            LDMBertModel)
 
 from ldm_jax.text import clip_tokenizer as ct
 
@@ -46,32 +48,62 @@ def write_clip_tokenizer(path, pad):
   return transformers.CLIPTokenizer.from_pretrained(str(path))
 
 
-def tiny_sd_pipeline(root, variant="sd1", seed=0):
-  """Writes a StableDiffusionPipeline folder at root / variant; returns (folder, torch pipeline)."""
-  v = VARIANTS[variant]
-  torch.manual_seed(seed)
-  tokenizer = write_clip_tokenizer(root / "tok_src" / variant, v["pad"])
-  text_encoder = _perturb(transformers.CLIPTextModel(transformers.CLIPTextConfig(
-      vocab_size=49408, hidden_size=TEXT_DIM, intermediate_size=64, num_hidden_layers=2,
-      num_attention_heads=4, max_position_embeddings=77, hidden_act=v["act"])), seed)
+def _unet_vae_scheduler(seed, prediction_type="epsilon", **unet_kw):
   unet = _perturb(UNet2DConditionModel(
       sample_size=LATENT_SIZE, in_channels=4, out_channels=4, block_out_channels=(32, 64),
       layers_per_block=1, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
       up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=TEXT_DIM,
-      norm_num_groups=8, **v["unet"]), seed + 1)
+      norm_num_groups=8, **unet_kw), seed + 1)
   vae = _perturb(AutoencoderKL(
       in_channels=3, out_channels=3, block_out_channels=(16, 32), layers_per_block=1,
       down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
       latent_channels=4, norm_num_groups=8, sample_size=2 * LATENT_SIZE), seed + 2)
   scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                             clip_sample=False, set_alpha_to_one=False, steps_offset=1,
-                            prediction_type=v["prediction_type"])
+                            prediction_type=prediction_type)
+  return unet, vae, scheduler
+
+
+def tiny_sd_pipeline(root, variant="sd1", seed=0):
+  """Writes a StableDiffusionPipeline folder at root / variant; returns (folder, the torch
+  pipeline diffusers loads from it)."""
+  v = VARIANTS[variant]
+  torch.manual_seed(seed)
+  tokenizer = write_clip_tokenizer(root / "tok_src" / variant, v["pad"])
+  text_encoder = _perturb(transformers.CLIPTextModel(transformers.CLIPTextConfig(
+      vocab_size=49408, hidden_size=TEXT_DIM, intermediate_size=64, num_hidden_layers=2,
+      num_attention_heads=4, max_position_embeddings=77, hidden_act=v["act"])), seed)
+  unet, vae, scheduler = _unet_vae_scheduler(seed, v["prediction_type"], **v["unet"])
   pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
                                  unet=unet, scheduler=scheduler, safety_checker=None,
                                  feature_extractor=None, requires_safety_checker=False)
   folder = root / variant
   pipe.save_pretrained(str(folder))
   loaded = StableDiffusionPipeline.from_pretrained(str(folder))  # what a diffusers user runs
+  loaded.set_progress_bar_config(disable=True)
+  return str(folder), loaded
+
+
+BERT_VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "photo", "of", "cat", "red",
+              "house", "on", "mars", ",", "!", "an", "##s", "blurry"]
+
+
+def tiny_ldm_txt2img_pipeline(root, seed=3):
+  """Writes an LDMTextToImagePipeline folder (tokenizer/ WordPiece, bert/ LDMBertModel, vqvae/,
+  unet/, scheduler/) at root / "ldm"; returns (folder, the torch pipeline loaded from it)."""
+  torch.manual_seed(seed)
+  (root / "vocab").mkdir(parents=True)
+  (root / "vocab" / "vocab.txt").write_text("\n".join(BERT_VOCAB) + "\n")
+  tokenizer = transformers.BertTokenizer(str(root / "vocab" / "vocab.txt"))
+  bert = _perturb(LDMBertModel(LDMBertConfig(
+      vocab_size=len(BERT_VOCAB), max_position_embeddings=77, encoder_layers=2,
+      encoder_ffn_dim=64, encoder_attention_heads=2, head_dim=16, d_model=TEXT_DIM)), seed)
+  unet, vae, scheduler = _unet_vae_scheduler(seed, attention_head_dim=2)
+  pipe = LDMTextToImagePipeline(vqvae=vae, bert=bert, tokenizer=tokenizer, unet=unet,
+                                scheduler=scheduler)
+  folder = root / "ldm"
+  pipe.save_pretrained(str(folder))
+  loaded = LDMTextToImagePipeline.from_pretrained(str(folder))
   loaded.set_progress_bar_config(disable=True)
   return str(folder), loaded
 

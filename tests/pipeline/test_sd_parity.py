@@ -2,7 +2,8 @@
 with `save_pretrained` and loaded by `LatentDiffusionPipeline.from_pretrained`, both sampled from
 the same initial latents (`pipe.initial_noise`), must give the same images to within 1/255 per
 pixel: SD 1.x-style (epsilon) and SD 2.x-style (v-prediction, OpenCLIP-style text model) folders,
-DDIM and DPM-Solver++(2M), without guidance, with guidance, and with negative prompts."""
+DDIM and DPM-Solver++(2M), without guidance, with guidance, and with negative prompts. The same
+for LDM's txt2img pipeline (LDMTextToImagePipeline: WordPiece tokenizer, LDMBert, vqvae/)."""
 
 import jax
 import numpy as np
@@ -72,3 +73,21 @@ def test_images_match_diffusers(pipes, method):
   # the cases differ by far more than the tolerance: prompts, guidance and negatives all act
   assert np.abs(images[1] - images[0]).max() * 255 > 10
   assert np.abs(images[2] - images[1]).max() * 255 > 10
+
+
+def test_ldm_txt2img_folder_matches_diffusers(tmp_path, torch_one_thread):  # pylint: disable=unused-argument
+  folder, reference = sd_refs.tiny_ldm_txt2img_pipeline(tmp_path)
+  pipe = LatentDiffusionPipeline.from_pretrained(folder, max_batch=4)
+  assert type(pipe.prompt_encoder.module).__name__ == "BERTEmbedder"
+  assert pipe.defaults == {"method": "ddim", "num_steps": 50, "guidance_scale": 1.0}  # diffusers'
+  prompts = ["a photo of a cat", "a red house on mars!"]
+  noise = pipe.initial_noise(jax.random.key(0), 2)
+  latents = torch.from_numpy(np.ascontiguousarray(np.transpose(noise, (0, 3, 1, 2))))
+  for w in (1.0, 6.0):  # LDMTextToImagePipeline: the empty prompt is the unconditional branch
+    ours = pipe.sample(jax.random.key(0), 2, prompts=prompts, num_steps=STEPS, guidance_scale=w,
+                       output="float")
+    with torch.no_grad():  # its latent-shape check assumes f = 8: height 64 for 8x8 latents
+      want = reference(prompts, height=64, width=64, num_inference_steps=STEPS, guidance_scale=w,
+                       latents=latents, output_type="np").images
+    diff = np.abs(np.clip(ours / 2.0 + 0.5, 0.0, 1.0) - want).max() * 255
+    assert diff < 1.0, (w, diff)  # measured: 0.0004
