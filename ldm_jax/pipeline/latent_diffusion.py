@@ -280,7 +280,11 @@ class LatentDiffusionPipeline:
     prompts_lib.check_kind(kind, self.text_conditioned, labels=labels, prompts=prompts,
                            negative_prompts=negative_prompts, context=context,
                            null_context=null_context)
-    if self.text_conditioned:
+    if self.text_conditioned:  # given contexts are checked before any prompt is encoded
+      if context is not None:
+        context = checks.context(context, n, self.context_dim)
+      if null_context is not None:
+        null_context = checks.context(null_context, n, self.context_dim, name="null_context")
       context, null_context = prompts_lib.contexts(self._encode_prompts, n, prompts,
                                                    negative_prompts, context, null_context)
     if kind != "class":

@@ -88,6 +88,8 @@ def test_bad_prompts_raise_before_compiling(folder, images):
       (lambda: fresh.sample(key, 2, labels=[1, 2]), "conditioned on text: give prompts="),
       (lambda: fresh.sample(key, 2), "conditioned on text: give prompts="),
       (lambda: fresh.sample(key, 2, prompts="a", context=np.zeros((77, 32))), "not both"),
+      (lambda: fresh.sample(key, 2, context=np.zeros((77, 16))), "[2, L, 32]"),
+      (lambda: fresh.sample(key, 2, prompts="a", null_context=np.zeros((3, 77, 32))), "null_context"),
       (lambda: fresh.sample(key, 2, prompts="a", method="plms"), "valid choices"),
       (lambda: fresh.sample(key, 2, prompts="a", guidance_scale=[1.0, 2.0, 3.0]), "guidance_scale"),
       (lambda: fresh.img2img(key, images, 0.5, prompts=["a"] * 3), "got a list of 3"),
