@@ -17,7 +17,8 @@ from ldm_jax import schedules
 from ldm_jax.models import autoencoder, unet
 from ldm_jax.pipeline import LatentDiffusionPipeline, random_params
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+pytestmark = [pytest.mark.slow,  # end to end, torch + jax
+              pytest.mark.filterwarnings("ignore::UserWarning")]
 PROMPTS = ["a photo of a cat", "a red house"]
 KW = dict(method="ddim", num_steps=3, guidance_scale=4.0, output="latent")
 

@@ -13,7 +13,8 @@ import torch
 import sd_refs
 from ldm_jax.pipeline import LatentDiffusionPipeline
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+pytestmark = [pytest.mark.slow,  # end to end, torch + jax
+              pytest.mark.filterwarnings("ignore::UserWarning")]
 PROMPTS = ["a photo of a cat", "An astronaut riding a horse on Mars, 4k!"]
 NEGATIVE = ["blurry", "a drawing"]
 STEPS = 5

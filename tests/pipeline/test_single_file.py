@@ -23,7 +23,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "con
 # pylint: disable=wrong-import-position
 from test_ldm_checkpoint import DDCONFIG, SD1_UNET, UNET_KW, ldm_unet_shapes, ldm_vae_shapes  # noqa: E402
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")
+pytestmark = [pytest.mark.slow,  # end to end, torch + jax
+              pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")]
 WIDTH = 64  # one 64-wide head, the single-file rule for CLIP
 PROMPTS = ["a photo of a cat", "a red house"]
 
