@@ -1,7 +1,9 @@
-"""`LatentDiffusionPipeline.from_single_file`: a tiny SD 1.x-style original checkpoint (CompVis
-UNet and autoencoder layout, CLIP text model under cond_stage_model.transformer) against the
-diffusers StableDiffusionPipeline assembled from diffusers' own single-file converters; and the
-v1 / v2 and prediction-type rules."""
+"""`LatentDiffusionPipeline.from_single_file`: tiny original checkpoints (CompVis UNet and
+autoencoder layout) against the diffusers StableDiffusionPipeline assembled from diffusers' own
+single-file converters: SD 1.x-style (CLIP under cond_stage_model.transformer, conv projections,
+eps) and SD 2.x-style (OpenCLIP under cond_stage_model.model with a last block that SD drops,
+linear projections, heads from num_head_channels, v-prediction); and the v1 / v2 and
+prediction-type rules."""
 
 import os
 import sys
@@ -41,31 +43,78 @@ def _weights(shapes, prefix, rng):
   return out
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-  """(path, LDM config dict, the diffusers reference pipeline) of a tiny SD 1.x single file."""
+# version -> (UNet builder keywords, its LDM yaml unet_config.params, text activation, yaml extras)
+VERSIONS = {
+    "v1": (UNET_KW, SD1_UNET, "quick_gelu", {}),
+    "v2": ({**UNET_KW, "use_linear": True},
+           {**{k: v for k, v in SD1_UNET.items() if k != "num_heads"},
+            "use_linear_in_transformer": True, "num_head_channels": 16},
+           "gelu", {"parameterization": "v"}),
+}
+
+
+def _openclip(clip, rng):
+  """open_clip's text tower holding `clip`'s weights (q, k, v fused into in_proj), plus one more
+  random block, which SD 2.x's penultimate-layer output never uses."""
+  t = {k: v.numpy() for k, v in clip.state_dict().items()}
+  out = {"token_embedding.weight": t["embeddings.token_embedding.weight"],
+         "positional_embedding": t["embeddings.position_embedding.weight"],
+         "ln_final.weight": t["final_layer_norm.weight"], "ln_final.bias": t["final_layer_norm.bias"],
+         "text_projection": rng.normal(size=(WIDTH, WIDTH)).astype(np.float32),
+         "logit_scale": np.array(4.6, np.float32)}
+  n = clip.config.num_hidden_layers
+  for i in range(n + 1):
+    src, dst = f"encoder.layers.{min(i, n - 1)}.", f"transformer.resblocks.{i}."
+    pairs = {"ln_1": "layer_norm1", "ln_2": "layer_norm2", "attn.out_proj": "self_attn.out_proj",
+             "mlp.c_fc": "mlp.fc1", "mlp.c_proj": "mlp.fc2"}
+    for new, old in pairs.items():
+      for leaf in ("weight", "bias"):
+        out[f"{dst}{new}.{leaf}"] = t[f"{src}{old}.{leaf}"] * (3.0 if i == n else 1.0)
+    for leaf in ("weight", "bias"):
+      out[f"{dst}attn.in_proj_{leaf}"] = np.concatenate(
+          [t[f"{src}self_attn.{p}_proj.{leaf}"] for p in "qkv"]) * (3.0 if i == n else 1.0)
+  return {tc.SD2_PREFIX + k: v for k, v in out.items()}
+
+
+@pytest.fixture(scope="module", params=sorted(VERSIONS))
+def checkpoint(request, tmp_path_factory):
+  """(version, path, LDM config dict, the diffusers reference pipeline) of a tiny single file."""
+  version = request.param
+  unet_kw, unet_params, act, extras = VERSIONS[version]
   threads = torch.get_num_threads()
   torch.set_num_threads(1)  # torch's pool spins on a shared 2-core machine
   rng = np.random.default_rng(0)
-  sd = {**_weights(ldm_unet_shapes(**{**UNET_KW, "context_dim": WIDTH}), "model.diffusion_model.", rng),
+  sd = {**_weights(ldm_unet_shapes(**{**unet_kw, "context_dim": WIDTH}), "model.diffusion_model.", rng),
         **_weights(ldm_vae_shapes(), "first_stage_model.", rng)}
   torch.manual_seed(0)
   clip = transformers.CLIPTextModel(transformers.CLIPTextConfig(
       vocab_size=49408, hidden_size=WIDTH, intermediate_size=128, num_hidden_layers=2,
-      num_attention_heads=1, max_position_embeddings=77, hidden_act="quick_gelu")).eval()
-  sd.update({tc.SD1_PREFIX + k: v.numpy() for k, v in clip.state_dict().items()})
-  sd[tc.SD1_PREFIX + "embeddings.position_ids"] = np.arange(77)[None]
+      num_attention_heads=1, max_position_embeddings=77, hidden_act=act)).eval()
+  if version == "v1":
+    sd.update({tc.SD1_PREFIX + k: v.numpy() for k, v in clip.state_dict().items()})
+    sd[tc.SD1_PREFIX + "embeddings.position_ids"] = np.arange(77)[None]
+  else:
+    sd.update(_openclip(clip, rng))
   root = tmp_path_factory.mktemp("single")
-  save_file(sd, str(root / "tiny-sd1.safetensors"))
-  config = {"unet_config": {"params": {**SD1_UNET, "context_dim": WIDTH}},
-            "first_stage_config": {"params": {"embed_dim": 4, "ddconfig": DDCONFIG}}}
-  yield str(root / "tiny-sd1.safetensors"), config, _reference(sd, config, clip, root)
+  save_file(sd, str(root / f"tiny-{version}.safetensors"))
+  config = {"unet_config": {"params": {**unet_params, "context_dim": WIDTH}},
+            "first_stage_config": {"params": {"embed_dim": 4, "ddconfig": DDCONFIG}}, **extras}
+  yield version, str(root / f"tiny-{version}.safetensors"), config, _reference(
+      version, sd, config, clip.config, root)
   torch.set_num_threads(threads)
 
 
-def _reference(sd, config, clip, root):
+def _reference(version, sd, config, clip_config, root):
   """diffusers' conversion of the same file, as a StableDiffusionPipeline with SD's scheduler."""
   ckpt = {k: torch.from_numpy(np.asarray(v)) for k, v in sd.items()}
+  clip = transformers.CLIPTextModel(clip_config).eval()
+  if version == "v1":
+    converted = sfu.convert_ldm_clip_checkpoint(ckpt)
+  else:
+    converted = sfu.convert_open_clip_checkpoint(clip, ckpt, prefix=tc.SD2_PREFIX)
+  converted = {k.removeprefix("text_model."): v for k, v in converted.items()}
+  missing, _ = clip.load_state_dict(converted, strict=False)  # SD 2.x: the last block is unused
+  assert not missing, missing
   ldm = {"model": {"params": config}}
   unet_cfg = sfu.create_unet_diffusers_config_from_ldm(ldm, ckpt, image_size=16)
   unet = UNet2DConditionModel(**unet_cfg).eval()
@@ -75,8 +124,10 @@ def _reference(sd, config, clip, root):
   vae = AutoencoderKL(**vae_cfg).eval()
   vae.load_state_dict(sfu.convert_ldm_vae_checkpoint(ckpt, vae_cfg), strict=True)
   scheduler = DDIMScheduler(**{k: v for k, v in single_file.SD_SCHEDULER.items()
-                               if not k.startswith("_")})
-  tokenizer = sd_refs.write_clip_tokenizer(root / "tokenizer", sd_refs.VARIANTS["sd1"]["pad"])
+                               if not k.startswith("_")},
+                            prediction_type="v_prediction" if version == "v2" else "epsilon")
+  variant = {"v1": "sd1", "v2": "sd2"}[version]
+  tokenizer = sd_refs.write_clip_tokenizer(root / "tokenizer", sd_refs.VARIANTS[variant]["pad"])
   pipe = StableDiffusionPipeline(vae=vae, text_encoder=clip, tokenizer=tokenizer, unet=unet,
                                  scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                  requires_safety_checker=False)
@@ -85,10 +136,12 @@ def _reference(sd, config, clip, root):
 
 
 def test_single_file_images_match_diffusers(checkpoint):
-  path, config, reference = checkpoint
+  version, path, config, reference = checkpoint
   pipe = LatentDiffusionPipeline.from_single_file(path, config=config, latent_shape=(8, 8, 4),
                                                   max_batch=4)
-  assert pipe.text_conditioned and pipe.prediction_type == "epsilon"
+  assert pipe.text_conditioned
+  assert pipe.prediction_type == {"v1": "epsilon", "v2": "v_prediction"}[version]
+  assert pipe.prompt_encoder.module.layers == 2  # SD 2.x: the penultimate of 3 blocks
   assert pipe.defaults == single_file.SD_DEFAULTS and pipe.sampler_grid["steps_offset"] == 1
   noise = pipe.initial_noise(jax.random.key(0), 2)
   for w, negative in [(1.0, None), (7.5, ["blurry", ""])]:
