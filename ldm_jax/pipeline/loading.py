@@ -23,8 +23,9 @@ from ldm_jax.stages import export
 # diffusers beta_schedule -> ldm_jax.schedules name.
 DIFFUSERS_SCHEDULES = {"linear": "linear", "scaled_linear": "scaled_linear",
                        "squaredcos_cap_v2": "cosine", "sigmoid": "sigmoid"}
-# The scheduler of folders without one: LDM / SD's scaled_linear 0.00085..0.012.
-LDM_SCHEDULER = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012}
+# The scheduler of folders without one: LDM / SD's scaled_linear 0.00085..0.012, leading grids.
+LDM_SCHEDULER = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012,
+                 "timestep_spacing": "leading"}
 # The __call__ defaults of diffusers' text-to-image pipelines (model_index.json's _class_name);
 # other text folders (StableDiffusionImg2ImgPipeline, ...) take StableDiffusionPipeline's.
 TEXT_TO_IMAGE_DEFAULTS = {"StableDiffusionPipeline": {"num_steps": 50, "guidance_scale": 7.5},

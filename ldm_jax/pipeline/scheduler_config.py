@@ -5,7 +5,9 @@ diffusers keeps the grid options in the scheduler config and carries them over w
 scheduler is built from it (`DPMSolverMultistepScheduler.from_config(ddim.config)`), so they are
 read once here and applied to whichever `method` a call picks:
 
-  timestep_spacing  "leading" / "trailing" / "linspace" (missing: the class's own default);
+  timestep_spacing  "leading" / "trailing" / "linspace"; missing (older folders, e.g. SD 1.5's
+                    PNDMScheduler config): None, each method's own class default, as diffusers'
+                    from_config gives (DDIM / DDPM "leading", DPM-Solver / Euler / Heun "linspace");
   steps_offset      added to "leading" grids (SD: 1);
   set_alpha_to_one  DDIM's final alpha-bar (1, or alpha-bar of t = 0; SD: false);
   use_karras_sigmas Karras et al. noise levels (sigma-space methods: DPM-Solver++, Euler, Heun);
@@ -19,15 +21,15 @@ other DPM-Solver variants) raise a ValueError naming them; pass `scheduler_confi
 
 from ldm_jax import samplers
 
-# diffusers scheduler class -> (method of this project, the class's default timestep_spacing).
+# diffusers scheduler class -> the method of this project that follows it.
 SCHEDULER_METHODS = {
-    "DDIMScheduler": ("ddim", "leading"),
-    "DDPMScheduler": ("ddpm", "leading"),
-    "DPMSolverMultistepScheduler": ("dpmpp_2m", "linspace"),
-    "EulerDiscreteScheduler": ("euler", "linspace"),
-    "EulerAncestralDiscreteScheduler": ("euler_ancestral", "linspace"),
-    "HeunDiscreteScheduler": ("heun", "linspace"),
+    "DDIMScheduler": "ddim", "DDPMScheduler": "ddpm", "DPMSolverMultistepScheduler": "dpmpp_2m",
+    "EulerDiscreteScheduler": "euler", "EulerAncestralDiscreteScheduler": "euler_ancestral",
+    "HeunDiscreteScheduler": "heun",
 }
+# method -> the default timestep_spacing of its diffusers class.
+DEFAULT_SPACINGS = {"ddim": "leading", "ddpm": "leading", "dpmpp_2m": "linspace",
+                    "euler": "linspace", "euler_ancestral": "linspace", "heun": "linspace"}
 GRID_KEYS = ("timestep_spacing", "steps_offset", "set_alpha_to_one", "karras_sigmas",
              "variance_type")
 # option -> the values the samplers implement (a missing option takes diffusers' default, which is
@@ -54,14 +56,13 @@ def check_supported(config: dict) -> None:
 def default_method(config: dict, fallback: str = "dpmpp_2m") -> str:
   """The method of the config's scheduler class (`SCHEDULER_METHODS`), else `fallback` (e.g. for
   PNDMScheduler or LMSDiscreteScheduler, which have no counterpart here)."""
-  return SCHEDULER_METHODS.get(config.get("_class_name"), (fallback,))[0]
+  return SCHEDULER_METHODS.get(config.get("_class_name"), fallback)
 
 
 def grid_from_diffusers(config: dict) -> dict:
   """The grid keywords of `samplers.make_tables` (see the module docstring) from a scheduler config."""
   check_supported(config)
-  spacing = SCHEDULER_METHODS.get(config.get("_class_name"), (None, "leading"))[1]
-  grid = dict(timestep_spacing=config.get("timestep_spacing") or spacing,
+  grid = dict(timestep_spacing=config.get("timestep_spacing"),
               steps_offset=int(config.get("steps_offset", 0)),
               set_alpha_to_one=bool(config.get("set_alpha_to_one", True)),
               karras_sigmas=bool(config.get("use_karras_sigmas", False)),
@@ -80,8 +81,10 @@ def check_grid(grid) -> dict:
 
 def grid_for(grid: dict, method: str) -> dict:
   """The grid keywords that apply to `method`: Karras levels only for sigma-space methods, the
-  variance type only for DDPM (the others reject them)."""
+  variance type only for DDPM (the others reject them), a missing spacing the method's default."""
   out = dict(grid)
+  if out.get("timestep_spacing", "") is None:
+    out["timestep_spacing"] = DEFAULT_SPACINGS[method]
   if not samplers.METHODS[method].sigma_space:
     out.pop("karras_sigmas", None)
   if method != "ddpm":

@@ -180,3 +180,23 @@ def test_dtype_casts_the_text_encoder_too(folder, pipe):
   got, want = half.encode_prompt(PROMPTS), pipe.encode_prompt(PROMPTS)
   assert got.dtype == np.float32
   assert np.linalg.norm(got - want) / np.linalg.norm(want) < 0.03  # bfloat16 rounding only
+
+
+def test_missing_timestep_spacing_takes_each_methods_default(folder, tmp_path):
+  """An SD 1.5-style PNDMScheduler config without timestep_spacing: diffusers' from_config gives
+  DDIM its "leading" grid (with steps_offset) and DPM-Solver its "linspace" one; so does the
+  pipeline."""
+  from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, PNDMScheduler  # pylint: disable=import-outside-toplevel
+  pipe = LatentDiffusionPipeline.from_pretrained(
+      folder, scheduler_config={"_class_name": "PNDMScheduler", "timestep_spacing": None})
+  assert pipe.sampler_grid["timestep_spacing"] is None and pipe.defaults["method"] == "dpmpp_2m"
+  config = json.loads(open(f"{folder}/scheduler/scheduler_config.json", encoding="utf-8").read())
+  config.pop("timestep_spacing")
+  (tmp_path / "scheduler_config.json").write_text(json.dumps(
+      {**config, "_class_name": "PNDMScheduler", "skip_prk_steps": True}))
+  pndm = PNDMScheduler.from_pretrained(str(tmp_path))
+  for method, cls in (("ddim", DDIMScheduler), ("dpmpp_2m", DPMSolverMultistepScheduler)):
+    reference = cls.from_config(pndm.config)
+    reference.set_timesteps(7)
+    ours = pipe._tables(method, 7).xs["t"]  # pylint: disable=protected-access
+    np.testing.assert_array_equal(np.asarray(ours), reference.timesteps.numpy())
