@@ -27,6 +27,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ldm_jax.models import precision
 from ldm_jax.models.distributions import DiagonalGaussian
 from ldm_jax.models.quantizer import VectorQuantizer
 from ldm_jax.models.resnet import conv
@@ -93,6 +94,7 @@ class AutoencoderKL(_Autoencoder):
   use_post_quant_conv: bool = True
 
   def setup(self):
+    precision.attention_impl(self.attention_impl)  # "cudnn" off a GPU: a clear error, not XLA's
     kw = self._net_kwargs()
     self.encoder = Encoder(self.z_channels, double_z=True, **kw)
     self.decoder = Decoder(self.out_channels, **kw)
@@ -160,6 +162,7 @@ class VQModel(_Autoencoder):
     return self.embed_dim or self.z_channels
 
   def setup(self):
+    precision.attention_impl(self.attention_impl)  # "cudnn" off a GPU: a clear error, not XLA's
     kw = self._net_kwargs()
     self.encoder = Encoder(self.z_channels, double_z=False, **kw)
     self.decoder = Decoder(self.out_channels, **kw)

@@ -33,7 +33,7 @@ def dtype(name, what: str = "dtype"):
       raise ValueError(f"{what}={name!r}; valid choices: {', '.join(DTYPES)}.")
     return DTYPES[name]
   if name is not None and jnp.dtype(name).name in DTYPES:
-    return jnp.dtype(name).type
+    return DTYPES[jnp.dtype(name).name]
   raise ValueError(f"{what}={name!r}; valid choices: {', '.join(DTYPES)}.")
 
 

@@ -245,6 +245,7 @@ class UNet(nn.Module):
       raise ValueError(f"mid_block_type {self.mid_block_type!r} not in {MID_BLOCK_TYPES}")
     if self.attention_impl not in ATTENTION_IMPLS:
       raise ValueError(f"attention_impl {self.attention_impl!r} not in {ATTENTION_IMPLS}")
+    precision.attention_impl(self.attention_impl)  # "cudnn" off a GPU: a clear error, not XLA's
     if self.has_cross_attention and self.cross_attention_dim is None:
       raise ValueError("cross-attention blocks need cross_attention_dim (the context width)")
     if self.class_embed_type not in CLASS_EMBED_TYPES:
