@@ -11,15 +11,16 @@ Steps (all on the embedded offline MNIST, so it runs on a fresh machine with no 
      the classifier's accuracy on them (the target is >= 95%).
 Each stage resumes from its checkpoints if the script is interrupted and started again. Results go
 to <workdir>/results.json and experiments/results/mnist_end_to_end.md.
+
+Started as several processes (the README's launch guide: coordinator in the environment, or a
+SLURM / Open MPI / TPU cluster), the two training stages run on all of them (`ldm_jax.launch`);
+the classifier, sampling and report are process 0's, on its own first device.
 """
 
 import os
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from ldm_jax import host_devices  # pylint: disable=wrong-import-position
-
-host_devices.simulate_one_device_per_core()  # before JAX is imported
 
 import json  # pylint: disable=wrong-import-position
 import time  # pylint: disable=wrong-import-position
@@ -31,6 +32,7 @@ from PIL import Image  # pylint: disable=wrong-import-position
 
 from experiments.configs import mnist_autoencoder, mnist_ldm  # pylint: disable=wrong-import-position
 from ldm_jax import data as data_lib  # pylint: disable=wrong-import-position
+from ldm_jax import launch  # pylint: disable=wrong-import-position
 from ldm_jax.metrics import classifier  # pylint: disable=wrong-import-position
 from ldm_jax.pipeline import LatentDiffusionPipeline, image_grid  # pylint: disable=wrong-import-position
 from ldm_jax.stages import run  # pylint: disable=wrong-import-position
@@ -61,11 +63,13 @@ def _classifier(workdir):
   else:
     train_x, train_y = _split("train")
     params = classifier.train_classifier(train_x, train_y, steps=FLAGS.classifier_steps, seed=0)
-    classifier.save_params(path, params)
+    if jax.process_index() == 0:
+      classifier.save_params(path, params)
   return params, classifier.accuracy(params, classifier.preprocess(test_x), test_y)
 
 
 def main(_):
+  launch.start()  # one simulated device per core, or jax.distributed for a multi-process run
   t0 = time.time()
   os.makedirs(FLAGS.workdir, exist_ok=True)
   clf, clf_acc = _classifier(FLAGS.workdir)
@@ -87,8 +91,10 @@ def main(_):
   ldm_dir = os.path.join(FLAGS.workdir, "ldm")
   ldm_summary = run.train(ldm_config, ldm_dir)
   t_ldm = time.time()
+  if jax.process_index() != 0:
+    return
 
-  pipe = LatentDiffusionPipeline.from_workdir(ldm_dir)
+  pipe = LatentDiffusionPipeline.from_workdir(ldm_dir, shard=jax.process_count() == 1)
   s = ldm_config.sample
   n = FLAGS.samples_per_class
   labels = np.repeat(np.arange(10), n).astype(np.int32)

@@ -17,4 +17,13 @@ def start(distributed_config=None) -> bool:
   """Sets up devices and the distributed runtime; returns whether jax.distributed is initialised."""
   if not distributed.is_multiprocess(distributed_config):
     host_devices.simulate_one_device_per_core()
-  return distributed.initialize(distributed_config)
+  if not distributed.initialize(distributed_config):
+    return False
+  import jax  # pylint: disable=import-outside-toplevel
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+  if jax.process_count() > 1:
+    # A first collective while all processes are idle: on CPU hosts the gloo communicator is set
+    # up here, inside its 30 s connection window, rather than at a point where one process may
+    # still be compiling.
+    multihost_utils.sync_global_devices("ldm_jax.launch.start")
+  return True

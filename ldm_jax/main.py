@@ -30,9 +30,9 @@ flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, expor
 flags.DEFINE_string("out", "samples.png", "sample: output PNG path.")
 flags.DEFINE_string("labels", "", "sample: comma-separated class labels (one grid row each).")
 flags.DEFINE_integer("per_label", 8, "sample: samples per label (or in total if unconditional).")
-flags.DEFINE_string("method", "dpmpp_2m", "sample: sampler method.")
-flags.DEFINE_integer("num_steps", 25, "sample: sampler steps.")
-flags.DEFINE_float("guidance_scale", 2.0, "sample: classifier-free guidance scale.")
+flags.DEFINE_string("method", None, "sample: sampler method (default: the run config's sample.method).")
+flags.DEFINE_integer("num_steps", None, "sample: sampler steps (default: the run config's).")
+flags.DEFINE_float("guidance_scale", None, "sample: classifier-free guidance scale (default: the run config's).")
 flags.DEFINE_integer("seed", 0, "sample: random seed.")
 FLAGS = flags.FLAGS
 
@@ -43,7 +43,9 @@ def _train():
     raise app.UsageError("train needs --config=<experiments/configs/NAME.py> and --workdir=<dir>.")
   launch.start(FLAGS.config.get("distributed"))
   summary = run.train(FLAGS.config, FLAGS.workdir)
-  print({k: v for k, v in summary.items() if k != "final_metrics"})
+  import jax  # pylint: disable=import-outside-toplevel
+  if jax.process_index() == 0:
+    print({k: v for k, v in summary.items() if k != "final_metrics"})
 
 
 def _sample():

@@ -16,6 +16,8 @@ import jax
 import ml_collections
 import numpy as np
 
+from ldm_jax.train.checkpoint import host_value
+
 EXPORT_DIR = "export"
 
 
@@ -29,12 +31,14 @@ def _atomic_write(path: str, data: bytes) -> None:
 
 
 def save(workdir: str, config: ml_collections.ConfigDict, params, ema_params, metadata: dict) -> str:
-  """Writes the export of a stage (process 0 only); returns its directory."""
+  """Writes the export of a stage; returns its directory. Every process must call it (parameters
+  sharded across processes are gathered collectively); only process 0 writes."""
   out = os.path.join(workdir, EXPORT_DIR)
+  params, ema_params = jax.tree.map(host_value, (params, ema_params))
   if jax.process_index() != 0:
     return out
   os.makedirs(out, exist_ok=True)
-  to_host = lambda t: jax.tree.map(lambda x: np.asarray(jax.device_get(x)), t)
+  to_host = lambda t: jax.tree.map(np.asarray, t)
   _atomic_write(os.path.join(out, "params.msgpack"), flax.serialization.to_bytes(to_host(params)))
   _atomic_write(os.path.join(out, "ema_params.msgpack"),
                 flax.serialization.to_bytes(to_host(ema_params)))

@@ -2,7 +2,8 @@
 
 Each builder returns `preview(step, state) -> {name: uint8 grid [H, W, C]}` for
 `ldm_jax.train.loop.fit(images_fn=...)`; `state` is the global train state (`dp.to_global`), so a
-preview never changes training (it reads `state.ema_params`, draws its own fixed noise).
+preview never changes training (it reads `state.ema_params`, draws its own fixed noise). Every
+process calls a preview (the parameters are gathered collectively) and draws it locally.
 
   autoencoder_preview   a held-out batch x (top row) over its reconstruction D(E(x)) (bottom row)
   ldm_preview           samples of the latent diffusion model: one row per class (classifier-free
@@ -16,6 +17,14 @@ import numpy as np
 from ldm_jax import samplers
 from ldm_jax.data import to_float
 from ldm_jax.pipeline.images import image_grid, to_uint8
+from ldm_jax.train.checkpoint import host_value
+
+
+def _host(tree):
+  """Host copy of (part of) the global state on every process (collective where sharded across
+  processes). Every process then draws the preview on its own devices (the same grid; only
+  process 0's writer writes it): no process waits in a collective while another draws."""
+  return jax.tree.map(host_value, tree)
 
 
 def autoencoder_preview(ae, images: np.ndarray):
@@ -26,7 +35,8 @@ def autoencoder_preview(ae, images: np.ndarray):
 
   def preview(step, state):
     del step
-    x_hat = to_uint8(recon(state.ema_params["autoencoder"], images))
+    params = _host(state.ema_params["autoencoder"])
+    x_hat = to_uint8(recon(params, images))
     return {"reconstructions": image_grid(np.concatenate([images, x_hat]), rows=2)}
 
   return preview
@@ -66,7 +76,8 @@ def ldm_preview(unet, ae, schedule, *, scale_factor: float, latent_shape, predic
 
   def preview(step, state):
     del step
-    x = draw(state.ema_params, state.extra["frozen"], jnp.float32(guidance_scale))
+    unet_params, ae_params = _host(state.ema_params), _host(state.extra["frozen"])
+    x = draw(unet_params, ae_params, jnp.float32(guidance_scale))
     return {"samples": image_grid(to_uint8(x), rows=rows)}
 
   return preview

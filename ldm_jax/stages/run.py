@@ -66,8 +66,11 @@ def _fit(config, workdir, loss_fn, init_params_fn, metadata, extra=None, images_
     writer.close()
     data.close()
   final = dp.to_global(result.state)
-  export.save(workdir, config, final.params, final.ema_params, metadata)
-  return final, result
+  # Host copies on every process (a collective gather where parameters are sharded across
+  # processes): the export and the evaluation then run without cross-process programs.
+  params, ema_params = jax.tree.map(ckpt_lib.host_value, (final.params, final.ema_params))
+  export.save(workdir, config, params, ema_params, metadata)
+  return ema_params, result
 
 
 # ---------------------------------------------------------------------------------------------
@@ -79,9 +82,9 @@ def train_autoencoder(config: ml_collections.ConfigDict, workdir: str) -> dict:
   loss_fn = ae_stage.make_loss_fn(ae, disc, config.loss, ae_stage.perceptual_from_config(config.loss))
   shape = (1, config.data.image_size, config.data.image_size, config.data.channels)
   init_fn = lambda rng: ae_stage.init_params(ae, disc, rng, shape)
-  final, result = _fit(config, workdir, loss_fn, init_fn, metadata={"stage": "autoencoder"},
-                       images_fn=_autoencoder_preview(config, ae))
-  summary = evaluate_autoencoder(config, ae, final.ema_params["autoencoder"])
+  ema_params, result = _fit(config, workdir, loss_fn, init_fn, metadata={"stage": "autoencoder"},
+                            images_fn=_autoencoder_preview(config, ae))
+  summary = evaluate_autoencoder(config, ae, ema_params["autoencoder"])
   summary.update(steps=result.step, final_metrics=result.metrics)
   _write_json(workdir, "eval.json", summary)
   return summary

@@ -1,0 +1,98 @@
+"""Helpers of the command-line tests: start `python -m ldm_jax.main` as one or several processes
+(the coordinator in the environment, as on every worker of a pod), wait with a timeout, read what a
+run wrote (exported parameters, logged steps), and a random-weight tiny first stage to train on."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+
+import flax.serialization
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ldm_jax.pipeline import random_params
+from ldm_jax.stages import builders, export
+from tests.configs import tiny
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = os.path.join(ROOT, "tests", "configs", "tiny.py")
+TIMEOUT = 300
+# Runs share compiled programs through JAX's persistent cache (keyed on the program and the device
+# topology, so a reused entry is the same program): a rerun of a configuration skips its compile.
+CACHE = os.path.join(tempfile.gettempdir(), "ldm_jax_cli_test_cache")
+
+
+def free_port():
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def env(**extra):
+  """This environment without distributed settings or XLA_FLAGS, plus `extra`."""
+  e = {k: v for k, v in os.environ.items()
+       if not k.startswith(("LDM_JAX_", "JAX_COORDINATOR", "JAX_NUM_PROC", "JAX_PROCESS"))}
+  e.pop("XLA_FLAGS", None)
+  e.update(PYTHONPATH=ROOT, JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=CACHE,
+           JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+           **extra)
+  return e
+
+
+def start(*args, processes=1):
+  """Starts `python -m ldm_jax.main *args` as `processes` processes (1: one process with 2
+  simulated CPU devices; N > 1: N processes on 127.0.0.1, one CPU device each)."""
+  cmd = [sys.executable, "-m", "ldm_jax.main", *args]
+  if processes == 1:
+    envs = [env(XLA_FLAGS="--xla_force_host_platform_device_count=2")]
+  else:
+    port = free_port()
+    envs = [env(LDM_JAX_COORDINATOR=f"127.0.0.1:{port}", LDM_JAX_NUM_PROCESSES=str(processes),
+                LDM_JAX_PROCESS_ID=str(i)) for i in range(processes)]
+  return [subprocess.Popen(cmd, env=e, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           text=True) for e in envs]
+
+
+def wait(procs, timeout=TIMEOUT):
+  """(return codes, outputs); kills all and fails the test after `timeout` seconds."""
+  try:
+    outs = [p.communicate(timeout=timeout)[0] for p in procs]
+  except subprocess.TimeoutExpired:
+    for p in procs:
+      p.kill()
+    pytest.fail(f"CLI run did not finish within {timeout} s")
+  return [p.returncode for p in procs], outs
+
+
+def run(*args, processes=1):
+  """Runs the CLI to completion; fails the test (with the output's tail) unless every process exits 0."""
+  codes, outs = wait(start(*args, processes=processes))
+  assert codes == [0] * processes, "\n".join(o[-3000:] for o in outs)
+  return outs
+
+
+def exported_params(workdir, name="params"):
+  with open(os.path.join(workdir, "export", f"{name}.msgpack"), "rb") as f:
+    tree = flax.serialization.msgpack_restore(f.read())
+  return {jax.tree_util.keystr(k): np.asarray(v) for k, v in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def logged(workdir, key="loss"):
+  """{step: value of `key`} of the rows of <workdir>/metrics.jsonl that have it."""
+  with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
+    rows = [json.loads(line) for line in f]
+  return {r["step"]: r[key] for r in rows if key in r}
+
+
+def tiny_autoencoder_export(workdir):
+  """Writes a random-weight export of tests/configs/tiny.py:autoencoder (a frozen first stage)."""
+  config = tiny.get_config("autoencoder")
+  ae = builders.autoencoder(config.model)
+  params = random_params(ae, jnp.zeros((1, 32, 32, 1)), seed=0)
+  export.save(workdir, config, {"autoencoder": params}, {"autoencoder": params}, {"stage": "autoencoder"})
+  return workdir

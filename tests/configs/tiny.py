@@ -1,0 +1,47 @@
+"""Tiny MNIST stages for the command-line tests (a few seconds of compilation each on a CPU).
+
+  python -m ldm_jax.main --config=tests/configs/tiny.py:autoencoder --workdir=W
+  python -m ldm_jax.main --config=tests/configs/tiny.py:latent_diffusion --workdir=W \
+      --config.first_stage.workdir=<autoencoder run>
+The autoencoder is one level (f = 1, 32x32x1 -> 32x32x2) without attention; the UNet one level of
+one ResNet block without attention or mid block: the smallest networks that still exercise every
+part of both stages (GAN, KL, EMA, frozen first stage, label dropout, scale factor).
+"""
+
+from experiments.configs import mnist_autoencoder, mnist_ldm
+
+STAGES = ("autoencoder", "latent_diffusion")
+
+
+def get_config(stage: str = "autoencoder"):
+  if stage not in STAGES:
+    raise ValueError(f"Unknown tiny stage {stage!r}; valid choices: {', '.join(STAGES)}.")
+  if stage == "autoencoder":
+    c = mnist_autoencoder.get_config()
+    c.model.block_out_channels = (8,)
+    c.model.z_channels = 2
+    c.model.norm_groups = 4
+    c.model.mid_attention = False
+    c.disc.base_channels = 8
+    c.disc.num_layers = 1
+    c.loss.disc_start = 2
+  else:
+    c = mnist_ldm.get_config()
+    c.model.block_out_channels = (8,)
+    c.model.layers_per_block = 1
+    c.model.down_block_types = ("DownBlock2D",)
+    c.model.up_block_types = ("UpBlock2D",)
+    c.model.mid_block_type = None
+    c.model.norm_num_groups = 4
+    c.diffusion.num_timesteps = 100
+    c.sample.method, c.sample.num_steps, c.sample.per_class = "ddim", 2, 2
+  c.train.num_steps = 6
+  c.train.global_batch_size = 8
+  c.train.save_every = 0
+  c.train.log_every = 1
+  c.train.image_every = 0
+  c.optim.decay_steps = 10
+  c.optim.warmup_steps = 1
+  c.distributed.initialization_timeout = 60
+  c.distributed.heartbeat_timeout = 10
+  return c
