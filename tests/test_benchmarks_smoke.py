@@ -52,3 +52,27 @@ def test_quick_run_prints_expected_rows():
     assert abs(float(r[10]) - float(r[6]) / torch_ips) <= 0.02 * float(r[10]) + 0.01
     assert abs(float(r[11]) - float(r[6]) / best_ips) <= 0.02 * float(r[11]) + 0.01
   assert all(r[10] == r[11] == "" for r in body[2:])
+
+
+def test_pod_compile_reports_sharded_memory_and_collectives(tmp_path):
+  """experiments/benchmarks/pod_compile.py on the tiny test LDM: 4 and 8 simulated devices, fsdp 2."""
+  script = os.path.join(ROOT, "experiments", "benchmarks", "pod_compile.py")
+  out_json = tmp_path / "pod.json"
+  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
+  env.pop("XLA_FLAGS", None)  # the script sets its own device count
+  tiny = os.path.join(ROOT, "tests", "configs", "tiny.py")
+  cmd = [sys.executable, script, f"--models={tiny}:latent_diffusion", f"--first_stage={tiny}:autoencoder",
+         "--devices=4,8", "--fsdp=2",
+         "--batch_per_device=1,2", "--remat=none", "--dtype=float32", f"--out={out_json}"]
+  out = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  import json  # pylint: disable=import-outside-toplevel
+  rows = json.loads(out_json.read_text())["rows"]
+  assert [(r["devices"], r["batch_per_device"]) for r in rows] == [(4, 1), (4, 2), (8, 1)]
+  for r in rows:
+    # The state (params, EMA, Adam mu and nu: 16 bytes per parameter) is sharded over fsdp = 2.
+    state = 16 * r["params"] / 2 / 2**30
+    assert 0.8 * state <= r["argument_gib"] <= 1.6 * state + 0.01, r
+    assert r["collectives"]["all-reduce"] + r["collectives"]["all-gather"] > 0  # gradients / fsdp
+  assert rows[1]["temp_gib"] > rows[0]["temp_gib"]  # twice the per-device batch, more activations
+  assert "Largest per-device batch within 90% of HBM" in out.stdout and "tiny.py:latent_diffusion | 4 |" in out.stdout
