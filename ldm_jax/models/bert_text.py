@@ -25,6 +25,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from ldm_jax.models.clip_text import check_token_ids, embedding
+from ldm_jax.models import precision
 from ldm_jax.models.embeddings import logical_dense
 from ldm_jax.models.text_attention import SelfAttention, check_attention_impl
 from ldm_jax.models.transformer import layer_norm
@@ -74,7 +75,7 @@ class BERTEmbedder(nn.Module):
   mlp_dim: int = 5120
   dropout: float = 0.0
   layer_norm_eps: float = 1e-5
-  remat: bool = False
+  remat: bool | str = False  # or a policy name of ldm_jax.models.precision
   attention_impl: str | None = None
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
@@ -90,7 +91,7 @@ class BERTEmbedder(nn.Module):
                     param_dtype=self.param_dtype, axes=(None, "embed"))
     x = (tok + pos(jnp.arange(input_ids.shape[1]))[None]).astype(self.dtype)
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
-    cls = nn.remat(LDMBertLayer, static_argnums=(2,)) if self.remat else LDMBertLayer
+    cls = precision.maybe_remat(LDMBertLayer, self.remat, static_argnums=(2,))
     hidden = [x]
     for i in range(self.layers):
       x = cls(heads=self.heads, head_dim=self.head_dim, mlp_dim=self.mlp_dim,

@@ -25,6 +25,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ldm_jax.models import precision
 from ldm_jax.models.embeddings import logical_dense
 from ldm_jax.models.text_attention import SelfAttention, check_attention_impl
 from ldm_jax.models.transformer import layer_norm
@@ -114,14 +115,14 @@ class CLIPEncoder(nn.Module):
   mlp_dim: int
   activation: str
   layer_norm_eps: float = 1e-5
-  remat: bool = False
+  remat: bool | str = False  # or a policy name of ldm_jax.models.precision
   attention_impl: str | None = None
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x):
-    cls = nn.remat(CLIPEncoderLayer) if self.remat else CLIPEncoderLayer
+    cls = precision.maybe_remat(CLIPEncoderLayer, self.remat)
     hidden = [x]
     for i in range(self.layers):
       x = cls(heads=self.heads, mlp_dim=self.mlp_dim, activation=self.activation,
@@ -149,7 +150,7 @@ class CLIPTextTransformer(nn.Module):
   activation: str = "quick_gelu"
   layer_norm_eps: float = 1e-5
   clip_skip: int = 0
-  remat: bool = False
+  remat: bool | str = False  # or a policy name of ldm_jax.models.precision
   attention_impl: str | None = None  # None/"xla", or "cudnn" (fused GPU kernel, bf16/fp16)
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32

@@ -14,6 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ldm_jax.models import precision
 from ldm_jax.models.embeddings import logical_dense
 
 Dtype = Any
@@ -23,6 +24,7 @@ ATTENTION_IMPLS = (None, "xla", "cudnn")  # jax.nn.dot_product_attention(impleme
 def check_attention_impl(impl):
   if impl not in ATTENTION_IMPLS:
     raise ValueError(f"attention_impl {impl!r} not in {ATTENTION_IMPLS}")
+  precision.attention_impl(impl)  # "cudnn" off a GPU: a clear error naming the backend
 
 
 class SelfAttention(nn.Module):

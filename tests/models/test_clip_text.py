@@ -75,9 +75,16 @@ def test_bfloat16_and_remat(tiny):
 
   grad = jax.jit(jax.grad(loss), static_argnums=1)
   g = grad(one, module.clone(layers=1))
-  g_remat = grad(one, module.clone(layers=1, remat=True))
-  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
-                         g, g_remat)
+  for remat in (True, "dots"):  # True = "full"; "dots" saves the matmul outputs
+    g_remat = grad(one, module.clone(layers=1, remat=remat))
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+                           g, g_remat)
+
+
+def test_cudnn_attention_on_a_cpu_host_is_a_clear_error(tiny):
+  module, params, ids = tiny
+  with pytest.raises(ValueError, match="needs an NVIDIA GPU; this process's JAX backend is 'cpu'"):
+    apply(module.clone(attention_impl="cudnn"), params, ids)
 
 
 def test_errors(tiny):
