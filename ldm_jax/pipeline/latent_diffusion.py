@@ -129,11 +129,14 @@ class LatentDiffusionPipeline:
   enable_persistent_cache = staticmethod(enable_persistent_cache)
 
   @classmethod
-  def from_workdir(cls, workdir: str, *, use_ema: bool = True, **kwargs):
+  def from_workdir(cls, workdir: str, *, use_ema: bool = True, first_stage_workdir: str | None = None,
+                   **kwargs):
     """Loads a latent diffusion run of this project (`<workdir>/export`, EMA weights by default).
+    The autoencoder run is found where the LDM run recorded it, relative to it (runs moved or
+    copied together keep loading), or at `first_stage_workdir` when given.
     kwargs: constructor arguments (max_batch, shard, dtype="bfloat16", ...), or overrides of the
     loaded ones."""
-    return cls(**{**loading.from_workdir(workdir, use_ema), **kwargs})
+    return cls(**{**loading.from_workdir(workdir, use_ema, first_stage_workdir), **kwargs})
 
   @classmethod
   def from_pretrained(cls, path: str, *, num_classes=None, scheduler_config=None, **kwargs):

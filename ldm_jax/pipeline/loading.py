@@ -38,13 +38,36 @@ def latent_channels(ae):
   return getattr(ae, "code_dim", ae.z_channels)
 
 
-def from_workdir(workdir: str, use_ema: bool = True) -> dict:
-  """A latent diffusion run of this project (EMA weights by default) and its first stage."""
+def first_stage_dir(workdir: str, metadata: dict, first_stage_workdir: str | None = None) -> str:
+  """Where the first stage of an LDM run is: `first_stage_workdir` when given, else the path the
+  run recorded, relative to the LDM run (so the two runs can move together), else the absolute
+  path it had at training time."""
+  if first_stage_workdir is not None:
+    if not os.path.isdir(os.path.join(first_stage_workdir, export.EXPORT_DIR)):
+      raise ValueError(f"first_stage_workdir={first_stage_workdir!r} holds no autoencoder export "
+                       f"({export.EXPORT_DIR}/ is missing).")
+    return first_stage_workdir
+  recorded = metadata.get("first_stage_workdir", "")
+  tried = [os.path.normpath(os.path.join(workdir, recorded))]  # relative paths (since 2026-12)
+  if metadata.get("first_stage_workdir_absolute"):
+    tried.append(metadata["first_stage_workdir_absolute"])
+  for path in tried:
+    if os.path.isdir(os.path.join(path, export.EXPORT_DIR)):
+      return path
+  raise ValueError(f"The first stage of {workdir} is not where the run recorded it (tried "
+                   f"{', '.join(map(repr, tried))}); move the two runs together, or pass "
+                   "first_stage_workdir=<the autoencoder run>.")
+
+
+def from_workdir(workdir: str, use_ema: bool = True, first_stage_workdir: str | None = None) -> dict:
+  """A latent diffusion run of this project (EMA weights by default) and its first stage
+  (`first_stage_dir`)."""
   from ldm_jax.stages import run  # pylint: disable=import-outside-toplevel
   config, params, metadata = export.load(workdir, use_ema=use_ema)
   if metadata.get("stage") != "latent_diffusion":
     raise ValueError(f"{workdir} holds a {metadata.get('stage')!r} export, not a latent diffusion model.")
-  ae, ae_params, _ = run.load_first_stage(metadata["first_stage_workdir"], config.first_stage.use_ema)
+  ae_dir = first_stage_dir(workdir, metadata, first_stage_workdir)
+  ae, ae_params, _ = run.load_first_stage(ae_dir, config.first_stage.use_ema)
   d = config.diffusion
   num_classes = d.num_classes if d.conditioning == "class" else None
   channels, f = latent_channels(ae), ae.downsampling_factor

@@ -157,8 +157,10 @@ def train_latent_diffusion(config: ml_collections.ConfigDict, workdir: str) -> d
   loss_fn = ldm_stage.make_loss_fn(unet, ae, schedule, d, scale)
   y0 = jnp.zeros((1,), jnp.int32) if num_class_embeds else None
   init_fn = lambda rng: unet.init(rng, jnp.zeros(latent_shape), jnp.zeros((1,)), y=y0)["params"]
+  # The first stage's place relative to this run (the two runs can move together), and where it was.
   metadata = {"stage": "latent_diffusion", "latent_scale_factor": scale,
-              "first_stage_workdir": os.path.abspath(config.first_stage.workdir)}
+              "first_stage_workdir": os.path.relpath(config.first_stage.workdir, workdir),
+              "first_stage_workdir_absolute": os.path.abspath(config.first_stage.workdir)}
   preview = None
   if config.train.get("image_every", 0):
     sample = config.get("sample") or {}
