@@ -16,8 +16,11 @@ process simulates one XLA device per core (data parallelism over the cores), unl
 already says otherwise.
 """
 
+import sys
+
 from absl import app
 from absl import flags
+from absl import logging
 from ml_collections import config_flags
 
 from ldm_jax import launch
@@ -74,7 +77,12 @@ def main(argv):
   command = argv[1] if len(argv) > 1 else "train"
   if command not in COMMANDS or len(argv) > 2:
     raise app.UsageError(f"Unknown command {' '.join(argv[1:])!r}; valid commands: {', '.join(COMMANDS)}.")
-  _train() if command == "train" else _sample()
+  if not FLAGS["verbosity"].present:  # library INFO lines (orbax, jax) only with --verbosity=0
+    logging.set_verbosity(logging.WARNING)
+  try:
+    _train() if command == "train" else _sample()
+  except ValueError as e:  # the project's checks of configs and inputs: one line, no traceback
+    sys.exit(f"ldm_jax.main {command}: error: {e}")
 
 
 if __name__ == "__main__":

@@ -22,8 +22,8 @@ def runs(tmp_path_factory):
       flags = [f"--config={cli_runs.TINY}:{stage}", f"--workdir={workdir}",
                f"--config.train.num_steps={STEPS}", f"--config.model.dtype={dtype}"]
       flags += [f for f in extra if dtype == "bfloat16" or "dtype" not in f]
-      cli_runs.run(*flags)
       out[stage, dtype] = workdir
+      out["log", stage, dtype] = cli_runs.run(*flags)[0]
   return out
 
 
@@ -88,3 +88,16 @@ def test_runs_moved_together_still_load_and_first_stage_workdir_points_elsewhere
     LatentDiffusionPipeline.from_workdir(str(alone))
   pipe = LatentDiffusionPipeline.from_workdir(str(alone), first_stage_workdir=str(moved / os.path.basename(ae)))
   assert pipe.image_shape == (32, 32, 1)
+
+
+def test_a_short_run_prints_a_short_log_and_a_config_mistake_one_line(runs, tmp_path):
+  log = runs["log", "latent_diffusion", "float32"].splitlines()
+  # Parameter count / devices / start step, the progress bar, the summary; no library INFO lines
+  # (orbax, jax) unless --verbosity asks for them.
+  assert len(log) < 40 and not any(line[:1] == "I" and line[1:5].isdigit() for line in log), log
+  assert any(line.startswith("params: ") for line in log) and log[-1].startswith("{'steps': 4")
+  codes, outs = cli_runs.wait(cli_runs.start(
+      f"--config={cli_runs.TINY}:autoencoder", f"--workdir={tmp_path}", "--config.parallel.mode=pmapp"))
+  last = outs[0].strip().splitlines()[-1]
+  assert codes[0] != 0 and "Traceback" not in outs[0]
+  assert last.startswith("ldm_jax.main train: error:") and "'pmapp'" in last and "pmap" in last, outs[0]
