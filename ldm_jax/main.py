@@ -31,7 +31,8 @@ config_flags.DEFINE_config_file("config", None, "Experiment config file (experim
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, export.")
 flags.DEFINE_string("out", "samples.png", "sample: output PNG path.")
-flags.DEFINE_string("labels", "", "sample: comma-separated class labels (one grid row each).")
+flags.DEFINE_string("labels", "", "sample: comma-separated class labels (one grid row each; "
+                    "default: every class of a class-conditional model).")
 flags.DEFINE_integer("per_label", 8, "sample: samples per label (or in total if unconditional).")
 flags.DEFINE_string("method", None, "sample: sampler method (default: the run config's sample.method).")
 flags.DEFINE_integer("num_steps", None, "sample: sampler steps (default: the run config's).")
@@ -61,7 +62,9 @@ def _sample():
     raise app.UsageError("sample needs --workdir=<latent diffusion run>.")
   launch.start()
   pipe = LatentDiffusionPipeline.from_workdir(FLAGS.workdir)
-  labels = [int(s) for s in FLAGS.labels.split(",") if s.strip()] or [None]
+  labels = [int(s) for s in FLAGS.labels.split(",") if s.strip()]
+  if not labels:  # every class of a class-conditional model (a row each); else one unconditional row
+    labels = list(range(pipe.num_classes)) if pipe.num_classes else [None]
   rows = []
   for i, label in enumerate(tqdm.tqdm(labels, unit="row")):
     y = None if label is None else [label] * FLAGS.per_label

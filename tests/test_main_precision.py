@@ -58,6 +58,8 @@ def test_sample_command_draws_a_grid_with_the_run_config_settings(runs, tmp_path
   grid = np.asarray(Image.open(out))
   assert grid.shape == (2 * 32, 2 * 32)  # 2 rows (labels 3, 7) of 2 grayscale 32x32 samples
   assert f"wrote {out}" in outs[0]
+  cli_runs.run("sample", f"--workdir={runs['latent_diffusion', 'float32']}", "--per_label=1", f"--out={out}")
+  assert np.asarray(Image.open(out)).shape == (10 * 32, 32)  # no --labels: one row per class
 
 
 def test_runs_moved_together_still_load_and_first_stage_workdir_points_elsewhere(runs, tmp_path):
