@@ -6,6 +6,7 @@ Launch (after the autoencoder run):
 """
 
 import ml_collections
+from ml_collections import config_dict
 
 from ldm_jax.train import distributed
 from ldm_jax.train import optim
@@ -16,15 +17,21 @@ def get_config() -> ml_collections.ConfigDict:
   c.stage = "latent_diffusion"
   c.seed = 0
 
-  c.data = ml_collections.ConfigDict()
-  c.data.source = "tfds"
-  c.data.name = "mnist_embedded"
-  c.data.split = "train"
-  c.data.eval_split = "test"
-  c.data.image_size = 32
-  c.data.channels = 1
-  c.data.crop = "none"
-  c.data.flip = False
+  c.data = ml_collections.ConfigDict()  # every key of ldm_jax.data.SPEC_DEFAULTS, plus eval_split
+  c.data.source = "tfds"              # "tfds" or "folder" (your own images: README)
+  c.data.name = "mnist_embedded"      # any TFDS image dataset; mnist_embedded works offline
+  c.data.split = "train"              # TFDS split; folders: "train" | "test" | "all"
+  c.data.eval_split = "test"          # held-out split for PSNR / SSIM
+  c.data.data_dir = config_dict.placeholder(str)  # the image folder; TFDS: None = default dir
+  c.data.holdout_fraction = 0.1       # folders without train/ + test/: files held out as "test"
+  c.data.image_size = 32              # 28 -> 32 by zero padding
+  c.data.channels = 1                 # 1 (grayscale) or 3 (RGB); the model's in/out_channels too
+  c.data.crop = "none"                # "center" | "random" | "none": square crop of side min(H, W)
+  c.data.resize = "auto"              # "auto" | "pad" | "resize": the crop -> image_size
+  c.data.flip = False                 # random horizontal flips
+  c.data.shuffle = True               # a new permutation each epoch
+  c.data.in_memory = config_dict.placeholder(bool)  # None: decode once when <= 1 GiB
+  c.data.download = True              # prepare a TFDS dataset that is not prepared yet
 
   c.first_stage = ml_collections.ConfigDict()
   c.first_stage.workdir = ""          # workdir of the autoencoder run (its EMA weights are used)

@@ -4,6 +4,12 @@ Files are found recursively (extensions case-insensitive) and ordered by relativ
 image lies inside a subfolder of the root, its label is the index of its top-level subfolder in
 the sorted list of subfolder names (class_names); otherwise the folder has no labels.
 
+Splits ("train", "test" or "all"): a root holding both `train/` and `test/` subfolders is split by
+them (labels from the subfolders of each, class_names shared); any other root is split by file,
+deterministically: within each class, the ceil(holdout_fraction x n) files (at most n - 1) whose
+SHA-1 of the relative path is smallest are "test", the rest "train". A file's split depends only on
+its own path and its class's size, never on the seed; holdout_fraction 0 holds nothing out.
+
 Validation happens when the source is opened, before any training: every file's header is read
 with PIL. Then, if the decoded images fit in `source.IN_MEMORY_BYTES`, all are decoded into
 memory at once, so any corrupt file is reported at creation; a larger folder is checked with PIL's
@@ -11,6 +17,8 @@ memory at once, so any corrupt file is reported at creation; a larger folder is 
 decode raises a ValueError naming it.
 """
 
+import hashlib
+import math
 import pathlib
 
 import numpy as np
@@ -19,6 +27,7 @@ from PIL import Image
 from ldm_jax.data import source as source_lib
 
 EXTENSIONS = (".png", ".jpg", ".jpeg")
+SPLITS = ("train", "test", "all")
 
 
 def find_images(root):
@@ -84,16 +93,63 @@ class FolderSource:
     return images, labels
 
 
-def open_folder(root, in_memory=None):
-  """A source for the images under `root`; in_memory None = when the decoded size is small."""
+def _groups_to_labels(groups, class_names=None):
+  """(labels int32 [n], class_names) when every image has a group, else (None, None)."""
+  if not all(g is not None for g in groups):
+    return None, None
+  class_names = tuple(sorted(set(groups))) if class_names is None else class_names
+  return np.asarray([class_names.index(g) for g in groups], np.int32), class_names
+
+
+def _held_out(root, paths, groups, holdout_fraction):
+  """Boolean [n]: the files of the "test" split of an unsplit folder (see the module docstring)."""
+  test = np.zeros(len(paths), bool)
+  for g in set(groups):
+    members = [i for i, gi in enumerate(groups) if gi == g]
+    digest = lambda i: hashlib.sha1(paths[i].relative_to(root).as_posix().encode()).hexdigest()
+    k = min(len(members) - 1, math.ceil(holdout_fraction * len(members)))
+    test[sorted(members, key=digest)[:k]] = True
+  return test
+
+
+def split_files(root, split="all", holdout_fraction=0.0):
+  """(paths, labels or None, class_names or None, how) of one split of the folder at root;
+  `how` says in words where the split came from (for logs and eval summaries)."""
+  if split not in SPLITS:
+    raise ValueError(f"folder split {split!r} unknown; valid: {SPLITS}.")
+  if not 0.0 <= holdout_fraction < 1.0:
+    raise ValueError(f"holdout_fraction must be in [0, 1), got {holdout_fraction!r}.")
+  root = pathlib.Path(root)
+  if (root / "train").is_dir() and (root / "test").is_dir():
+    found = {s: find_images(root / s) for s in ("train", "test")}
+    class_names = _groups_to_labels(found["train"][1] + found["test"][1])[1]
+    names = ("train", "test") if split == "all" else (split,)
+    paths = [p for s in names for p in found[s][0]]
+    labels, _ = _groups_to_labels([g for s in names for g in found[s][1]], class_names)
+    return paths, labels, class_names, f"{split}: {' and '.join(n + '/' for n in names)} of the folder"
   paths, groups = find_images(root)
-  labels = class_names = None
-  if all(g is not None for g in groups):
-    class_names = tuple(sorted(set(groups)))
-    labels = np.asarray([class_names.index(g) for g in groups], np.int32)
+  labels, class_names = _groups_to_labels(groups)
+  if split == "all":
+    return paths, labels, class_names, "all: every image"
+  test = _held_out(root, paths, groups, holdout_fraction)
+  if split == "test" and not test.any():
+    raise ValueError(f"image folder {str(root)!r} has no held-out images: give "
+                     "holdout_fraction > 0 (e.g. 0.1) or put the images in train/ and test/ "
+                     "subfolders.")
+  keep = test if split == "test" else ~test
+  how = (f"{split}: {int(keep.sum())} of {len(paths)} images, split by file hash with "
+         f"holdout_fraction={holdout_fraction}")
+  return ([p for p, k in zip(paths, keep) if k], None if labels is None else labels[keep],
+          class_names, how)
+
+
+def open_folder(root, in_memory=None, split="all", holdout_fraction=0.0):
+  """A source for one split of the images under `root` (`split_files`); in_memory None = when
+  the decoded size is small."""
+  paths, labels, class_names, how = split_files(root, split, holdout_fraction)
   decoded_bytes = sum(w * h * c for w, h, c in map(_header, paths))
   in_memory = decoded_bytes <= source_lib.IN_MEMORY_BYTES if in_memory is None else in_memory
-  description = f"folder:{root} ({len(paths)} images)"
+  description = f"folder:{root} ({len(paths)} images, split {how})"
   if in_memory:
     images = source_lib.stack_if_same_shape([decode(p) for p in paths])
     return source_lib.InMemorySource(images, labels, None if class_names is None else

@@ -27,7 +27,7 @@ SOURCES = ("tfds", "folder")
 SPEC_DEFAULTS = {
     "source": "tfds",  # "tfds" (any TFDS name, including "mnist_embedded") or "folder"
     "name": "mnist_embedded",  # TFDS name, e.g. "cifar10", "celeb_a_hq/256"; unused for folders
-    "split": "train",  # TFDS split, slicing allowed ("train[:90%]"); unused for folders
+    "split": "train",  # TFDS split, slicing allowed ("train[:90%]"); folders: train|test|all
     "data_dir": None,  # TFDS data_dir (None: see tfds_source.default_data_dir) or the folder
     "image_size": 32,  # S: batches are [b, S, S, C]
     "channels": None,  # 1 or 3; None keeps the dataset's (1 if grayscale, else 3)
@@ -35,6 +35,7 @@ SPEC_DEFAULTS = {
     "resize": "auto",  # "auto" | "pad" | "resize": how the crop becomes S x S (preprocess.py)
     "flip": False,  # random horizontal flips
     "shuffle": True,  # a new permutation each epoch; False: dataset order (evaluation)
+    "holdout_fraction": 0.0,  # folders without train/ + test/: share of files held out as "test"
     "in_memory": None,  # decode everything once; None: when decoded images take <= 1 GiB
     "download": True,  # prepare a TFDS dataset that is not prepared yet
 }
@@ -57,7 +58,8 @@ def resolve_spec(spec):
 def open_source(spec):
   """The random-access source a resolved spec names (see source.py for the interface)."""
   if spec["source"] == "folder":
-    return folder.open_folder(spec["data_dir"], in_memory=spec["in_memory"])
+    return folder.open_folder(spec["data_dir"], in_memory=spec["in_memory"], split=spec["split"],
+                              holdout_fraction=spec["holdout_fraction"])
   return tfds_source.open_tfds(spec["name"], spec["split"], spec["data_dir"],
                                download=spec["download"], in_memory=spec["in_memory"])
 

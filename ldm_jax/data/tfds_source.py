@@ -52,7 +52,8 @@ def hide_accelerators_from_tensorflow():
 def _unknown_name_error(name, err):
   import difflib  # pylint: disable=g-import-not-at-top
   names = tfds.list_builders(with_community_datasets=False)
-  close = difflib.get_close_matches(name.split("/")[0], names + [EMBEDDED_NAME], n=5)
+  # Each name once (list_builders can repeat a name, and the embedded one may be listed too).
+  close = difflib.get_close_matches(name.split("/")[0], sorted(set(names) | {EMBEDDED_NAME}), n=5)
   return ValueError(
       f"unknown dataset {name!r} ({type(err).__name__}). Name one as: a TFDS name such as "
       "'mnist', 'cifar10', 'celeb_a_hq/256' or 'imagenet2012' (see tfds.list_builders()); "

@@ -119,13 +119,15 @@ def evaluate_autoencoder(config, ae, ae_params, batch_size: int = 500) -> dict:
     return (image_metrics.psnr(x01, y01, data_range=1.0), image_metrics.ssim(x01, y01, data_range=1.0))
 
   psnrs, ssims = [], []
+  held_out = it.source.description  # which images were measured (a folder: how it was split)
   for batch in it:
     p, s = reconstruct(ae_params, batch["image"])
     psnrs.append(np.asarray(p))
     ssims.append(np.asarray(s))
   it.close()
   psnrs, ssims = np.concatenate(psnrs), np.concatenate(ssims)
-  return {"eval_split": config.data.eval_split, "num_images": int(psnrs.size),
+  return {"eval_split": config.data.eval_split, "eval_data": held_out,
+          "num_images": int(psnrs.size),
           "psnr": float(np.mean(psnrs)), "ssim": float(np.mean(ssims))}
 
 

@@ -107,3 +107,42 @@ def test_spec_may_be_a_config_dict(tmp_path):
   it = data.create_iterator(spec, global_batch_size=4, seed=0, process_index=0,
                             process_count=1, num_devices=4)
   assert next(it)["image"].shape == (4, 8, 8, 1)
+
+
+def _files(it):
+  """The relative paths of an iterator's images, recovered from their pixels."""
+  return sorted(tuple(b.ravel()[:4]) for b in all_batches(it)["image"])
+
+
+def test_held_out_split_by_file_and_by_train_test_subfolders(tmp_path):
+  rng = np.random.default_rng(4)
+  for cls in ("cat", "dog"):
+    for i in range(6 if cls == "cat" else 2):
+      (tmp_path / cls).mkdir(exist_ok=True)
+      Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(tmp_path / cls / f"{i}.png")
+  spec = {"image_size": 8, "shuffle": False, "holdout_fraction": 0.25}
+  split = {s: make(tmp_path, {**spec, "split": s}, global_batch_size=1) for s in ("train", "test", "all")}
+  # Per class ceil(0.25 n) files held out (at most n - 1): cat 2 of 6, dog 1 of 2; disjoint, and
+  # together every image, with the labels of the whole folder.
+  assert [split[s].num_examples for s in ("train", "test", "all")] == [5, 3, 8]
+  assert sorted(all_batches(split["test"])["label"]) == [0, 0, 1]
+  assert not set(_files(split["train"])) & set(_files(split["test"]))
+  assert sorted(_files(split["train"]) + _files(split["test"])) == _files(split["all"])
+  assert "3 of 8 images, split by file hash with holdout_fraction=0.25" in split["test"].source.description
+  # Deterministic: a function of the files alone, not of the seed.
+  again = make(tmp_path, {**spec, "split": "test"}, global_batch_size=1, seed=5)
+  assert _files(again) == _files(split["test"])
+  # Nothing held out: "train" is every image, and "test" is an error that says what to do.
+  assert make(tmp_path, {"image_size": 8}, global_batch_size=1).num_examples == 8
+  with pytest.raises(ValueError, match="no held-out images: give holdout_fraction > 0"):
+    make(tmp_path, {"image_size": 8, "split": "test"})
+  with pytest.raises(ValueError, match=r"folder split 'val' unknown; valid: \('train', 'test', 'all'\)"):
+    make(tmp_path, {"image_size": 8, "split": "val"})
+  # train/ and test/ subfolders are the split (classes from their subfolders, one list for both).
+  for s, cls in (("train", "cat"), ("train", "dog"), ("test", "dog")):
+    (tmp_path / "sub" / s / cls).mkdir(parents=True)
+    Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(tmp_path / "sub" / s / cls / "x.png")
+  test = make(tmp_path / "sub", {**spec, "split": "test"}, global_batch_size=1)
+  assert test.num_examples == 1 and test.class_names == ("cat", "dog")
+  assert all_batches(test)["label"].tolist() == [1] and "test/ of the folder" in test.source.description
+  assert make(tmp_path / "sub", {**spec, "split": "train"}, global_batch_size=1).num_examples == 2

@@ -1,5 +1,7 @@
 """Tests of ldm_jax.data on the embedded MNIST, built and read through TFDS (no mocks)."""
 
+import ast
+
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
@@ -165,6 +167,10 @@ def test_num_epochs_stops_the_iterator(data_dir, opened):
 def test_bad_inputs_raise_before_training(data_dir, opened):
   with pytest.raises(ValueError, match="mnist_embedded.*folder.*Close matches.*'mnist'"):
     make(data_dir, {"name": "mnistt"})
+  with pytest.raises(ValueError, match="Close matches") as err:
+    make(data_dir, {"name": "mnist_embeded"})  # registered with TFDS and named in the message
+  close = ast.literal_eval(str(err.value).split("Close matches: ")[1].rstrip("."))
+  assert close == ["mnist_embedded"], close  # each name once
   with pytest.raises(ValueError, match=r"no split 'validation'; available: \['test', 'train'\]"):
     make(data_dir, {"split": "validation"})
   with pytest.raises(ValueError, match="not divisible by the device count 8"):
