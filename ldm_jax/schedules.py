@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ldm_jax import array_values
+
 SCHEDULE_NAMES = ("linear", "scaled_linear", "cosine", "sigmoid")
 
 # Defaults (beta_start, beta_end) per schedule: Ho et al. 2020 for "linear" and "sigmoid";
@@ -110,10 +112,20 @@ def _from_betas_float64(betas: np.ndarray) -> Schedule:
 
 
 def from_betas(betas) -> Schedule:
-  """A schedule from explicit beta_t values [T] (each in (0, 1])."""
-  betas = np.asarray(betas, np.float64)
-  if betas.ndim != 1 or betas.size < 1 or np.any(betas <= 0) or np.any(betas > 1):
+  """A schedule from explicit beta_t values [T], each finite and in (0, 1].
+
+  beta_t = 1 (alpha-bar_t = 0, zero SNR) is allowed for the last step, as diffusers' zero-terminal-SNR
+  `trained_betas` have it; beta_t <= 0, > 1, NaN or inf raise a ValueError naming the bad values.
+  """
+  try:
+    betas = np.asarray(betas, np.float64)
+  except (TypeError, ValueError) as e:
+    raise TypeError(f"betas must be a 1-D array of numbers in (0, 1], got {type(betas).__name__} "
+                    f"({e}).") from None
+  if betas.ndim != 1 or betas.size < 1:
     raise ValueError(f"betas must be a non-empty 1-D array with values in (0, 1], got shape {betas.shape}.")
+  array_values.check_values(betas, "betas", lo=0.0, hi=1.0, lo_open=True,
+                            expected="finite values in (0, 1]")
   return _from_betas_float64(betas)
 
 

@@ -120,5 +120,13 @@ def test_other_bad_arguments_raise():
     schedules.from_log_snr([1.0, 2.0])
   with pytest.raises(ValueError, match=r"\(0, 1\]"):
     schedules.from_betas([0.1, 0.0])
+  with pytest.raises(ValueError, match=r"betas: 1 value is NaN, 1 value lies outside \(0.0, 1.0\] "
+                                       r"\(min 1.5, max 1.5\); expected finite values in \(0, 1\]"):
+    schedules.from_betas([0.1, np.nan, 1.5])
+  with pytest.raises(ValueError, match=r"betas: 1 value is \+inf"):
+    schedules.from_betas([0.1, np.inf])
+  with pytest.raises(TypeError, match="betas must be a 1-D array of numbers"):
+    schedules.from_betas(["a"])
+  assert float(schedules.from_betas([0.5, 1.0]).alphas_cumprod[-1]) == 0.0  # zero terminal SNR
   with pytest.raises(ValueError, match="num_timesteps >= 2, got 1"):
     rescale_zero_terminal_snr(get_schedule("linear", 1))

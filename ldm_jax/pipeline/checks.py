@@ -4,8 +4,34 @@ before anything is traced or compiled, naming the bad value and what is expected
 import numpy as np
 
 from ldm_jax import samplers
+from ldm_jax.array_values import check_values
+
+# Float images may overshoot [-1, 1] by this much: a bicubic (Keys a = -0.5, PIL's and
+# jax.image's) resize of data in [-1, 1] stays within [-1.25, 1.25] (its negative lobes sum to
+# 0.125 of the 2-wide range). Further out is taken for a wrong scale ([0, 255] floats) or garbage.
+IMAGE_MARGIN = 0.25
+IMAGE_RANGES = "uint8 in [0, 255] or float in [-1, 1]"
 
 OUTPUTS = ("uint8", "float", "latent")
+
+
+def _array(values, name, dtype=None):
+  """np.asarray(values, dtype), a TypeError naming `name` where that conversion fails."""
+  try:
+    return np.asarray(values, dtype)
+  except (TypeError, ValueError) as e:
+    raise TypeError(f"{name} must be an array of numbers, got {type(values).__name__} "
+                    f"{values!r:.60} ({e}).") from None
+
+
+def _real(value):
+  """A real scalar (Python or numpy number, 0-d array) as float, else None."""
+  if isinstance(value, (bool, np.bool_, str, bytes)) or np.ndim(value) != 0:
+    return None
+  try:
+    return float(value)
+  except (TypeError, ValueError):
+    return None
 
 
 def method(name):
@@ -25,24 +51,32 @@ def positive_int(value, name, minimum=1):
 
 
 def eta(value, method_name):
-  if np.ndim(value) != 0 or not np.isfinite(value) or value < 0:
-    raise ValueError(f"eta must be a finite scalar >= 0, got {value!r}.")
+  """DDIM's noise weight: a finite number >= 0 (0 for every other method)."""
+  v = _real(value)
+  if v is None or not np.isfinite(v) or v < 0:
+    raise ValueError(f"eta must be a finite scalar >= 0, got {value!r:.60}.")
   if method_name != "ddim" and value != 0:
     raise ValueError(f"eta={value} only applies to method 'ddim', got method {method_name!r}.")
   return np.float32(value)
 
 
 def strength(value):
-  if np.ndim(value) != 0 or not 0.0 <= float(value) <= 1.0:
-    raise ValueError(f"strength must be a number in [0, 1], got {value!r}.")
-  return float(value)
+  """img2img / inpaint strength: a number in [0, 1]."""
+  v = _real(value)
+  if v is None or not 0.0 <= v <= 1.0:
+    raise ValueError(f"strength must be a number in [0, 1], got {value!r:.60}.")
+  return v
 
 
 def guidance(value, n):
-  """guidance_scale: a scalar or one value per sample -> float32 [n]."""
-  w = np.asarray(value, np.float32)
-  if w.ndim not in (0, 1) or (w.ndim == 1 and w.shape != (n,)) or not np.all(np.isfinite(w)):
-    raise ValueError(f"guidance_scale must be a finite scalar or an array of shape [{n}], got {value!r}.")
+  """guidance_scale: a finite scalar or one finite value per sample -> float32 [n]."""
+  w = _array(value, "guidance_scale")
+  if w.ndim not in (0, 1) or (w.ndim == 1 and w.shape != (n,)) or not (
+      np.issubdtype(w.dtype, np.floating) or np.issubdtype(w.dtype, np.integer)):
+    raise ValueError(f"guidance_scale must be a finite scalar or an array of shape [{n}], got "
+                     f"{value!r:.80}.")
+  check_values(w, "guidance_scale", expected="finite numbers (1: no guidance)")
+  w = w.astype(np.float32)
   return np.broadcast_to(w, (n,)).copy()
 
 
@@ -54,7 +88,7 @@ def labels(values, n, num_classes, name="labels"):
     return None
   if values is None:
     raise ValueError(f"This model is class-conditional: give {name} in 0..{num_classes - 1}.")
-  y = np.asarray(values)
+  y = _array(values, name)
   if y.ndim == 0:
     y = np.full((n,), y)
   if y.shape != (n,) or not (np.issubdtype(y.dtype, np.integer) or y.dtype == bool):
@@ -67,14 +101,16 @@ def labels(values, n, num_classes, name="labels"):
 
 
 def context(values, n, dim, name="context"):
-  """Cross-attention context [n, L, dim] (or [L, dim], repeated) -> float32 [n, L, dim]."""
+  """Cross-attention context [n, L, dim] (or [L, dim], repeated), finite -> float32 [n, L, dim]."""
   if dim is None:
     if values is not None:
       raise ValueError(f"This model has no cross-attention; {name} must be None.")
     return None
   if values is None:
     raise ValueError(f"This model is conditioned on a context [N, L, {dim}]; give {name}=.")
-  c = np.asarray(values, np.float32)
+  c = _array(values, name, np.float32)
+  if c.ndim in (2, 3):
+    check_values(c, name, expected="finite float values")
   if c.ndim == 2:
     c = np.broadcast_to(c, (n,) + c.shape)
   if c.ndim != 3 or c.shape[0] != n or c.shape[2] != dim:
@@ -83,8 +119,11 @@ def context(values, n, dim, name="context"):
 
 
 def images(values, image_shape, name="images"):
-  """uint8 [N, H, W, C] or float [-1, 1] images of the model's size -> numpy array."""
-  x = np.asarray(values)
+  """uint8 [N, H, W, C] in [0, 255] or float in [-1, 1] images of the model's size -> numpy array.
+
+  Float values must be finite and within [-1 - IMAGE_MARGIN, 1 + IMAGE_MARGIN] (resampling
+  overshoot is tolerated and passed on unchanged)."""
+  x = _array(values, name)
   if x.ndim == 3:
     raise ValueError(f"{name} must be a batch [N, {', '.join(map(str, image_shape))}]; got one image "
                      f"{x.shape} (add a leading axis).")
@@ -92,13 +131,16 @@ def images(values, image_shape, name="images"):
     raise ValueError(f"{name} must have shape [N, {', '.join(map(str, image_shape))}] (the model's "
                      f"image size), got {x.shape}.")
   if not (x.dtype == np.uint8 or np.issubdtype(x.dtype, np.floating)):
-    raise ValueError(f"{name} must be uint8 in [0, 255] or float in [-1, 1], got dtype {x.dtype}.")
+    raise ValueError(f"{name} must be {IMAGE_RANGES}, got dtype {x.dtype}.")
+  if x.dtype != np.uint8:
+    check_values(x, name, lo=-1.0 - IMAGE_MARGIN, hi=1.0 + IMAGE_MARGIN,
+                 expected=f"{IMAGE_RANGES} (floats within {IMAGE_MARGIN} of it tolerated)")
   return x
 
 
 def mask(values, n, height, width):
   """Inpainting mask (1 = regenerate, 0 = keep) [N, H, W], [N, H, W, 1] or [H, W] -> float32 [N, H, W]."""
-  m = np.asarray(values)
+  m = _array(values, "mask")
   if m.ndim == 4 and m.shape[-1] == 1:
     m = m[..., 0]
   if m.ndim == 2:
@@ -106,24 +148,28 @@ def mask(values, n, height, width):
   if m.shape != (n, height, width):
     raise ValueError(f"mask must have shape [{n}, {height}, {width}] (or [{n}, {height}, {width}, 1] or "
                      f"[{height}, {width}]) to match the images, got {np.shape(values)}.")
-  m = m.astype(np.float32)
-  if np.any((m < 0) | (m > 1)):
-    raise ValueError("mask values must lie in [0, 1] (1 = regenerate, 0 = keep).")
-  return m
+  if not (m.dtype == bool or np.issubdtype(m.dtype, np.floating) or np.issubdtype(m.dtype, np.integer)):
+    raise ValueError(f"mask must be bool or numbers in [0, 1], got dtype {m.dtype}.")
+  check_values(m, "mask", lo=0, hi=1, expected="values in [0, 1] (1 = regenerate, 0 = keep)")
+  return m.astype(np.float32)
 
 
 def latents(values, latent_shape, name="latents"):
-  z = np.asarray(values, np.float32)
+  """Diffusion-space latents [N, h, w, c], finite -> float32."""
+  z = _array(values, name, np.float32)
   if z.ndim != 4 or tuple(z.shape[1:]) != tuple(latent_shape):
     raise ValueError(f"{name} must have shape [N, {', '.join(map(str, latent_shape))}], got {np.shape(values)}.")
+  check_values(z, name, expected="finite float values")
   return z
 
 
 def noise_level(value):
-  if np.ndim(value) != 0 or not np.isfinite(value) or value < 0:
-    raise ValueError(f"noise_level must be a finite number >= 0 (noise std on the [0, 1] image scale), "
-                     f"got {value!r}.")
-  return float(value)
+  """restore's noise std on the [0, 1] image scale: a finite number >= 0."""
+  v = _real(value)
+  if v is None or not np.isfinite(v) or v < 0:
+    raise ValueError(f"noise_level must be a finite number >= 0 (noise std on the [0, 1] image "
+                     f"scale), got {value!r:.60}.")
+  return v
 
 
 def defaults(values, base):
@@ -136,8 +182,8 @@ def defaults(values, base):
   out = {**base, **{k: v for k, v in values.items() if v is not None}}
   method(out["method"])
   out["num_steps"] = positive_int(out["num_steps"], "defaults['num_steps']")
-  w = out["guidance_scale"]
-  if np.ndim(w) != 0 or not np.isfinite(w):
-    raise ValueError(f"defaults['guidance_scale'] must be a finite scalar, got {w!r}.")
-  out["guidance_scale"] = float(w)
+  w = _real(out["guidance_scale"])
+  if w is None or not np.isfinite(w):
+    raise ValueError(f"defaults['guidance_scale'] must be a finite scalar, got {out['guidance_scale']!r}.")
+  out["guidance_scale"] = w
   return out

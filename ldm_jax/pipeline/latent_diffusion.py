@@ -8,7 +8,10 @@
   sd = LatentDiffusionPipeline.from_pretrained("stable-diffusion-v1-5")  # a diffusers folder
   images = sd.sample(jax.random.key(0), 2, prompts="a photo of a cat", negative_prompts="blurry")
 
-Every method validates its inputs on the host (ValueError before anything compiles), splits the
+Every method validates its inputs on the host (ValueError before anything compiles, naming the
+argument and its bad values): images uint8 in [0, 255] or float in [-1, 1] (floats within
+`checks.IMAGE_MARGIN` = 0.25 of it tolerated, e.g. resampling overshoot), masks in [0, 1], latents,
+contexts and guidance scales finite, labels in 0..num_classes-1. It then splits the
 batch into chunks of at most `max_batch` (the last chunk is padded, so one shape compiles), shards
 each chunk across the devices, and runs programs cached per (method, num_steps, batch, ...).
 Sample b of a call draws all its noise from fold_in(rng, b), so results do not depend on chunking or
@@ -226,7 +229,8 @@ class LatentDiffusionPipeline:
   # First stage.
 
   def encode(self, images) -> np.ndarray:
-    """uint8 [N, H, W, C] (or float in [-1, 1]) -> diffusion-space latents float32 [N, h, w, c]."""
+    """uint8 [N, H, W, C] in [0, 255] (or float in [-1, 1], see `checks.images`) -> diffusion-space
+    latents float32 [N, h, w, c]."""
     x = images_lib.to_float(checks.images(images, self.image_shape))
     return self._encode(x)
 
@@ -236,7 +240,7 @@ class LatentDiffusionPipeline:
     return self._map(x.shape[0], lambda placement, take: fn(placement[3], take(x)))
 
   def decode(self, latents, *, output: str = "uint8") -> np.ndarray:
-    """Diffusion-space latents [N, h, w, c] -> images [N, H, W, C]: uint8, or float in [-1, 1]."""
+    """Diffusion-space latents [N, h, w, c] (finite) -> images [N, H, W, C]: uint8, or float in [-1, 1]."""
     checks.output(output, ("uint8", "float"))
     z = checks.latents(latents, self.latent_shape)
     return self._finish(self._decode(z), output)
@@ -247,7 +251,8 @@ class LatentDiffusionPipeline:
     return self._map(z.shape[0], lambda placement, take: fn(placement[3], take(z)))
 
   def reconstruct(self, images, *, output: str = "uint8") -> np.ndarray:
-    """decode(encode(images)): the autoencoder's reconstruction (posterior mean), [N, H, W, C]."""
+    """decode(encode(images)): the autoencoder's reconstruction (posterior mean), [N, H, W, C].
+    images: uint8 in [0, 255] or float in [-1, 1] (see `checks.images`)."""
     checks.output(output, ("uint8", "float"))
     return self._finish(self._decode(self.encode(images)), output)
 
@@ -357,6 +362,7 @@ class LatentDiffusionPipeline:
     so compare it only between models on the same autoencoder and scale factor. One Monte-Carlo
     draw of x_t per level and image (image b draws from fold_in(rng, b)), so the result does not
     depend on max_batch or the device count. Costs T model calls per image.
+    images: uint8 [N, H, W, C] in [0, 255] or float in [-1, 1] (see `checks.images`).
 
     Returns:
       diffusion.VLBTerms of host arrays: prior_bpd [N], terms_bpd [N, T], total_bpd [N].
@@ -403,9 +409,10 @@ class LatentDiffusionPipeline:
     labels: int or int [N] in 0..num_classes-1 (class-conditional models). Text models: prompts,
     a str or a list of N str; negative_prompts (same form) are the unconditional branch of the
     guidance, the empty prompt by default. Other cross-attention models: context [N, L, D] or
-    [L, D], null_context the unconditional context (zeros by default; a text model's default is
-    the empty prompt's context). method, num_steps, guidance_scale (classifier-free guidance w, a
-    scalar or [N]): None takes `self.defaults`. eta: DDIM's noise weight.
+    [L, D] of finite floats, null_context the unconditional context (zeros by default; a text
+    model's default is the empty prompt's context). method, num_steps (>= 1), guidance_scale
+    (classifier-free guidance w, a finite scalar or [N]): None takes `self.defaults`. eta: DDIM's
+    noise weight, finite >= 0.
     return_trajectory: also return {"t" [S], "x_t", "x0_pred" latents [S, N, h, w, c],
     "x0_images" [S, N, H, W, C], "active" [S]}.
     """
@@ -425,7 +432,8 @@ class LatentDiffusionPipeline:
               null_context=None):
     """SDEdit (Meng et al. 2022): noise the images' latents to the level of grid step
     S - floor(strength S) and denoise from there. strength 0 returns the reconstruction, strength 1
-    starts from pure noise (the images are ignored). Other arguments as `sample`."""
+    starts from pure noise (the images are ignored). images: uint8 [N, H, W, C] in [0, 255] or
+    float in [-1, 1] (see `checks.images`); strength in [0, 1]. Other arguments as `sample`."""
     method, num_steps, guidance_scale, eta = self._check_common(method, num_steps, guidance_scale,
                                                                 eta, output)
     strength = checks.strength(strength)
@@ -443,7 +451,9 @@ class LatentDiffusionPipeline:
               negative_prompts=None, method=None, num_steps=None, guidance_scale=None,
               eta: float = 0.0, resample: int = 1, strength: float = 1.0, output: str = "uint8",
               return_trajectory: bool = False, null_context=None):
-    """Fills the region where mask = 1 ([N, H, W], [N, H, W, 1] or [H, W]); the rest is kept.
+    """Fills the region where mask = 1 ([N, H, W], [N, H, W, 1] or [H, W], values in [0, 1]; a
+    latent block is kept only where its whole f x f pixel block is 0); the rest is kept. images:
+    uint8 [N, H, W, C] in [0, 255] or float in [-1, 1] (see `checks.images`).
 
     After every step the known latents (where no pixel of the f x f block is masked) are replaced by
     q(z_t | z_known) at the next level, so they end exactly at encode(images): the kept region of
@@ -512,7 +522,9 @@ class LatentDiffusionPipeline:
     [0, 1] image scale) are encoded, their latent noise std is estimated as noise_level x the
     encoder's gain on white noise (a JVP, see `programs.encode_with_gain_program`), and sampling
     starts, without adding noise, at the grid step of that noise level. noise_level 0 returns the
-    reconstruction. Other arguments as `sample`."""
+    reconstruction. noisy_images: uint8 in [0, 255] or float in [-1, 1] (see `checks.images`: noisy
+    floats beyond the 0.25 margin must be clipped first); noise_level finite >= 0. Other arguments
+    as `sample`."""
     method, num_steps, guidance_scale, _ = self._check_common(method, num_steps, guidance_scale,
                                                               0.0, output)
     level = checks.noise_level(noise_level)

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ldm_jax.array_values import check_values
 from ldm_jax.diffusion.parameterization import PREDICTION_TYPES, model_output_to_x0_eps
 from ldm_jax.samplers import ddim, ddpm, dpm_solver, euler, heun
 from ldm_jax.samplers.guidance import classifier_free_guidance
@@ -87,6 +88,7 @@ def _check_x(x_T):
                      f"got shape {shape}.")
   if not jnp.issubdtype(dtype, jnp.floating):
     raise ValueError(f"x_T must be a floating-point array, got dtype {dtype}.")
+  check_values(x_T, "x_T", expected="finite noise / latent values")
 
 
 def _denoiser(model_fn, prediction_type, clip_sample, batch):
@@ -114,12 +116,12 @@ def sample(model_fn, schedule, x_T, rng, *, method, num_steps, eta=0.0, predicti
       index scale [0, T-1] (fractional for the sigma-space grids). For guidance wrap it with
       `classifier_free_guidance`.
     schedule: `ldm_jax.schedules.Schedule`.
-    x_T: float [B, ...] standard normal noise (each method scales it by its init_noise_sigma), or,
+    x_T: float [B, ...] finite standard normal noise (each method scales it by its init_noise_sigma), or,
       with start_step > 0, the VP sample at the noise level `noise_level(..., step=start_step)`.
     rng: PRNG key; step i draws its noise from jax.random.fold_in(rng, i).
     method: "ddpm", "ddim", "dpmpp_2m", "euler", "euler_ancestral" or "heun".
     num_steps: S >= 1, the number of grid steps (Heun evaluates the model 2S - 1 times).
-    eta: DDIM noise weight (0: deterministic DDIM, 1: DDPM-like); may be traced; "ddim" only.
+    eta: DDIM noise weight >= 0 (0: deterministic DDIM, 1: DDPM-like); may be traced; "ddim" only.
     prediction_type: "epsilon", "sample" (x0) or "v_prediction".
     timestep_spacing, steps_offset: diffusers' grid semantics ("leading", "trailing", "linspace").
     set_alpha_to_one: DDIM's final alpha-bar is 1 (else alpha-bar_0), as in diffusers.
@@ -128,7 +130,7 @@ def sample(model_fn, schedule, x_T, rng, *, method, num_steps, eta=0.0, predicti
     clip_sample: clip every x0 prediction to [-1, 1].
     start_step: begin at this grid step (img2img / SDEdit; see `start_step_for_strength`).
     known: optional (x0_known [B, ...], known_mask broadcastable to x_T) for inpainting: after every
-      step the region where known_mask = 1 is replaced by q_sample(x0_known) at the noise level of
+      step the region where known_mask = 1 (values in [0, 1]) is replaced by q_sample(x0_known) at the noise level of
       the next step (noise from fold_in(fold_in(rng, i), 1)); at the end it equals x0_known.
     return_trajectory: also return {"x_t": [S', B, ...], "x0_pred": [S', B, ...], "t": [S']}, the
       VP model input and the x0 prediction at each of the S' = S - start_step steps.
@@ -145,10 +147,15 @@ def sample(model_fn, schedule, x_T, rng, *, method, num_steps, eta=0.0, predicti
                        karras_sigmas=karras_sigmas, variance_type=variance_type)
   if not isinstance(start_step, (int, np.integer)) or not 0 <= start_step < num_steps:
     raise ValueError(f"start_step must be an integer in [0, {num_steps - 1}], got {start_step!r}.")
+  if isinstance(eta, (int, float)) and not (np.isfinite(eta) and eta >= 0):
+    raise ValueError(f"eta must be a finite number >= 0, got {eta!r}.")
   if method != "ddim" and isinstance(eta, (int, float)) and eta != 0:
     raise ValueError(f"eta={eta} only applies to method 'ddim', got method {method!r}.")
   if known is not None and (len(known) != 2 or getattr(known[0], "shape", None) != x_T.shape):
     raise ValueError(f"known must be (x0_known, known_mask) with x0_known of shape {x_T.shape}.")
+  if known is not None:
+    check_values(known[0], "known[0] (x0_known)", expected="finite values")
+    check_values(known[1], "known[1] (known_mask)", lo=0, hi=1, expected="values in [0, 1]")
   if start_step > 0 and "c_2" in tables.xs:
     # A multistep method has no history at its first executed step: that step is first order
     # (diffusers' lower_order_nums restarts at 0 for img2img).

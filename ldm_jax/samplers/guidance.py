@@ -8,6 +8,8 @@ the conditional model, w = 0 the unconditional one.
 import jax
 import jax.numpy as jnp
 
+from ldm_jax.array_values import check_values
+
 
 def classifier_free_guidance(model_fn, cond, null_cond, guidance_scale):
   """Returns guided_fn(x_t, t) for the samplers.
@@ -16,12 +18,15 @@ def classifier_free_guidance(model_fn, cond, null_cond, guidance_scale):
   have batch axis N first (e.g. context [N, L, D] or labels int32 [N]).
   cond, null_cond: pytrees of the same structure with batch B (the conditioning and the "null"
   conditioning, e.g. the empty-prompt context or the extra null class label).
-  guidance_scale: w, a scalar or [B] array. It may be a traced value (pass it as an argument of
-  the jitted function), so changing it does not recompile.
+  guidance_scale: w, a finite scalar or [B] array. It may be a traced value (pass it as an
+  argument of the jitted function), so changing it does not recompile; a concrete one is checked
+  here (ValueError naming NaN / inf values).
 
   Each call evaluates the model ONCE on a batch of 2B: first the B unconditional rows, then the B
   conditional ones.
   """
+  check_values(guidance_scale, "guidance_scale", expected="finite numbers (1: no guidance)")
+
   def guided_fn(x_t, t):
     batch = x_t.shape[0]
     both = jax.tree.map(lambda u, c: jnp.concatenate([u, c], axis=0), null_cond, cond)

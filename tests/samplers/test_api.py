@@ -40,6 +40,12 @@ def never_called(x, t):
     (dict(method="ddim", variance_type="fixed_large"), r"fixed_large.*'ddpm'"),
     (dict(start_step=10), r"start_step.*\[0, 9\].*10"),
     (dict(num_steps=101), r"101"),
+    (dict(eta=float("nan")), r"eta must be a finite number >= 0, got nan"),
+    (dict(eta=-0.5), r"eta must be a finite number >= 0, got -0.5"),
+    (dict(known=(np.full((2, 4, 4, 3), np.nan, np.float32), np.ones((2, 4, 4, 1)))),
+     r"known\[0\] \(x0_known\): 96 values are NaN"),
+    (dict(known=(np.zeros((2, 4, 4, 3), np.float32), np.full((2, 4, 4, 1), 2.0))),
+     r"known\[1\] \(known_mask\): 32 values lie outside \[0, 1\]"),
 ])
 def test_bad_arguments_raise_before_tracing(kwargs, match):
   kw = dict(method="ddim", num_steps=10) | kwargs
@@ -48,7 +54,8 @@ def test_bad_arguments_raise_before_tracing(kwargs, match):
 
 
 @pytest.mark.parametrize("x_T,match", [(jnp.zeros((4,)), r"shape \(4,\)"), (jnp.zeros((2, 3), jnp.int32), "int32"),
-                                       (np.zeros((0, 3), np.float32), r"\(0, 3\)")])
+                                       (np.zeros((0, 3), np.float32), r"\(0, 3\)"),
+                                       (np.full((2, 3), np.inf, np.float32), r"x_T: 6 values are \+inf")])
 def test_bad_x_T_raises(x_T, match):
   with pytest.raises(ValueError, match=match):
     samplers.sample(never_called, SCHEDULE, x_T, RNG, method="euler", num_steps=5)
@@ -146,3 +153,9 @@ def test_inpainting_keeps_the_known_region(method):
   assert not np.allclose(x0[:, 2:], free[:, 2:], atol=1e-4)  # the unknown region sees the known one
   empty = samplers.sample(mixing_model_fn, SCHEDULE, X_T, RNG, method=method, num_steps=6, known=(x0_known, 0.0 * mask))
   np.testing.assert_allclose(empty, free, atol=1e-6)
+
+
+def test_guidance_scale_must_be_finite_when_concrete():
+  cond = lambda x, t, c: x
+  with pytest.raises(ValueError, match=r"guidance_scale: 1 value is NaN; expected finite"):
+    samplers.classifier_free_guidance(cond, jnp.zeros((2,)), jnp.zeros((2,)), jnp.array([1.0, jnp.nan]))
