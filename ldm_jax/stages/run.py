@@ -23,12 +23,13 @@ from ldm_jax.stages import builders
 from ldm_jax.stages import export
 from ldm_jax.stages import latent_diffusion as ldm_stage
 from ldm_jax.stages import previews
+from ldm_jax.stages import validate
 from ldm_jax.train import checkpoint as ckpt_lib
 from ldm_jax.train import loop
 from ldm_jax.train import metrics as metrics_lib
 from ldm_jax.train import parallel
 
-STAGES = ("autoencoder", "latent_diffusion")
+STAGES = validate.STAGES
 
 
 def _data(config, split=None, **kw):
@@ -205,9 +206,10 @@ def _write_json(workdir, name, obj):
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Runs the stage named by config.stage in `workdir`; returns its evaluation summary."""
-  if config.stage not in STAGES:
-    raise ValueError(f"Unknown stage {config.stage!r}; valid choices: {', '.join(STAGES)}.")
+  """Runs the stage named by config.stage in `workdir`; returns its evaluation summary.
+  The config is validated first (`validate.config`): a bad value raises ValueError before any
+  data is prepared, anything compiled, or the workdir created."""
+  validate.config(config)
   os.makedirs(workdir, exist_ok=True)
   if config.stage == "autoencoder":
     return train_autoencoder(config, workdir)

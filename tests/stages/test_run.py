@@ -144,5 +144,5 @@ def test_bad_stage_and_missing_first_stage_raise(tmp_path):
   c.stage = "vae"
   with pytest.raises(ValueError, match="valid choices: autoencoder, latent_diffusion"):
     run.train(c, str(tmp_path / "x"))
-  with pytest.raises(ValueError, match="No exported model"):
+  with pytest.raises(ValueError, match="first_stage.workdir=.*missing'.*trained autoencoder run"):
     run.train(_tiny_ldm_config(str(tmp_path / "missing"), 1), str(tmp_path / "y"))

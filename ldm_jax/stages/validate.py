@@ -1,0 +1,257 @@
+"""Up-front validation of a training config: every section's values, before anything runs.
+
+  validate.config(config)   # ValueError("train.num_steps=-5: expected an integer >= 1.")
+                            # ValueError("parallel.mode='tp'; valid choices: pmap, mesh.")
+
+`run.train` calls it before any data is prepared, anything compiled, or the workdir written, so a
+bad value costs nothing and leaves the workdir untouched. Each error names the full key, the bad
+value and the valid range or choices. Keys a config does not have are skipped (older exports,
+hand-made configs); the builders and data code keep their own checks for what only they can see.
+"""
+
+import math
+import numbers
+import os
+
+import jax
+
+from ldm_jax import samplers
+from ldm_jax import schedules
+from ldm_jax.data import preprocess
+from ldm_jax.diffusion import losses
+from ldm_jax.diffusion import parameterization
+from ldm_jax.models import discriminator
+from ldm_jax.models import precision
+from ldm_jax.stages import autoencoder as ae_stage
+from ldm_jax.stages import builders
+from ldm_jax.stages import gan
+from ldm_jax.stages import latent_diffusion as ldm_stage
+from ldm_jax.train import distributed
+from ldm_jax.train import optim
+from ldm_jax.train import parallel
+
+STAGES = ("autoencoder", "latent_diffusion")
+_MISSING = object()
+
+
+def _bad(key, value, expected):
+  raise ValueError(f"{key}={value!r}: expected {expected}.")
+
+
+def _get(section, path):
+  """section[path] for a dotted path, _MISSING where a key is absent."""
+  for part in path.split("."):
+    if not hasattr(section, "get") or part not in section:
+      return _MISSING
+    section = section[part]
+  return section
+
+
+def _int(c, key, lo, hi=None):
+  v = _get(c, key)
+  if v is _MISSING:
+    return None
+  ok = isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= lo and (hi is None or v <= hi)
+  if not ok:
+    _bad(key, v, f"an integer >= {lo}" + (f" and <= {hi}" if hi is not None else ""))
+  return int(v)
+
+
+def _real(c, key, lo=None, hi=None, *, lo_open=False, hi_open=False):
+  """A finite number within the interval given (None: unbounded)."""
+  v = _get(c, key)
+  if v is _MISSING:
+    return None
+  interval = (f"{'(' if lo_open else '['}{'-inf' if lo is None else lo}, "
+              f"{'inf' if hi is None else hi}{')' if hi_open or hi is None else ']'}")
+  ok = isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+  ok = ok and (lo is None or (v > lo if lo_open else v >= lo))
+  ok = ok and (hi is None or (v < hi if hi_open else v <= hi))
+  if not ok:
+    _bad(key, v, f"a finite number in {interval}")
+  return float(v)
+
+
+def _choice(c, key, choices):
+  v = _get(c, key)
+  if v is not _MISSING and v not in choices:
+    raise ValueError(f"{key}={v!r}; valid choices: {', '.join(map(str, choices))}.")
+  return None if v is _MISSING else v
+
+
+def _bool(c, key):
+  v = _get(c, key)
+  if v is not _MISSING and not isinstance(v, bool):
+    _bad(key, v, "True or False")
+
+
+def _channels(c, key):
+  """A non-empty tuple of integers >= 1 (block_out_channels)."""
+  v = _get(c, key)
+  if v is _MISSING:
+    return None
+  if not isinstance(v, (tuple, list)) or not v or not all(
+      isinstance(x, numbers.Integral) and not isinstance(x, bool) and x >= 1 for x in v):
+    _bad(key, v, "a non-empty tuple of integers >= 1")
+  return tuple(int(x) for x in v)
+
+
+def _groups_divide(c, groups_key, channels_key):
+  groups, channels = _int(c, groups_key, 1), _channels(c, channels_key)
+  if groups and channels and any(ch % groups for ch in channels):
+    _bad(groups_key, groups, f"a divisor of every {channels_key} entry {channels} (GroupNorm)")
+
+
+def _train(c):
+  _int(c, "seed", 0)
+  _int(c, "train.num_steps", 1)
+  batch = _int(c, "train.global_batch_size", 1)
+  _int(c, "train.save_every", 0)  # 0: only at the end / on preemption
+  _int(c, "train.log_every", 1)
+  _int(c, "train.image_every", 0)  # 0: never
+  _real(c, "train.ema_decay", 0.0, 1.0, hi_open=True)
+  _int(c, "train.max_consecutive_bad", 0)  # 0: never stop
+  return batch
+
+
+def _optim(c):
+  _real(c, "optim.learning_rate", 0.0, lo_open=True)
+  warmup = _int(c, "optim.warmup_steps", 0)
+  decay = _choice(c, "optim.decay", optim.DECAYS)
+  steps = _int(c, "optim.decay_steps", 1)
+  if decay not in (None, "constant") and steps is not None and warmup is not None and steps <= warmup:
+    _bad("optim.decay_steps", steps, f"more than optim.warmup_steps={warmup} for decay={decay!r}")
+  _real(c, "optim.end_lr_factor", 0.0, 1.0)
+  _real(c, "optim.b1", 0.0, 1.0, hi_open=True)
+  _real(c, "optim.b2", 0.0, 1.0, hi_open=True)
+  _real(c, "optim.eps", 0.0, lo_open=True)
+  _real(c, "optim.weight_decay", 0.0)
+  _real(c, "optim.grad_clip_norm", 0.0)  # 0: no clipping
+  _int(c, "optim.grad_accum_steps", 1)
+
+
+def _precision(c, section):
+  """dtype, param_dtype, remat, attention_impl through `precision`'s own checks (which also know
+  that "cudnn" needs a GPU), the message given the section's prefix."""
+  for key in precision.PRECISION_KEYS:
+    v = _get(c, f"{section}.{key}")
+    if v is _MISSING:
+      continue
+    try:
+      precision.module_fields({key: v})
+    except ValueError as e:
+      raise ValueError(f"{section}.{e}") from None
+
+
+def _data(c):
+  _choice(c, "data.source", ("tfds", "folder"))
+  if _get(c, "data.source") == "folder" and not _get(c, "data.data_dir"):
+    _bad("data.data_dir", _get(c, "data.data_dir"), "the folder of images for data.source='folder'")
+  size = _int(c, "data.image_size", 1)
+  channels = _get(c, "data.channels")
+  if channels is not _MISSING and channels is not None and channels not in preprocess.CHANNELS:
+    _bad("data.channels", channels, f"one of {preprocess.CHANNELS} (or None: the dataset's)")
+  _choice(c, "data.crop", preprocess.CROPS)
+  _choice(c, "data.resize", preprocess.RESIZES)
+  _bool(c, "data.flip")
+  _bool(c, "data.shuffle")
+  _real(c, "data.holdout_fraction", 0.0, 1.0, hi_open=True)
+  return size, None if channels is _MISSING else channels
+
+
+def _autoencoder(c, size, channels):
+  _precision(c, "model")
+  _precision(c, "disc")
+  _choice(c, "model.preset", builders.AUTOENCODER_CLASSES + tuple(
+      n for n in dir(builders.autoencoder_lib) if n.isupper()))
+  _groups_divide(c, "model.norm_groups", "model.block_out_channels")
+  for key in ("model.in_channels", "model.out_channels"):
+    n = _int(c, key, 1)
+    if channels is not None and n is not None and n != channels:
+      _bad(key, n, f"data.channels={channels} (the images' channels)")
+  _int(c, "model.z_channels", 1)
+  _int(c, "model.layers_per_block", 1)
+  _int(c, "disc.base_channels", 1)
+  _int(c, "disc.num_layers", 1)
+  _choice(c, "disc.norm", discriminator.NORMS)
+  _choice(c, "loss.rec_loss", ae_stage.REC_LOSSES)
+  _choice(c, "loss.disc_loss", gan.DISC_LOSSES)
+  for key in ("kl_weight", "codebook_weight", "disc_weight", "perceptual_weight"):
+    _real(c, f"loss.{key}", 0.0)
+  _int(c, "loss.disc_start", 0)
+  if (_get(c, "loss.perceptual_weight") or 0) > 0:
+    for key in ("loss.lpips_vgg", "loss.lpips_lin"):
+      if not _get(c, key):
+        _bad(key, _get(c, key), "a weight file path when loss.perceptual_weight > 0")
+  _real(c, "disc_learning_rate", 0.0, lo_open=True)
+  if size is not None and _get(c, "model.preset") is not _MISSING:
+    try:
+      f = builders.autoencoder(c.model).downsampling_factor  # a module definition: nothing runs
+    except TypeError as e:  # a field the module does not have
+      raise ValueError(f"model: {e}") from None
+    if size % f:
+      _bad("data.image_size", size, f"a multiple of the autoencoder's downsampling factor {f}")
+
+
+def _latent_diffusion(c):
+  first = _get(c, "first_stage.workdir")
+  if first is not _MISSING and (not first or not os.path.isdir(first)):
+    _bad("first_stage.workdir", first, "the workdir of a trained autoencoder run (an existing folder)")
+  _bool(c, "first_stage.use_ema")
+  _real(c, "first_stage.scale_factor", 0.0)  # 0: estimated from the first batch
+  _precision(c, "model")
+  _choice(c, "model.preset", ("UNet",) + tuple(n for n in dir(builders.unet_lib) if n.isupper()))
+  _groups_divide(c, "model.norm_num_groups", "model.block_out_channels")
+  _int(c, "model.layers_per_block", 1)
+  _real(c, "model.dropout", 0.0, 1.0, hi_open=True)
+  name = _choice(c, "diffusion.schedule", schedules.SCHEDULE_NAMES)
+  zero_snr = _get(c, "diffusion.zero_terminal_snr")
+  _bool(c, "diffusion.zero_terminal_snr")
+  _int(c, "diffusion.num_timesteps", 2 if zero_snr is True else 1)
+  if name not in (None, "cosine"):
+    start = _real(c, "diffusion.beta_start", 0.0, 1.0, lo_open=True, hi_open=True)
+    end = _real(c, "diffusion.beta_end", 0.0, 1.0, lo_open=True, hi_open=True)
+    if start is not None and end is not None and end < start:
+      _bad("diffusion.beta_end", end, f">= diffusion.beta_start={start}")
+  _choice(c, "diffusion.prediction_type", parameterization.PREDICTION_TYPES)
+  _choice(c, "diffusion.weighting", losses.WEIGHTINGS)
+  _choice(c, "diffusion.loss_type", losses.LOSS_TYPES)
+  _real(c, "diffusion.min_snr_gamma", 0.0, lo_open=True)
+  if _choice(c, "diffusion.conditioning", ldm_stage.CONDITIONINGS) == "class":
+    _int(c, "diffusion.num_classes", 1)
+  _real(c, "diffusion.p_uncond", 0.0, 1.0)
+  _choice(c, "sample.method", tuple(samplers.METHODS))
+  _int(c, "sample.num_steps", 1)
+  _real(c, "sample.guidance_scale")
+  _int(c, "sample.per_class", 1)
+
+
+def _parallel(c, batch):
+  _choice(c, "parallel.mode", parallel.MODES)
+  n = _int(c, "parallel.num_devices", 0, jax.device_count())  # 0: every device
+  n = n or jax.device_count()
+  fsdp = _int(c, "parallel.num_fsdp", 1)
+  if fsdp is not None and n % fsdp:
+    _bad("parallel.num_fsdp", fsdp, f"a divisor of the {n} devices used")
+  if batch is not None and batch % n:
+    _bad("train.global_batch_size", batch, f"a multiple of the {n} devices used (parallel.num_devices)")
+  _choice(c, "distributed.auto", distributed.AUTO)
+  _real(c, "distributed.initialization_timeout", 0.0, lo_open=True)
+  _real(c, "distributed.heartbeat_timeout", 0.0, lo_open=True)
+
+
+def config(c) -> None:
+  """Raises ValueError naming the first bad key of a training config (stage, data, model, loss,
+  diffusion, optim, train, sample, parallel and distributed sections), its value and the valid
+  range or choices."""
+  _choice(c, "stage", STAGES)
+  if _get(c, "stage") is _MISSING:
+    raise ValueError(f"stage is missing; valid choices: {', '.join(STAGES)}.")
+  batch = _train(c)
+  _optim(c)
+  size, channels = _data(c)
+  if c.stage == "autoencoder":
+    _autoencoder(c, size, channels)
+  else:
+    _latent_diffusion(c)
+  _parallel(c, batch)

@@ -1,0 +1,123 @@
+"""Up-front config validation: every shipped config passes; each bad value raises a ValueError
+naming the full key, the value and the valid range, before the workdir is created or anything runs
+(also through the command line)."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from experiments.configs import mnist_autoencoder, mnist_ldm, paper_autoencoder, paper_ldm
+from ldm_jax.stages import run, validate
+from tests.configs import tiny
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+SHIPPED = ([("mnist_autoencoder", mnist_autoencoder.get_config), ("mnist_ldm", mnist_ldm.get_config)]
+           + [(f"paper_autoencoder:{v}", lambda v=v: paper_autoencoder.get_config(v))
+              for v in paper_autoencoder.VARIANTS]
+           + [(f"paper_ldm:{v}", lambda v=v: paper_ldm.get_config(v)) for v in paper_ldm.VARIANTS]
+           + [(f"tiny:{s}", lambda s=s: tiny.get_config(s)) for s in tiny.STAGES])
+
+
+def _with_first_stage(c, folder):
+  if c.stage == "latent_diffusion":
+    c.first_stage.workdir = str(folder)  # given at launch (--config.first_stage.workdir=...)
+  return c
+
+
+def test_every_shipped_config_passes(tmp_path):
+  for name, get in SHIPPED:
+    c = _with_first_stage(get(), tmp_path)
+    validate.config(c)  # raises with the config's name in the traceback otherwise
+    assert name
+
+
+AE_CASES = [
+    ("train.num_steps", -5, "an integer >= 1"), ("train.num_steps", 2.5, "an integer >= 1"),
+    ("train.global_batch_size", 0, "an integer >= 1"), ("train.global_batch_size", 7, "multiple of the"),
+    ("train.log_every", 0, ">= 1"), ("train.save_every", -1, ">= 0"),
+    ("train.ema_decay", 1.0, "[0.0, 1.0)"), ("train.ema_decay", float("nan"), "finite"),
+    ("optim.learning_rate", 0.0, "(0.0, inf)"), ("optim.learning_rate", -1e-4, "(0.0, inf)"),
+    ("optim.b2", 1.0, "[0.0, 1.0)"), ("optim.decay", "exp", "valid choices: cosine, linear, constant"),
+    ("optim.decay_steps", 10, "more than optim.warmup_steps=50"),
+    ("optim.grad_accum_steps", 0, ">= 1"), ("disc_learning_rate", 0.0, "(0.0, inf)"),
+    ("data.image_size", 30, "multiple of the autoencoder's downsampling factor 4"),
+    ("data.channels", 2, "(1, 3)"), ("model.in_channels", 3, "data.channels=1"),
+    ("data.crop", "middle", "valid choices: center, random, none"), ("data.holdout_fraction", 1.0, "[0.0, 1.0)"),
+    ("model.norm_groups", 5, "divisor of every model.block_out_channels"),
+    ("model.dtype", "float64", "valid choices: float32, bfloat16, float16"),
+    ("disc.remat", "sometimes", "valid choices: none, full, dots, dots_no_batch"),
+    ("model.preset", "Nope", "valid choices: AutoencoderKL, VQModel"), ("loss.rec_loss", "l3", "valid choices: l1, l2"),
+    ("loss.disc_loss", "wgan", "valid choices: hinge, vanilla"), ("loss.kl_weight", -1.0, "[0.0, inf)"),
+    ("loss.perceptual_weight", -1.0, "[0.0, inf)"), ("disc.norm", "layer", "valid choices: batch, group, none"),
+    ("parallel.mode", "tp", "valid choices: pmap, mesh"), ("parallel.num_devices", 99, "<= "),
+    ("distributed.auto", "maybe", "valid choices: detect, always, never"), ("stage", "vae", "valid choices: autoencoder, latent_diffusion"),
+]
+LDM_CASES = [
+    ("diffusion.beta_start", 0.0, "(0.0, 1.0)"), ("diffusion.beta_end", 0.001, ">= diffusion.beta_start"),
+    ("diffusion.schedule", "quadratic", "valid choices: linear, scaled_linear, cosine, sigmoid"), ("diffusion.num_timesteps", 0, ">= 1"),
+    ("diffusion.prediction_type", "x0", "valid choices: epsilon, sample, v_prediction"), ("diffusion.p_uncond", 1.5, "[0.0, 1.0]"),
+    ("diffusion.conditioning", "text", "valid choices: none, class"), ("diffusion.num_classes", 0, ">= 1"),
+    ("diffusion.min_snr_gamma", 0.0, "(0.0, inf)"), ("model.dropout", -0.1, "[0.0, 1.0)"),
+    ("model.norm_num_groups", 3, "divisor"), ("sample.method", "plms", "valid choices: ddpm, ddim, dpmpp_2m"),
+    ("sample.num_steps", 0, ">= 1"), ("sample.guidance_scale", float("inf"), "finite"),
+    ("first_stage.workdir", "", "trained autoencoder run"),
+    ("first_stage.scale_factor", -1.0, "[0.0, inf)"),
+]
+
+
+def _set(c, key, value):
+  *path, last = key.split(".")
+  section = c
+  for p in path:
+    section = section[p]
+  with section.ignore_type():
+    section[last] = value
+
+
+@pytest.mark.parametrize("key,value,words", AE_CASES + [("ldm:" + k, v, w) for k, v, w in LDM_CASES])
+def test_bad_values_name_key_value_and_range(key, value, words, tmp_path):
+  ldm = key.startswith("ldm:")
+  key = key.removeprefix("ldm:")
+  c = _with_first_stage(mnist_ldm.get_config() if ldm else mnist_autoencoder.get_config(), tmp_path)
+  _set(c, key, value)
+  with pytest.raises(ValueError) as err:
+    validate.config(c)
+  message = str(err.value)
+  assert message.startswith(f"{key}={value!r}"), message
+  assert words in message, message
+
+
+def test_perceptual_loss_needs_its_weight_files():
+  c = mnist_autoencoder.get_config()
+  c.loss.perceptual_weight = 1.0
+  with pytest.raises(ValueError, match=r"loss.lpips_vgg='': expected a weight file path"):
+    validate.config(c)
+
+
+def test_bad_config_leaves_workdir_untouched(tmp_path):
+  c = mnist_autoencoder.get_config()
+  c.train.num_steps = -5
+  with pytest.raises(ValueError, match="train.num_steps"):
+    run.train(c, str(tmp_path / "new"))
+  assert not os.path.exists(tmp_path / "new")
+  (tmp_path / "old").mkdir()
+  (tmp_path / "old" / "keep.txt").write_text("x")
+  with pytest.raises(ValueError, match="train.num_steps"):
+    run.train(c, str(tmp_path / "old"))
+  assert os.listdir(tmp_path / "old") == ["keep.txt"]
+
+
+def test_cli_bad_config_one_line_and_no_workdir(tmp_path):
+  workdir = tmp_path / "w"
+  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
+  out = subprocess.run([sys.executable, "-m", "ldm_jax.main", "train",
+                        "--config=experiments/configs/mnist_autoencoder.py",
+                        "--config.train.num_steps=-5", f"--workdir={workdir}"],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert out.returncode != 0
+  lines = out.stderr.strip().splitlines()
+  assert lines == ["ldm_jax.main train: error: train.num_steps=-5: expected an integer >= 1."], out.stderr
+  assert not workdir.exists()
