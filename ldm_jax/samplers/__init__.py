@@ -70,6 +70,9 @@ def noise_level(schedule, step, **grid_kwargs):
   `sample(..., start_step=step)` is x = alpha_t x0 + sigma_t eps (the usual q_sample).
   """
   xs = make_tables(schedule, **grid_kwargs).xs
+  S = len(xs["t"])
+  if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or not 0 <= step < S:
+    raise ValueError(f"step must be an integer in [0, {S - 1}] (a grid step), got {step!r}.")
   return float(xs["t"][step]), float(xs["alpha"][step]), float(xs["sigma"][step])
 
 

@@ -159,3 +159,9 @@ def test_guidance_scale_must_be_finite_when_concrete():
   cond = lambda x, t, c: x
   with pytest.raises(ValueError, match=r"guidance_scale: 1 value is NaN; expected finite"):
     samplers.classifier_free_guidance(cond, jnp.zeros((2,)), jnp.zeros((2,)), jnp.array([1.0, jnp.nan]))
+
+
+@pytest.mark.parametrize("step", [5, -1, 2.0, None])
+def test_noise_level_step_out_of_the_grid_raises(step):
+  with pytest.raises(ValueError, match=r"step must be an integer in \[0, 4\]"):
+    samplers.noise_level(SCHEDULE, step, method="ddim", num_steps=5)
