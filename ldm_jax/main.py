@@ -1,4 +1,4 @@
-"""Command line of ldm_jax: train a stage, or sample a grid from a trained model.
+r"""Command line of ldm_jax: train a stage, or sample a grid from a trained model.
 
   # train (the stage is config.stage; any key can be overridden):
   python -m ldm_jax.main --config=experiments/configs/mnist_autoencoder.py --workdir=workdirs/mnist_ae
@@ -7,6 +7,15 @@
   # sample a PNG grid (one row per label):
   python -m ldm_jax.main sample --workdir=workdirs/mnist_ldm --out=samples.png \
       --labels=0,1,2,3,4,5,6,7,8,9 --per_label=8 --method=dpmpp_2m --num_steps=25 --guidance_scale=2
+  # your own images (README "Train on your own images"), and the resolved config without running:
+  python -m ldm_jax.main --config=experiments/configs/mnist_autoencoder.py --workdir=workdirs/ae \
+      --config.data.source=folder --config.data.data_dir=my_images --config.data.channels=3 \
+      --config.model.in_channels=3 --config.model.out_channels=3 --print_config
+
+Configs (every key has a one-line comment there; override any with --config.KEY=VALUE):
+  experiments/configs/mnist_autoencoder.py   the first stage (KL autoencoder + PatchGAN)
+  experiments/configs/mnist_ldm.py           the latent diffusion model on a trained first stage
+  experiments/configs/paper_autoencoder.py:VARIANT, paper_ldm.py:VARIANT   the paper's models
 
 Multi-process runs (TPU pods, SLURM / Open MPI clusters, or N processes started by hand): run the
 same command in every process; `jax.distributed` is initialised from the config's `distributed`
@@ -23,12 +32,16 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from ldm_jax import cli_flags
 from ldm_jax import launch
 
 COMMANDS = ("train", "sample")
 
-config_flags.DEFINE_config_file("config", None, "Experiment config file (experiments/configs/*.py).",
-                                lock_config=True)
+config_flags.DEFINE_config_file(
+    "config", None, "train: experiment config file, experiments/configs/NAME.py[:VARIANT]; "
+    "override any key with --config.KEY=VALUE.", lock_config=True)
+flags.DEFINE_bool("print_config", False, "train: print the resolved config (the file and its "
+                  "overrides) and exit without training or writing anything.")
 flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, export.")
 flags.DEFINE_string("out", "samples.png", "sample: output PNG path.")
 flags.DEFINE_string("labels", "", "sample: comma-separated class labels (one grid row each; "
@@ -42,6 +55,9 @@ FLAGS = flags.FLAGS
 
 
 def _train():
+  if FLAGS.config is not None and FLAGS.print_config:
+    print(FLAGS.config)
+    return
   from ldm_jax.stages import run  # pylint: disable=import-outside-toplevel
   if FLAGS.config is None or FLAGS.workdir is None:
     raise app.UsageError("train needs --config=<experiments/configs/NAME.py> and --workdir=<dir>.")
@@ -89,4 +105,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli_flags.parse)
