@@ -83,11 +83,12 @@ def load_diffusers(path, *, variant=None, **overrides):
   return module, unet_params_from_state_dict(state_dict, config)
 
 
-def save_diffusers(module, params, path):
+def save_diffusers(module, params, path, **config_keys):
   """Writes config.json and diffusion_pytorch_model.safetensors for ``module`` (no torch needed).
 
   Parameters are stored as float32 unless they are float16 (bfloat16 has no numpy dtype in
-  safetensors' numpy API).
+  safetensors' numpy API). config_keys: config entries the module does not hold, e.g.
+  ``sample_size`` (the latent size of a pipeline's UNet, which its pipeline reads).
   """
   from ldm_jax.models.autoencoder import AutoencoderKL, VQModel
   from safetensors.numpy import save_file
@@ -102,6 +103,7 @@ def save_diffusers(module, params, path):
     state_dict = to_torch(params) if to_torch else torch_layout.flax_to_torch(params)
   state_dict = {k: v if v.dtype in (np.float32, np.float16) else v.astype(np.float32)
                 for k, v in state_dict.items()}
+  config.update(config_keys)
   os.makedirs(path, exist_ok=True)
   with open(os.path.join(path, CONFIG_NAME), "w") as f:
     json.dump(config, f, indent=2, sort_keys=True)

@@ -38,6 +38,7 @@ from ldm_jax.pipeline import images as images_lib
 from ldm_jax.pipeline import loading
 from ldm_jax.pipeline import programs
 from ldm_jax.pipeline import prompts as prompts_lib
+from ldm_jax.pipeline import saving
 from ldm_jax.pipeline import scheduler_config
 from ldm_jax.pipeline import single_file
 from ldm_jax.pipeline.persistent_cache import enable_persistent_cache
@@ -158,6 +159,13 @@ class LatentDiffusionPipeline:
     return cls(**{**single_file.from_single_file(path, version=version,
                                                  prediction_type=prediction_type, config=config),
                   **kwargs})
+
+  def save_pretrained(self, folder: str) -> str:
+    """Writes this pipeline as a diffusers pipeline folder (`saving.save_pretrained`: LDMPipeline
+    with unet/, vqvae/ holding the latent scale factor, and scheduler/ with the training schedule,
+    prediction type, timestep grid and default method) that diffusers' `from_pretrained` and
+    `LatentDiffusionPipeline.from_pretrained` load; returns the folder."""
+    return saving.save_pretrained(self, folder)
 
   # ---------------------------------------------------------------------------------------------
   # Properties and plumbing.

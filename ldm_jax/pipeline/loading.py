@@ -130,6 +130,14 @@ def pipeline_components(path: str) -> tuple[set, str | None]:
   return listed, index.get("_class_name")
 
 
+def saved_sampling_defaults(path: str) -> dict:
+  """The num_steps / guidance_scale that `save_pretrained` recorded in model_index.json ({})."""
+  index_file = os.path.join(path, "model_index.json")
+  if not os.path.exists(index_file):
+    return {}
+  return _read_json(index_file).get("_ldm_jax_sampling_defaults", {})
+
+
 def _scheduler(path, components, overrides):
   """(schedule, prediction_type, grid, default method) from scheduler/ (or LDM_SCHEDULER)."""
   sched_file = os.path.join(path, "scheduler", "scheduler_config.json")
@@ -187,7 +195,8 @@ def from_pretrained(path: str, num_classes: int | None = None,
     num_classes = unet.num_class_embeds - 1
   text_defaults = TEXT_TO_IMAGE_DEFAULTS.get(pipeline_class,
                                              TEXT_TO_IMAGE_DEFAULTS["StableDiffusionPipeline"])
-  defaults = {"method": method, **(text_defaults if prompt_encoder else {})}
+  defaults = {"method": method, **(text_defaults if prompt_encoder else {}),
+              **saved_sampling_defaults(path)}
   return dict(unet=unet, unet_params=unet_params, autoencoder=ae, ae_params=ae_params,
               schedule=schedule, scale_factor=ae.scaling_factor, shift_factor=ae.shift_factor,
               prediction_type=prediction_type, num_classes=num_classes,

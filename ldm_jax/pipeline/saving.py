@@ -1,0 +1,102 @@
+"""A pipeline as a diffusers pipeline folder (`LatentDiffusionPipeline.save_pretrained`).
+
+  folder/model_index.json        LDMPipeline: unet, vqvae, scheduler
+  folder/unet/                   UNet2DModel config (with sample_size = the latent size) + weights
+  folder/vqvae/                  AutoencoderKL or VQModel, scaling_factor = the pipeline's latent
+                                 scale factor (shift_factor too), sample_size = the image size
+  folder/scheduler/              scheduler_config.json: the pipeline's training schedule
+                                 (trained_betas, exact for every schedule), prediction_type, its
+                                 sampler grid (scheduler_config.GRID_KEYS) and its default method's
+                                 scheduler class (num_steps and guidance_scale: model_index.json)
+
+diffusers' `DiffusionPipeline.from_pretrained(folder)` loads it (LDMPipeline divides the latents
+by vqvae.config.scaling_factor before decoding, as this pipeline does), and
+`LatentDiffusionPipeline.from_pretrained(folder)` reads it back with the same settings. A class-
+conditional UNet keeps its class embedding (num_class_embeds = K + 1, the null label K); diffusers
+has no pipeline class that passes labels, so drive its loop with `class_labels=`.
+"""
+
+import json
+import os
+
+import numpy as np
+
+from ldm_jax.pipeline import scheduler_config as sched_lib
+
+DIFFUSERS_VERSION = "0.31.0"
+# model_index.json entry (private to diffusers: a leading "_") with the sampling defaults that no
+# diffusers file holds; the method is the scheduler's class.
+SAMPLING_KEY = "_ldm_jax_sampling_defaults"
+# method -> the diffusers scheduler class written for it (SCHEDULER_METHODS inverted).
+SCHEDULER_CLASSES = {m: c for c, m in sched_lib.SCHEDULER_METHODS.items()}
+# Options of each class that diffusers defaults differently from the samplers (written explicitly).
+_CLASS_OPTIONS = {
+    "DDIMScheduler": {"clip_sample": False, "thresholding": False},
+    "DDPMScheduler": {"clip_sample": False, "thresholding": False},
+    "DPMSolverMultistepScheduler": {"algorithm_type": "dpmsolver++", "solver_order": 2,
+                                    "thresholding": False, "final_sigmas_type": "zero",
+                                    "euler_at_final": False, "lower_order_final": True},
+}
+
+
+def _write_json(path, obj):
+  with open(path, "w", encoding="utf-8") as f:
+    json.dump(obj, f, indent=2, sort_keys=True)
+
+
+def _size(shape):
+  """diffusers' sample_size: an int for square shapes, else [h, w]."""
+  return int(shape[0]) if shape[0] == shape[1] else [int(shape[0]), int(shape[1])]
+
+
+def scheduler_config(pipe) -> dict:
+  """The diffusers scheduler config of a pipeline (see the module docstring)."""
+  method = pipe.defaults["method"]
+  cls = SCHEDULER_CLASSES.get(method, "DDIMScheduler")
+  grid = pipe.sampler_grid
+  betas = np.asarray(pipe.schedule.betas, np.float64)
+  config = {"_class_name": cls, "_diffusers_version": DIFFUSERS_VERSION,
+            "num_train_timesteps": int(betas.shape[0]), "beta_schedule": "linear",
+            "beta_start": float(betas[0]), "beta_end": float(betas[-1]),
+            "trained_betas": betas.tolist(), "prediction_type": pipe.prediction_type,
+            "steps_offset": int(grid.get("steps_offset", 0)),
+            "set_alpha_to_one": bool(grid.get("set_alpha_to_one", True)),
+            "use_karras_sigmas": bool(grid.get("karras_sigmas", False)),
+            "variance_type": grid.get("variance_type", "fixed_small"),
+            **_CLASS_OPTIONS.get(cls, {})}
+  spacing = grid.get("timestep_spacing", "leading")  # make_tables' default when not given
+  if spacing is not None:  # None: each method's class default, i.e. the key left out
+    config["timestep_spacing"] = spacing
+  return config
+
+
+def save_pretrained(pipe, folder: str) -> str:
+  """Writes `pipe` as a diffusers pipeline folder (module docstring); returns the folder."""
+  from ldm_jax import convert  # pylint: disable=import-outside-toplevel
+  if pipe.prompt_encoder is not None:
+    raise NotImplementedError("save_pretrained does not write text encoders yet (tokenizer/ and "
+                              "text_encoder/); it saves class-conditional and unconditional "
+                              "pipelines.")
+  if pipe.conditioning == "context":
+    raise ValueError("A cross-attention UNet without a text encoder has no diffusers pipeline "
+                     "class; save_pretrained saves class-conditional and unconditional pipelines.")
+  os.makedirs(folder, exist_ok=True)
+  ae = pipe.autoencoder.clone(scaling_factor=pipe.scale_factor)
+  if hasattr(ae, "shift_factor"):
+    ae = ae.clone(shift_factor=pipe.shift_factor)
+  elif pipe.shift_factor:
+    raise ValueError(f"{type(ae).__name__} has no shift_factor; the pipeline's is {pipe.shift_factor}.")
+  convert.save_diffusers(pipe.unet, pipe.unet_params, os.path.join(folder, "unet"),
+                         sample_size=_size(pipe.latent_shape))
+  convert.save_diffusers(ae, pipe.ae_params, os.path.join(folder, "vqvae"),
+                         sample_size=_size(pipe.image_shape))
+  os.makedirs(os.path.join(folder, "scheduler"), exist_ok=True)
+  sched = scheduler_config(pipe)
+  _write_json(os.path.join(folder, "scheduler", "scheduler_config.json"), sched)
+  unet_class = convert.read_config(os.path.join(folder, "unet"))["_class_name"]
+  _write_json(os.path.join(folder, "model_index.json"), {
+      "_class_name": "LDMPipeline", "_diffusers_version": DIFFUSERS_VERSION,
+      "unet": ["diffusers", unet_class], "vqvae": ["diffusers", type(ae).__name__],
+      "scheduler": ["diffusers", sched["_class_name"]],
+      SAMPLING_KEY: {k: pipe.defaults[k] for k in ("num_steps", "guidance_scale")}})
+  return folder
