@@ -1,6 +1,10 @@
 """A pipeline as a diffusers pipeline folder (`LatentDiffusionPipeline.save_pretrained`).
 
-  folder/model_index.json        LDMPipeline: unet, vqvae, scheduler
+  folder/model_index.json        LDMPipeline: unet, vqvae, scheduler; with a CLIP text encoder
+                                 StableDiffusionPipeline: unet, vae, scheduler, text_encoder,
+                                 tokenizer (no safety checker)
+  folder/text_encoder/           transformers CLIPTextModel config + model.safetensors
+  folder/tokenizer/              CLIPTokenizer vocab.json, merges.txt, its pad token and length
   folder/unet/                   UNet2DModel config (with sample_size = the latent size) + weights
   folder/vqvae/                  AutoencoderKL or VQModel, scaling_factor = the pipeline's latent
                                  scale factor (shift_factor too), sample_size = the image size
@@ -70,17 +74,51 @@ def scheduler_config(pipe) -> dict:
   return config
 
 
+def _save_text(encoder, folder):
+  """text_encoder/ (transformers CLIPTextModel) and tokenizer/ (CLIPTokenizer) of a CLIP prompt
+  encoder."""
+  from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
+  from ldm_jax.convert import torch_layout  # pylint: disable=import-outside-toplevel
+  from ldm_jax.models.clip_text import CLIPTextTransformer  # pylint: disable=import-outside-toplevel
+  m, tok = encoder.module, encoder.tokenizer
+  if not isinstance(m, CLIPTextTransformer) or type(tok.model).__name__ != "BPE":
+    raise NotImplementedError(f"save_pretrained writes CLIP text encoders only, not "
+                              f"{type(m).__name__} with a {type(tok.model).__name__} tokenizer.")
+  if m.clip_skip:
+    raise ValueError(f"clip_skip={m.clip_skip} has no CLIPTextModel config key; save the pipeline "
+                     "without it (the saved model gives the last layer's context).")
+  out = os.path.join(folder, "text_encoder")
+  os.makedirs(out, exist_ok=True)
+  _write_json(os.path.join(out, "config.json"), {
+      "architectures": ["CLIPTextModel"], "model_type": "clip_text_model",
+      "vocab_size": m.vocab_size, "max_position_embeddings": m.max_length, "hidden_size": m.width,
+      "num_hidden_layers": m.layers, "num_attention_heads": m.heads,
+      "intermediate_size": m.mlp_dim, "hidden_act": m.activation,
+      "layer_norm_eps": m.layer_norm_eps, "torch_dtype": "float32"})
+  state = {"text_model." + k: np.asarray(v, np.float32)  # the key layout every version loads
+           for k, v in torch_layout.flax_to_torch(encoder.params).items()}
+  save_file(state, os.path.join(out, "model.safetensors"))
+  out = os.path.join(folder, "tokenizer")
+  os.makedirs(out, exist_ok=True)
+  tok.model.save(out)  # vocab.json, merges.txt
+  _write_json(os.path.join(out, "tokenizer_config.json"), {
+      "tokenizer_class": "CLIPTokenizer", "model_max_length": tok.truncation["max_length"],
+      "pad_token": tok.padding["pad_token"], "bos_token": "<|startoftext|>",
+      "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>"})
+
+
 def save_pretrained(pipe, folder: str) -> str:
   """Writes `pipe` as a diffusers pipeline folder (module docstring); returns the folder."""
   from ldm_jax import convert  # pylint: disable=import-outside-toplevel
-  if pipe.prompt_encoder is not None:
-    raise NotImplementedError("save_pretrained does not write text encoders yet (tokenizer/ and "
-                              "text_encoder/); it saves class-conditional and unconditional "
-                              "pipelines.")
-  if pipe.conditioning == "context":
+  text = pipe.prompt_encoder is not None
+  if pipe.conditioning == "context" and not text:
     raise ValueError("A cross-attention UNet without a text encoder has no diffusers pipeline "
-                     "class; save_pretrained saves class-conditional and unconditional pipelines.")
+                     "class; save_pretrained saves text, class-conditional and unconditional "
+                     "pipelines.")
   os.makedirs(folder, exist_ok=True)
+  if text:
+    _save_text(pipe.prompt_encoder, folder)
+  vae_folder = "vae" if text else "vqvae"
   ae = pipe.autoencoder.clone(scaling_factor=pipe.scale_factor)
   if hasattr(ae, "shift_factor"):
     ae = ae.clone(shift_factor=pipe.shift_factor)
@@ -88,15 +126,21 @@ def save_pretrained(pipe, folder: str) -> str:
     raise ValueError(f"{type(ae).__name__} has no shift_factor; the pipeline's is {pipe.shift_factor}.")
   convert.save_diffusers(pipe.unet, pipe.unet_params, os.path.join(folder, "unet"),
                          sample_size=_size(pipe.latent_shape))
-  convert.save_diffusers(ae, pipe.ae_params, os.path.join(folder, "vqvae"),
+  convert.save_diffusers(ae, pipe.ae_params, os.path.join(folder, vae_folder),
                          sample_size=_size(pipe.image_shape))
   os.makedirs(os.path.join(folder, "scheduler"), exist_ok=True)
   sched = scheduler_config(pipe)
   _write_json(os.path.join(folder, "scheduler", "scheduler_config.json"), sched)
   unet_class = convert.read_config(os.path.join(folder, "unet"))["_class_name"]
-  _write_json(os.path.join(folder, "model_index.json"), {
-      "_class_name": "LDMPipeline", "_diffusers_version": DIFFUSERS_VERSION,
-      "unet": ["diffusers", unet_class], "vqvae": ["diffusers", type(ae).__name__],
-      "scheduler": ["diffusers", sched["_class_name"]],
-      SAMPLING_KEY: {k: pipe.defaults[k] for k in ("num_steps", "guidance_scale")}})
+  index = {"_class_name": "StableDiffusionPipeline" if text else "LDMPipeline",
+           "_diffusers_version": DIFFUSERS_VERSION, "unet": ["diffusers", unet_class],
+           vae_folder: ["diffusers", type(ae).__name__],
+           "scheduler": ["diffusers", sched["_class_name"]],
+           SAMPLING_KEY: {k: pipe.defaults[k] for k in ("num_steps", "guidance_scale")}}
+  if text:
+    index.update(text_encoder=["transformers", "CLIPTextModel"],
+                 tokenizer=["transformers", "CLIPTokenizer"], safety_checker=[None, None],
+                 feature_extractor=[None, None], image_encoder=[None, None],
+                 requires_safety_checker=False)
+  _write_json(os.path.join(folder, "model_index.json"), index)
   return folder

@@ -127,3 +127,40 @@ def test_from_pretrained_round_trips_every_setting_and_file(saved, tmp_path):
   rebuilt = diffusers.UNet2DModel.from_config(_json(folder, "unet", "config.json")).config
   assert {k: v for k, v in rebuilt.items() if not k.startswith("_")} == \
       {k: v for k, v in unet_config.items() if not k.startswith("_")}
+
+
+@pytest.mark.parametrize("variant", ["sd2"])
+def test_text_pipeline_saves_a_stable_diffusion_folder_with_the_same_parts(variant, tmp_path,
+                                                                           torch_one_thread):  # pylint: disable=unused-argument
+  """A Stable Diffusion folder loaded by from_pretrained and saved again: diffusers'
+  StableDiffusionPipeline loads the copy, and every part equals the original's (tokenizer ids,
+  text encoder outputs, UNet / VAE weights, the scheduler's grid and alphas), so its images are
+  the original's, which test_sd_parity checks against this pipeline's."""
+  import sd_refs  # pylint: disable=import-outside-toplevel
+  folder, reference = sd_refs.tiny_sd_pipeline(tmp_path, variant)
+  pipe = LatentDiffusionPipeline.from_pretrained(folder, max_batch=4)
+  saved = pipe.save_pretrained(str(tmp_path / "saved"))
+  copy = diffusers.StableDiffusionPipeline.from_pretrained(saved)
+  prompts = ["a photo of a cat", "An astronaut riding a horse on Mars, 4k!"]
+  ids = [p.tokenizer(prompts, padding="max_length", max_length=77, truncation=True,
+                     return_tensors="pt").input_ids for p in (reference, copy)]
+  torch.testing.assert_close(ids[1], ids[0], rtol=0, atol=0)  # SD 2.x pads with "!" (id 0)
+  with torch.no_grad():
+    torch.testing.assert_close(copy.text_encoder(ids[0])[0], reference.text_encoder(ids[0])[0],
+                               rtol=0, atol=0)
+  for part in ("unet", "vae"):
+    want, got = getattr(reference, part).state_dict(), getattr(copy, part).state_dict()
+    assert sorted(got) == sorted(want), part
+    for k, v in want.items():
+      torch.testing.assert_close(got[k], v, rtol=0, atol=0)
+  assert copy.vae.config.scaling_factor == pytest.approx(reference.vae.config.scaling_factor)
+  for name in ("prediction_type", "timestep_spacing", "steps_offset", "set_alpha_to_one",
+               "clip_sample"):
+    assert copy.scheduler.config[name] == reference.scheduler.config[name], name
+  np.testing.assert_allclose(copy.scheduler.alphas_cumprod, reference.scheduler.alphas_cumprod,
+                             rtol=1e-6)
+  # And back into ldm_jax: the same settings and the same prompt contexts.
+  loaded = LatentDiffusionPipeline.from_pretrained(saved, max_batch=4)
+  for name in ("scale_factor", "latent_shape", "prediction_type", "sampler_grid", "defaults"):
+    assert getattr(loaded, name) == getattr(pipe, name), name
+  np.testing.assert_array_equal(loaded.encode_prompt(prompts), pipe.encode_prompt(prompts))
