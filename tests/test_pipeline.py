@@ -376,3 +376,22 @@ def test_from_workdir_defaults_to_the_run_sample_settings(pipe):
   explicit = pipe.sample(key, 4, labels, method=section.method, num_steps=section.num_steps,
                          guidance_scale=section.guidance_scale, output="latent")
   np.testing.assert_array_equal(pipe.sample(key, 4, labels, output="latent"), explicit)
+
+
+def test_save_pretrained_of_a_run_holds_its_scale_factor_schedule_and_settings(pipe, tmp_path):
+  """A run's pipeline as a diffusers folder: the VAE config carries the run's latent scale factor
+  (0.8 in its metadata; a bare autoencoder export says 1.0), the scheduler its training schedule,
+  and from_pretrained reads back what from_workdir gave."""
+  import json  # pylint: disable=import-outside-toplevel
+  folder = pipe.save_pretrained(str(tmp_path / "ldm"))
+  vae = json.loads((tmp_path / "ldm" / "vqvae" / "config.json").read_text())
+  sched = json.loads((tmp_path / "ldm" / "scheduler" / "scheduler_config.json").read_text())
+  assert vae["scaling_factor"] == pytest.approx(0.8) and vae["_class_name"] == "AutoencoderKL"
+  assert sched["_class_name"] == "DPMSolverMultistepScheduler"  # the run's sample.method
+  np.testing.assert_array_equal(np.asarray(sched["trained_betas"], np.float32), pipe.schedule.betas)
+  loaded = LatentDiffusionPipeline.from_pretrained(folder, max_batch=4)
+  for name in ("scale_factor", "latent_shape", "image_shape", "prediction_type", "num_classes",
+               "defaults"):
+    assert getattr(loaded, name) == getattr(pipe, name), name
+  for a, b in zip(jax.tree.leaves(loaded.unet_params), jax.tree.leaves(pipe.unet_params)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
