@@ -76,3 +76,26 @@ def test_pod_compile_reports_sharded_memory_and_collectives(tmp_path):
     assert r["collectives"]["all-reduce"] + r["collectives"]["all-gather"] > 0  # gradients / fsdp
   assert rows[1]["temp_gib"] > rows[0]["temp_gib"]  # twice the per-device batch, more activations
   assert "Largest per-device batch within 90% of HBM" in out.stdout and "tiny.py:latent_diffusion | 4 |" in out.stdout
+
+
+def test_accelerator_cpu_smoke_prints_labelled_table():
+  """experiments/benchmarks/accelerator.py --cpu_smoke: every planned row ran, labelled as a CPU smoke run."""
+  script = os.path.join(ROOT, "experiments", "benchmarks", "accelerator.py")
+  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
+  out = subprocess.run([sys.executable, script, "--cpu_smoke"], env=env, cwd=ROOT, capture_output=True,
+                       text=True, timeout=900)
+  assert out.returncode == 0, out.stderr[-3000:]
+  summary = out.stdout[out.stdout.index("UNet params:"):]
+  rows = [r for r in _table_rows(summary) if r[0] != "device"]
+  # train at batch 2 without remat, sampling at batch 1, then train with remat "full".
+  assert [(r[1], r[2], r[4]) for r in rows] == [("train step", "2", "none"), ("DDIM guided", "1", "none"),
+                                                ("train step", "2", "full")]
+  for r in rows:
+    assert r[0] == "cpu smoke" and r[8] == "n/a"  # never an accelerator label or an MFU on the CPU
+    ms, images_per_s = float(r[6]), float(r[7])
+    assert ms > 0 and abs(images_per_s - float(r[2]) * 1e3 / ms) <= 0.02 * images_per_s
+    assert float(r[9]) > 0  # the compiled program's memory footprint
+  # Remat recomputes activations instead of keeping them: no larger footprint than without.
+  assert float(rows[2][9]) <= float(rows[0][9]) * 1.05
+  assert "MLPerf Training v4.0" in out.stdout and "~131 images/s per GPU" in out.stdout
+  assert "not run" not in out.stdout
