@@ -144,3 +144,24 @@ def test_misspelt_config_key_is_one_line_with_the_close_match(tmp_path):
   assert lines[0].startswith("ldm_jax.main: error: unknown config key 'train.num_stpes'")
   assert "did you mean 'train.num_steps'?" in lines[0]
   assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("classes", [None, ("a", "b", "c")])
+def test_class_conditional_run_checks_the_folder_labels_before_compiling(tmp_path, classes):
+  from ldm_jax.stages import run  # pylint: disable=import-outside-toplevel
+  from tests.configs import tiny  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(1)
+  for i in range(12):
+    sub = tmp_path / "images" / (classes[i % 3] if classes else "")
+    sub.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rng.integers(0, 256, (32, 32), np.uint8)).save(sub / f"{i}.png")
+  config = tiny.get_config("latent_diffusion")
+  config.data.source, config.data.data_dir = "folder", str(tmp_path / "images")
+  config.first_stage.workdir = cli_runs.tiny_autoencoder_export(str(tmp_path / "ae"))
+  config.first_stage.scale_factor, config.diffusion.num_classes = 1.0, 2
+  match = ("has 3 classes \\['a', 'b', 'c'\\] but diffusion.num_classes=2; set "
+           "--config.diffusion.num_classes=3" if classes else
+           "conditioning='class' needs labels.*--config.diffusion.conditioning=none")
+  with pytest.raises(ValueError, match=match):
+    run.train(config, str(tmp_path / "ldm"))
+  assert not (tmp_path / "ldm" / "checkpoints").exists()

@@ -41,15 +41,23 @@ def _data(config, split=None, **kw):
                                   seed=config.seed, num_devices=kw.pop("num_devices", None), **kw)
 
 
-def _fit(config, workdir, loss_fn, init_params_fn, metadata, extra=None, images_fn=None):
+def _fit(config, workdir, loss_fn, init_params_fn, metadata, extra=None, images_fn=None,
+         check_data=None):
   """The part both stages share: parallel step, state, checkpoints, `fit`, export.
-  images_fn: a `previews` function, written to TensorBoard every config.train.image_every steps."""
+  images_fn: a `previews` function, written to TensorBoard every config.train.image_every steps.
+  check_data: called with the data iterator before anything compiles (raises ValueError)."""
   devices = builders.devices(config)
   tx, lr_schedule = builders.optimizer(config)
   mesh = parallel.make_mesh(config.parallel.num_fsdp, devices)
   dp = parallel.data_parallel(loss_fn, tx, mode=config.parallel.mode, mesh=mesh,
                               ema_decay=config.train.ema_decay, lr_schedule=lr_schedule)
   data = _data(config, num_devices=len(devices))
+  if check_data is not None:
+    try:
+      check_data(data)
+    except ValueError:
+      data.close()
+      raise
   # Logical-axis boxes (nn.LogicallyPartitioned) are metadata for sharding rules; the state, the
   # checkpoints and the export hold plain arrays (the mesh layout uses `parallel.fsdp_spec`).
   init_plain = lambda rng: nn.meta.unbox(init_params_fn(rng))
@@ -174,10 +182,24 @@ def train_latent_diffusion(config: ml_collections.ConfigDict, workdir: str) -> d
         num_steps=sample.get("num_steps", 25), guidance_scale=sample.get("guidance_scale", 2.0),
         seed=config.seed)
   _, result = _fit(config, workdir, loss_fn, init_fn, metadata, extra={"frozen": ae_params},
-                   images_fn=preview)
+                   images_fn=preview, check_data=lambda it: _check_classes(d, it))
   summary = {"steps": result.step, "final_metrics": result.metrics, "latent_scale_factor": scale}
   _write_json(workdir, "eval.json", summary)
   return summary
+
+
+def _check_classes(d, it) -> None:
+  """A class-conditional run needs labels, all below diffusion.num_classes."""
+  if d.conditioning != "class":
+    return
+  if it.num_classes is None:
+    raise ValueError(f"diffusion.conditioning='class' needs labels, and {it.source.description} "
+                     "has none (a folder: one subfolder per class); or train without labels: "
+                     "--config.diffusion.conditioning=none.")
+  if it.num_classes > d.num_classes:
+    raise ValueError(f"{it.source.description} has {it.num_classes} classes "
+                     f"{list(it.class_names or ())} but diffusion.num_classes={d.num_classes}; "
+                     f"set --config.diffusion.num_classes={it.num_classes}.")
 
 
 def _scale_factor(config, workdir, ae, ae_params) -> float:
