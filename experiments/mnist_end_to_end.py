@@ -10,7 +10,8 @@ Steps (all on the embedded offline MNIST, so it runs on a fresh machine with no 
   4. samples of every class with classifier-free guidance, a PNG grid (one row per class), and
      the classifier's accuracy on them (the target is >= 95%).
 Each stage resumes from its checkpoints if the script is interrupted and started again. Results go
-to <workdir>/results.json and experiments/results/mnist_end_to_end.md.
+to <workdir>/results.json and <workdir>/report.md (with the commit and the load average); the
+committed report is refreshed deliberately with --report=experiments/results/mnist_end_to_end.md.
 
 Started as several processes (the README's launch guide: coordinator in the environment, or a
 SLURM / Open MPI / TPU cluster), the two training stages run on all of them (`ldm_jax.launch`);
@@ -23,9 +24,10 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 import json  # pylint: disable=wrong-import-position
+import subprocess  # pylint: disable=wrong-import-position
 import time  # pylint: disable=wrong-import-position
 
-from absl import app, flags  # pylint: disable=wrong-import-position
+from absl import app, flags, logging  # pylint: disable=wrong-import-position
 import jax  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 from PIL import Image  # pylint: disable=wrong-import-position
@@ -42,7 +44,8 @@ flags.DEFINE_integer("ae_steps", 0, "Autoencoder steps (0: the config's).")
 flags.DEFINE_integer("ldm_steps", 0, "LDM steps (0: the config's).")
 flags.DEFINE_integer("classifier_steps", 600, "Digit classifier steps.")
 flags.DEFINE_integer("samples_per_class", 100, "Samples per class for the accuracy.")
-flags.DEFINE_string("report", "experiments/results/mnist_end_to_end.md", "Markdown report ('' for none).")
+flags.DEFINE_string("report", "", "Markdown report path ('': <workdir>/report.md). Pass "
+                    "experiments/results/mnist_end_to_end.md to refresh the committed one.")
 FLAGS = flags.FLAGS
 
 
@@ -69,6 +72,8 @@ def _classifier(workdir):
 
 
 def main(_):
+  if not FLAGS["verbosity"].present:  # as the CLI: library INFO lines (orbax, jax) only with --verbosity=0
+    logging.set_verbosity(logging.WARNING)
   launch.start()  # one simulated device per core, or jax.distributed for a multi-process run
   t0 = time.time()
   os.makedirs(FLAGS.workdir, exist_ok=True)
@@ -121,20 +126,35 @@ def main(_):
                   "sampling_and_eval": t_end - t_ldm, "total": t_end - t0},
       "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
       "grid": grid_path,
+      "commit": _commit(),
+      "load_average": [round(x, 2) for x in os.getloadavg()],
   }
   with open(os.path.join(FLAGS.workdir, "results.json"), "w", encoding="utf-8") as f:
     json.dump(results, f, indent=1)
   print(json.dumps(results, indent=1))
-  if FLAGS.report:
-    _report(results)
+  _report(results, FLAGS.report or os.path.join(FLAGS.workdir, "report.md"))
 
 
-def _report(r):
+def _commit():
+  """The checkout's commit (with "+dirty" for local changes), or "unknown" outside git."""
+  root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+  try:
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
+                          text=True, check=True, timeout=10).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                           capture_output=True, text=True, check=True, timeout=10).stdout.strip()
+  except (OSError, subprocess.SubprocessError):
+    return "unknown"
+  return head + ("+dirty" if dirty else "")
+
+
+def _report(r, path):
   sec = r["seconds"]
   lines = [
       "# MNIST end to end (README main command)", "",
       "Embedded MNIST (train split 8,328 images, held-out 1,672), this 2-core CPU, "
-      f"{r['devices']}.", "",
+      f"{r['devices']}; commit {r['commit']}, load average at the end "
+      f"{'/'.join(f'{x:.2f}' for x in r['load_average'])}.", "",
       "| quantity | value |", "|---|---|",
       f"| digit classifier, held-out accuracy | {r['classifier_heldout_accuracy']:.4f} |",
       f"| autoencoder PSNR (held-out, dB) | {r['autoencoder']['psnr']:.2f} |",
@@ -148,8 +168,8 @@ def _report(r):
       f"{sec['autoencoder']:.0f} / {sec['ldm']:.0f} / {sec['sampling_and_eval']:.0f} |",
       f"| total wall time (s) | {sec['total']:.0f} |", "",
   ]
-  os.makedirs(os.path.dirname(FLAGS.report) or ".", exist_ok=True)
-  with open(FLAGS.report, "w", encoding="utf-8") as f:
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  with open(path, "w", encoding="utf-8") as f:
     f.write("\n".join(lines))
 
 
