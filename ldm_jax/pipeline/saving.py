@@ -2,9 +2,12 @@
 
   folder/model_index.json        LDMPipeline: unet, vqvae, scheduler; with a CLIP text encoder
                                  StableDiffusionPipeline: unet, vae, scheduler, text_encoder,
-                                 tokenizer (no safety checker)
+                                 tokenizer (no safety checker); with LDM's BERT text encoder
+                                 LDMTextToImagePipeline: unet, vqvae, scheduler, bert, tokenizer
   folder/text_encoder/           transformers CLIPTextModel config + model.safetensors
-  folder/tokenizer/              CLIPTokenizer vocab.json, merges.txt, its pad token and length
+  folder/bert/                   diffusers LDMBertModel config + model.safetensors
+  folder/tokenizer/              CLIPTokenizer vocab.json, merges.txt, its pad token and length;
+                                 or BertTokenizer vocab.txt, its lower-casing and length
   folder/unet/                   UNet2DModel config (with sample_size = the latent size) + weights
   folder/vqvae/                  AutoencoderKL or VQModel, scaling_factor = the pipeline's latent
                                  scale factor (shift_factor too), sample_size = the image size
@@ -74,6 +77,40 @@ def scheduler_config(pipe) -> dict:
   return config
 
 
+def _is_bert(encoder):
+  from ldm_jax.models.bert_text import BERTEmbedder  # pylint: disable=import-outside-toplevel
+  return isinstance(encoder.module, BERTEmbedder)
+
+
+def _save_bert(encoder, folder):
+  """bert/ (diffusers LDMBertModel) and tokenizer/ (BertTokenizer) of LDM's txt2img encoder."""
+  from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
+  from ldm_jax.convert import torch_layout  # pylint: disable=import-outside-toplevel
+  m, tok = encoder.module, encoder.tokenizer
+  if type(tok.model).__name__ != "WordPiece":
+    raise NotImplementedError(f"save_pretrained writes a BERT text encoder with its WordPiece "
+                              f"tokenizer, not a {type(tok.model).__name__} one.")
+  out = os.path.join(folder, "bert")
+  os.makedirs(out, exist_ok=True)
+  _write_json(os.path.join(out, "config.json"), {
+      "architectures": ["LDMBertModel"], "model_type": "ldmbert", "vocab_size": m.vocab_size,
+      "max_position_embeddings": m.max_length, "d_model": m.width, "encoder_layers": m.layers,
+      "encoder_attention_heads": m.heads, "head_dim": m.head_dim, "encoder_ffn_dim": m.mlp_dim,
+      "activation_function": "gelu", "torch_dtype": "float32"})
+  # LDMBertModel's to_logits head (unused for the context) is left out: diffusers initialises it.
+  state = {"model." + k: np.asarray(v, np.float32)
+           for k, v in torch_layout.flax_to_torch(encoder.params).items()}
+  save_file(state, os.path.join(out, "model.safetensors"))
+  out = os.path.join(folder, "tokenizer")
+  os.makedirs(out, exist_ok=True)
+  tok.model.save(out)  # vocab.txt
+  lower = bool(getattr(tok.normalizer, "lowercase", True))
+  _write_json(os.path.join(out, "tokenizer_config.json"), {
+      "tokenizer_class": "BertTokenizer", "do_lower_case": lower,
+      "model_max_length": tok.truncation["max_length"], "pad_token": tok.padding["pad_token"],
+      "unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]", "mask_token": "[MASK]"})
+
+
 def _save_text(encoder, folder):
   """text_encoder/ (transformers CLIPTextModel) and tokenizer/ (CLIPTokenizer) of a CLIP prompt
   encoder."""
@@ -81,8 +118,10 @@ def _save_text(encoder, folder):
   from ldm_jax.convert import torch_layout  # pylint: disable=import-outside-toplevel
   from ldm_jax.models.clip_text import CLIPTextTransformer  # pylint: disable=import-outside-toplevel
   m, tok = encoder.module, encoder.tokenizer
+  if _is_bert(encoder):
+    return _save_bert(encoder, folder)
   if not isinstance(m, CLIPTextTransformer) or type(tok.model).__name__ != "BPE":
-    raise NotImplementedError(f"save_pretrained writes CLIP text encoders only, not "
+    raise NotImplementedError(f"save_pretrained writes CLIP and LDM BERT text encoders, not "
                               f"{type(m).__name__} with a {type(tok.model).__name__} tokenizer.")
   if m.clip_skip:
     raise ValueError(f"clip_skip={m.clip_skip} has no CLIPTextModel config key; save the pipeline "
@@ -111,6 +150,7 @@ def save_pretrained(pipe, folder: str) -> str:
   """Writes `pipe` as a diffusers pipeline folder (module docstring); returns the folder."""
   from ldm_jax import convert  # pylint: disable=import-outside-toplevel
   text = pipe.prompt_encoder is not None
+  bert = text and _is_bert(pipe.prompt_encoder)
   if pipe.conditioning == "context" and not text:
     raise ValueError("A cross-attention UNet without a text encoder has no diffusers pipeline "
                      "class; save_pretrained saves text, class-conditional and unconditional "
@@ -118,7 +158,7 @@ def save_pretrained(pipe, folder: str) -> str:
   os.makedirs(folder, exist_ok=True)
   if text:
     _save_text(pipe.prompt_encoder, folder)
-  vae_folder = "vae" if text else "vqvae"
+  vae_folder = "vae" if text and not bert else "vqvae"
   ae = pipe.autoencoder.clone(scaling_factor=pipe.scale_factor)
   if hasattr(ae, "shift_factor"):
     ae = ae.clone(shift_factor=pipe.shift_factor)
@@ -132,12 +172,15 @@ def save_pretrained(pipe, folder: str) -> str:
   sched = scheduler_config(pipe)
   _write_json(os.path.join(folder, "scheduler", "scheduler_config.json"), sched)
   unet_class = convert.read_config(os.path.join(folder, "unet"))["_class_name"]
-  index = {"_class_name": "StableDiffusionPipeline" if text else "LDMPipeline",
+  index = {"_class_name": ("LDMTextToImagePipeline" if bert else "StableDiffusionPipeline" if text
+                          else "LDMPipeline"),
            "_diffusers_version": DIFFUSERS_VERSION, "unet": ["diffusers", unet_class],
            vae_folder: ["diffusers", type(ae).__name__],
            "scheduler": ["diffusers", sched["_class_name"]],
            SAMPLING_KEY: {k: pipe.defaults[k] for k in ("num_steps", "guidance_scale")}}
-  if text:
+  if bert:
+    index.update(bert=["latent_diffusion", "LDMBertModel"], tokenizer=["transformers", "BertTokenizer"])
+  elif text:
     index.update(text_encoder=["transformers", "CLIPTextModel"],
                  tokenizer=["transformers", "CLIPTokenizer"], safety_checker=[None, None],
                  feature_extractor=[None, None], image_encoder=[None, None],

@@ -164,3 +164,33 @@ def test_text_pipeline_saves_a_stable_diffusion_folder_with_the_same_parts(varia
   for name in ("scale_factor", "latent_shape", "prediction_type", "sampler_grid", "defaults"):
     assert getattr(loaded, name) == getattr(pipe, name), name
   np.testing.assert_array_equal(loaded.encode_prompt(prompts), pipe.encode_prompt(prompts))
+
+
+def test_ldm_txt2img_pipeline_saves_an_ldm_text_to_image_folder_with_the_same_parts(tmp_path,
+                                                                                    torch_one_thread):  # pylint: disable=unused-argument
+  """LDM's txt2img folder (WordPiece tokenizer, LDMBert) loaded and saved again: diffusers'
+  LDMTextToImagePipeline loads the copy with the original's token ids, BERT context, UNet / VQ-VAE
+  weights and schedule, and from_pretrained of the copy gives the same prompt contexts."""
+  import sd_refs  # pylint: disable=import-outside-toplevel
+  folder, reference = sd_refs.tiny_ldm_txt2img_pipeline(tmp_path)
+  pipe = LatentDiffusionPipeline.from_pretrained(folder, max_batch=4)
+  saved = pipe.save_pretrained(str(tmp_path / "saved"))
+  assert _json(saved, "model_index.json")["_class_name"] == "LDMTextToImagePipeline"
+  copy = diffusers.LDMTextToImagePipeline.from_pretrained(saved)
+  prompts = ["a photo of a cat", "A Red house on MARS!"]
+  ids = [p.tokenizer(prompts, padding="max_length", max_length=77, truncation=True,
+                     return_tensors="pt").input_ids for p in (reference, copy)]
+  torch.testing.assert_close(ids[1], ids[0], rtol=0, atol=0)
+  with torch.no_grad():
+    torch.testing.assert_close(copy.bert(ids[0])[0], reference.bert(ids[0])[0], rtol=0, atol=0)
+  for part in ("unet", "vqvae"):
+    want, got = getattr(reference, part).state_dict(), getattr(copy, part).state_dict()
+    assert sorted(got) == sorted(want), part
+    for k, v in want.items():
+      torch.testing.assert_close(got[k], v, rtol=0, atol=0)
+  np.testing.assert_allclose(copy.scheduler.alphas_cumprod, reference.scheduler.alphas_cumprod,
+                             rtol=1e-6)
+  loaded = LatentDiffusionPipeline.from_pretrained(saved, max_batch=4)
+  for name in ("scale_factor", "latent_shape", "prediction_type", "sampler_grid", "defaults"):
+    assert getattr(loaded, name) == getattr(pipe, name), name
+  np.testing.assert_array_equal(loaded.encode_prompt(prompts), pipe.encode_prompt(prompts))
