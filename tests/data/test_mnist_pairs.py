@@ -1,0 +1,87 @@
+"""ldm_jax.data.mnist_pairs: canvases, captions and the held-out pairs of the MNIST-pairs task."""
+
+import numpy as np
+import pytest
+
+from ldm_jax.data import mnist_builder
+from ldm_jax.data import mnist_pairs as mp
+
+N = 3000  # examples drawn per split below
+
+
+@pytest.fixture(scope="module")
+def sources():
+  return {s: mp.MnistPairs(s) for s in mp.SPLITS}
+
+
+@pytest.fixture(scope="module")
+def raw():
+  images, labels = mnist_builder.load_raw()
+  return images, labels, {s: set(mnist_builder.split_indices(labels, s).tolist()) for s in ("train", "test")}
+
+
+def test_canvas_puts_the_left_and_right_digits_in_their_halves(sources, raw):
+  images, labels, _ = raw
+  src = sources["train"]
+  idx = np.arange(0, 40)
+  canvas, pair = src.read(idx)
+  assert canvas.shape == (40, 32, 64, 1) and canvas.dtype == np.uint8 and pair.dtype == np.int32
+  for k, i in enumerate(idx):
+    e = src.example(int(i))
+    assert labels[e["left_index"]] == e["left"] and labels[e["right_index"]] == e["right"]
+    assert pair[k] == 10 * e["left"] + e["right"]
+    left, right = canvas[k, :, :32, 0], canvas[k, :, 32:, 0]
+    np.testing.assert_array_equal(left[2:30, 2:30], images[e["left_index"]])
+    np.testing.assert_array_equal(right[2:30, 2:30], images[e["right_index"]])
+    for half in (left, right):  # 2-pixel zero border: the 28 -> 32 padding of mnist_embedded
+      assert not half[:2].any() and not half[-2:].any() and not half[:, :2].any() and not half[:, -2:].any()
+
+
+def test_examples_are_a_function_of_the_index_alone(sources):
+  src = sources["train"]
+  a, _ = src.read([5, 17, 2999])
+  b, _ = mp.MnistPairs("train").read([2999, 5, 17])
+  np.testing.assert_array_equal(a, b[[1, 2, 0]])
+  assert src.captions([17, 5]) == mp.MnistPairs("train").captions([17, 5])
+  assert src.captions([5]) != src.captions([6]) or not np.array_equal(*src.read([5, 6])[0])
+
+
+def test_held_out_pairs_never_appear_in_training_in_any_phrasing(sources, raw):
+  _, _, split_of = raw
+  held = set(mp.HELD_OUT_PAIRS)
+  assert held == {(d, (d + 3) % 10) for d in range(10)}
+  seen, phrasings, forms = set(), set(), set()
+  for i in range(N):
+    e = sources["train"].example(i)
+    pair = (e["left"], e["right"])
+    assert pair not in held
+    assert mp.parse_caption(e["caption"]) == pair  # the caption says exactly this pair
+    assert e["left_index"] in split_of["train"] and e["right_index"] in split_of["train"]
+    seen.add(pair)
+    phrasings.add(e["phrasing"])
+    forms.update("word" if w in mp.WORDS else "numeral" for w in e["caption"].split()
+                 if w in mp.WORDS or w.isdigit())
+  assert len(seen) == 90 and phrasings == set(range(len(mp.PHRASINGS))) and forms == {"word", "numeral"}
+  for i in range(0, mp.SIZES["test"], 10):  # the evaluation splits: new (held-out MNIST) images
+    h, t = sources["heldout"].example(i), sources["test"].example(i)
+    assert (h["left"], h["right"]) in held and (t["left"], t["right"]) not in held
+    for e in (h, t):
+      assert e["left_index"] in split_of["test"] and e["right_index"] in split_of["test"]
+
+
+def test_grammar_has_left_of_and_right_of_with_numerals_and_words():
+  assert mp.caption(3, 7, 0, False, True) == "3 left of seven"
+  assert mp.caption(3, 7, 1, False, True) == "seven right of 3"
+  assert mp.parse_caption("seven right of 3") == (3, 7)
+  assert mp.parse_caption("three to the left of 7") == (3, 7)
+  assert set(mp.VOCABULARY) >= {"left", "right", "of", "3", "three"}
+  for text in ("3 above 7", "thirteen left of 7", ""):
+    with pytest.raises(ValueError, match="grammar|not a digit"):
+      mp.parse_caption(text)
+
+
+def test_bad_split_and_index_are_clear_errors(sources):
+  with pytest.raises(ValueError, match="split 'val'.*train, test, heldout"):
+    mp.MnistPairs("val")
+  with pytest.raises(ValueError, match="index 2000 outside mnist_pairs/test"):
+    sources["test"].example(2000)
