@@ -76,6 +76,19 @@ def test_pod_compile_reports_sharded_memory_and_collectives(tmp_path):
     assert r["collectives"]["all-reduce"] + r["collectives"]["all-gather"] > 0  # gradients / fsdp
   assert rows[1]["temp_gib"] > rows[0]["temp_gib"]  # twice the per-device batch, more activations
   assert "Largest per-device batch within 90% of HBM" in out.stdout and "tiny.py:latent_diffusion | 4 |" in out.stdout
+  # --estimate (lowering only): the same state and batch shards, exactly, and a peak near the compiled one.
+  est_json = tmp_path / "estimate.json"
+  cmd = [c for c in cmd if not c.startswith(("--out=", "--devices="))] + ["--devices=4", "--estimate",
+                                                                         f"--out={est_json}"]
+  out = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  est = json.loads(est_json.read_text())["rows"]
+  assert [(r["devices"], r["batch_per_device"], r["method"]) for r in est] == [(4, 1, "estimate"), (4, 2, "estimate")]
+  for e, c in zip(est, rows[:2]):
+    assert abs(e["argument_gib"] - c["argument_gib"]) <= 1e-3 * c["argument_gib"], (e, c)
+    assert 0.5 * c["peak_gib"] <= e["peak_gib"] <= 2.0 * c["peak_gib"], (e, c)
+    assert e["activation_gib"] > 0
+  assert est[1]["activation_gib"] > est[0]["activation_gib"]  # activations grow with the batch
 
 
 def test_accelerator_cpu_smoke_prints_labelled_table():
