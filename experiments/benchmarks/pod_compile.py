@@ -23,7 +23,9 @@ vq_f4, kl_f8, the GAN stage at 256x256) and `sd1_unet`: the SD-1.x UNet (UNET_SD
 --estimate lowers instead of compiling (`estimate_step`): the shardings are still checked against
 every array, and the memory is the exact state and batch shards plus the gradients, the
 parameters all-gathered in float32 (an upper bound) and the activations the backward pass keeps
-(the residuals of `jax.vjp`, which remat shrinks). It takes minutes where an XLA:CPU compile of a
+(the residuals of `jax.vjp`, which remat shrinks; with remat they are the saved block inputs
+only, without the transient of recomputing one block, so remat rows are lower bounds and get no
+fit row). It takes minutes where an XLA:CPU compile of a
 paper-size step takes hours on a 2-core machine; on the MNIST LDM (8 devices, bf16) the estimate
 gives the compiled arguments exactly and 0.83x the compiled peak (XLA:CPU keeps more temporaries).
 
@@ -246,10 +248,15 @@ def estimate_step(name, n, fsdp, per_device, dtype, remat, first_stage=""):
 
 
 def fits(rows):
-  """Largest per-device batch fitting each HBM size, from peak(b) = a + b * slope (b = 1, 2)."""
+  """Largest per-device batch fitting each HBM size, from peak(b) = a + b * slope (b = 1, 2).
+  Estimated rows with remat are left out: their activations are the saved block inputs only, not
+  the transient of recomputing one block in the backward pass (for SD-size attention at 64x64
+  that is hundreds of MiB per image), so a fit from them would be optimistic."""
   out = []
   keyed = {}
   for r in rows:
+    if r.get("method") == "estimate" and r["remat"] != "none":
+      continue
     keyed.setdefault((r["model"], r["devices"], r["dtype"], r["remat"]), {})[r["batch_per_device"]] = r["peak_gib"]
   for (model, n, dtype, remat), peaks in sorted(keyed.items()):
     if 1 not in peaks or 2 not in peaks:
