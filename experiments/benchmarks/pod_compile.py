@@ -160,8 +160,9 @@ def stage_step(name: str, dtype: str, remat: str, first_stage: str = ""):
   return loss_fn, init, {"frozen": ae_params}, tx, batch
 
 
-def compile_step(name, n, fsdp, per_device, dtype, remat, first_stage=""):
-  loss_fn, init, extra, tx, batch_spec = stage_step(name, dtype, remat, first_stage)
+def lower_step(loss_fn, init, extra, tx, batch_spec, n, fsdp, per_device):
+  """(the step lowered on abstract inputs over a data x fsdp mesh of n devices, the abstract train
+  state, its shardings, seconds the lowering took); sharding errors raise here."""
   mesh = parallel.make_mesh(fsdp, jax.devices()[:n])
   abstract = jax.eval_shape(lambda r: state_lib.init_train_state(init(r), tx, r, extra=extra),
                             jax.random.key(0))
@@ -173,8 +174,17 @@ def compile_step(name, n, fsdp, per_device, dtype, remat, first_stage=""):
                  in_shardings=(shardings, data), out_shardings=(shardings, NamedSharding(mesh, P())),
                  donate_argnums=(0,))
   t0 = time.time()
-  compiled = step.lower(state, batch).compile()
-  seconds = time.time() - t0
+  lowered = step.lower(state, batch)
+  return lowered, abstract, shardings, time.time() - t0
+
+
+def compile_step(name, n, fsdp, per_device, dtype, remat, first_stage=""):
+  loss_fn, init, extra, tx, batch_spec = stage_step(name, dtype, remat, first_stage)
+  lowered, abstract, _, seconds = lower_step(loss_fn, init, extra, tx, batch_spec, n, fsdp,
+                                                per_device)
+  t0 = time.time()
+  compiled = lowered.compile()
+  seconds += time.time() - t0
   mem = compiled.memory_analysis()
   text = compiled.as_text()
   params = sum(x.size for x in jax.tree.leaves(abstract.params))
@@ -217,19 +227,7 @@ def estimate_step(name, n, fsdp, per_device, dtype, remat, first_stage=""):
   float32) and the activations the backward pass keeps (`activation_bytes`). The SPMD
   partitioner's own errors and XLA's buffer reuse are only seen by a compile (`compile_step`)."""
   loss_fn, init, extra, tx, batch_spec = stage_step(name, dtype, remat, first_stage)
-  mesh = parallel.make_mesh(fsdp, jax.devices()[:n])
-  abstract = jax.eval_shape(lambda r: state_lib.init_train_state(init(r), tx, r, extra=extra),
-                            jax.random.key(0))
-  shardings = parallel.state_shardings(abstract, mesh)
-  state = parallel.with_shardings(abstract, shardings)
-  data = NamedSharding(mesh, parallel.BATCH_SPEC)
-  batch = {k: jax.ShapeDtypeStruct((n * per_device, *s), dt, sharding=data) for k, (s, dt) in batch_spec.items()}
-  step = jax.jit(lambda st, b: train_step(st, b, loss_fn=loss_fn, tx=tx, ema_decay=0.9999),
-                 in_shardings=(shardings, data), out_shardings=(shardings, NamedSharding(mesh, P())),
-                 donate_argnums=(0,))
-  t0 = time.time()
-  step.lower(state, batch)  # sharding errors raise here
-  seconds = time.time() - t0
+  _, abstract, shardings, seconds = lower_step(loss_fn, init, extra, tx, batch_spec, n, fsdp, per_device)
   leaves, specs = jax.tree.leaves(abstract), jax.tree.leaves(shardings)
   state_b = sum(_bytes(sh.shard_shape(x.shape), x.dtype) for x, sh in zip(leaves, specs))
   param_leaves = jax.tree.leaves(abstract.params)

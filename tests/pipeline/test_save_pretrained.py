@@ -30,15 +30,6 @@ UNET_KWARGS = dict(sample_size=8, in_channels=3, out_channels=3, block_out_chann
 
 
 @pytest.fixture(scope="module")
-def torch_one_thread():
-  """One torch thread: on a shared 2-core machine torch's thread pool spins and runs ~50x slower."""
-  threads = torch.get_num_threads()
-  torch.set_num_threads(1)
-  yield
-  torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
 def saved(tmp_path_factory):
   unet_config = dict(diffusers.UNet2DModel.load_config(_unet_folder(tmp_path_factory)))
   unet = diffusers_unet.unet_from_config(unet_config)
@@ -142,28 +133,11 @@ def test_text_pipeline_saves_a_stable_diffusion_folder_with_the_same_parts(varia
   saved = pipe.save_pretrained(str(tmp_path / "saved"))
   copy = diffusers.StableDiffusionPipeline.from_pretrained(saved)
   prompts = ["a photo of a cat", "An astronaut riding a horse on Mars, 4k!"]
-  ids = [p.tokenizer(prompts, padding="max_length", max_length=77, truncation=True,
-                     return_tensors="pt").input_ids for p in (reference, copy)]
-  torch.testing.assert_close(ids[1], ids[0], rtol=0, atol=0)  # SD 2.x pads with "!" (id 0)
-  with torch.no_grad():
-    torch.testing.assert_close(copy.text_encoder(ids[0])[0], reference.text_encoder(ids[0])[0],
-                               rtol=0, atol=0)
-  for part in ("unet", "vae"):
-    want, got = getattr(reference, part).state_dict(), getattr(copy, part).state_dict()
-    assert sorted(got) == sorted(want), part
-    for k, v in want.items():
-      torch.testing.assert_close(got[k], v, rtol=0, atol=0)
+  _assert_same_text_pipeline(reference, copy, pipe, saved, prompts, "text_encoder", ("unet", "vae"))
   assert copy.vae.config.scaling_factor == pytest.approx(reference.vae.config.scaling_factor)
   for name in ("prediction_type", "timestep_spacing", "steps_offset", "set_alpha_to_one",
                "clip_sample"):
     assert copy.scheduler.config[name] == reference.scheduler.config[name], name
-  np.testing.assert_allclose(copy.scheduler.alphas_cumprod, reference.scheduler.alphas_cumprod,
-                             rtol=1e-6)
-  # And back into ldm_jax: the same settings and the same prompt contexts.
-  loaded = LatentDiffusionPipeline.from_pretrained(saved, max_batch=4)
-  for name in ("scale_factor", "latent_shape", "prediction_type", "sampler_grid", "defaults"):
-    assert getattr(loaded, name) == getattr(pipe, name), name
-  np.testing.assert_array_equal(loaded.encode_prompt(prompts), pipe.encode_prompt(prompts))
 
 
 def test_ldm_txt2img_pipeline_saves_an_ldm_text_to_image_folder_with_the_same_parts(tmp_path,
@@ -178,18 +152,27 @@ def test_ldm_txt2img_pipeline_saves_an_ldm_text_to_image_folder_with_the_same_pa
   assert _json(saved, "model_index.json")["_class_name"] == "LDMTextToImagePipeline"
   copy = diffusers.LDMTextToImagePipeline.from_pretrained(saved)
   prompts = ["a photo of a cat", "A Red house on MARS!"]
+  _assert_same_text_pipeline(reference, copy, pipe, saved, prompts, "bert", ("unet", "vqvae"))
+
+
+def _assert_same_text_pipeline(reference, copy, pipe, saved, prompts, encoder, parts):
+  """diffusers' `copy` of the saved folder equals `reference` part for part (token ids, the text
+  encoder's context, the weights of `parts`, the schedule), and ldm_jax reads the folder back with
+  `pipe`'s settings and prompt contexts."""
   ids = [p.tokenizer(prompts, padding="max_length", max_length=77, truncation=True,
                      return_tensors="pt").input_ids for p in (reference, copy)]
-  torch.testing.assert_close(ids[1], ids[0], rtol=0, atol=0)
+  torch.testing.assert_close(ids[1], ids[0], rtol=0, atol=0)  # SD 2.x pads with "!" (id 0)
   with torch.no_grad():
-    torch.testing.assert_close(copy.bert(ids[0])[0], reference.bert(ids[0])[0], rtol=0, atol=0)
-  for part in ("unet", "vqvae"):
+    torch.testing.assert_close(getattr(copy, encoder)(ids[0])[0],
+                               getattr(reference, encoder)(ids[0])[0], rtol=0, atol=0)
+  for part in parts:
     want, got = getattr(reference, part).state_dict(), getattr(copy, part).state_dict()
     assert sorted(got) == sorted(want), part
     for k, v in want.items():
       torch.testing.assert_close(got[k], v, rtol=0, atol=0)
   np.testing.assert_allclose(copy.scheduler.alphas_cumprod, reference.scheduler.alphas_cumprod,
                              rtol=1e-6)
+  # And back into ldm_jax: the same settings and the same prompt contexts.
   loaded = LatentDiffusionPipeline.from_pretrained(saved, max_batch=4)
   for name in ("scale_factor", "latent_shape", "prediction_type", "sampler_grid", "defaults"):
     assert getattr(loaded, name) == getattr(pipe, name), name

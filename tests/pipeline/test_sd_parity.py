@@ -23,15 +23,6 @@ STEPS = 5
 CASES = [(1.0, None), (7.5, None), (7.5, NEGATIVE)]
 
 
-@pytest.fixture(scope="module")
-def torch_one_thread():
-  """One torch thread: on a shared 2-core machine torch's thread pool spins and runs ~50x slower."""
-  threads = torch.get_num_threads()
-  torch.set_num_threads(1)
-  yield
-  torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module", params=sorted(sd_refs.VARIANTS))
 def pipes(request, tmp_path_factory, torch_one_thread):  # pylint: disable=unused-argument
   folder, reference = sd_refs.tiny_sd_pipeline(tmp_path_factory.mktemp("sd"), request.param)
