@@ -52,6 +52,7 @@ import optax  # pylint: disable=wrong-import-position
 from ldm_jax import diffusion  # pylint: disable=wrong-import-position
 from ldm_jax import samplers  # pylint: disable=wrong-import-position
 from ldm_jax.models import unet as unet_lib  # pylint: disable=wrong-import-position
+from ldm_jax.pipeline import random_params  # pylint: disable=wrong-import-position
 from ldm_jax.samplers.guidance import classifier_free_guidance  # pylint: disable=wrong-import-position
 from ldm_jax import schedules  # pylint: disable=wrong-import-position
 
@@ -108,29 +109,6 @@ def make_unet(smoke: bool, dtype: str, remat: str, attention: str):
                          mid_block_type=None, num_attention_heads=2, cross_attention_dim=16,
                          norm_num_groups=8, **precision)
   return unet_lib.UNET_SD1(**precision)
-
-
-def random_params(unet, shapes: dict, seed: int = 0):
-  """LeCun-normal kernels / embeddings, unit scales, zero biases, drawn on the device."""
-  abstract = jax.eval_shape(lambda: unet.init(jax.random.key(0), jnp.zeros((1, *shapes["latent"])),
-                                              jnp.zeros((1,)), context=jnp.zeros((1, *shapes["context"])))["params"])
-
-  @jax.jit
-  def fill(key):
-    leaves, treedef = jax.tree_util.tree_flatten_with_path(abstract)
-    out = []
-    for i, (path, leaf) in enumerate(leaves):
-      name = getattr(path[-1], "key", str(path[-1]))
-      if name == "scale":
-        out.append(jnp.ones(leaf.shape, leaf.dtype))
-      elif name == "bias" or len(leaf.shape) < 2:
-        out.append(jnp.zeros(leaf.shape, leaf.dtype))
-      else:
-        fan_in = int(np.prod(leaf.shape[:-1]))
-        out.append(jax.random.normal(jax.random.fold_in(key, i), leaf.shape, leaf.dtype) / np.sqrt(fan_in))
-    return jax.tree_util.tree_unflatten(treedef, out)
-
-  return fill(jax.random.key(seed))
 
 
 def _sync(tree):
@@ -274,7 +252,9 @@ def run(a):
     for impl in impls:
       unet = make_unet(a.cpu_smoke, a.dtype, remat if what == "train" else "none", impl)
       if "params" not in param_cache:
-        param_cache["params"] = random_params(unet, shapes)
+        param_cache["params"] = jax.device_put(random_params(  # LeCun-normal, drawn on the host
+            unet, jnp.zeros((1, *shapes["latent"])), jnp.zeros((1,)),
+            context=jnp.zeros((1, *shapes["context"]))))
         param_cache["count"] = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(param_cache["params"]))
       params = param_cache["params"]
       try:
