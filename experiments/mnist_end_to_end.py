@@ -1,6 +1,6 @@
 """The README's main job: MNIST autoencoder -> class-conditional MNIST LDM -> per-class samples.
 
-  python experiments/mnist_end_to_end.py [--workdir=workdirs/mnist] [--ae_steps=N --ldm_steps=N]
+  python -m experiments.mnist_end_to_end [--workdir=workdirs/mnist] [--ae_steps=N --ldm_steps=N]
 
 Steps (all on the embedded offline MNIST, so it runs on a fresh machine with no network):
   1. a digit classifier (ldm_jax.metrics.classifier) trained on the train split, checked on the
@@ -18,26 +18,22 @@ SLURM / Open MPI / TPU cluster), the two training stages run on all of them (`ld
 the classifier, sampling and report are process 0's, on its own first device.
 """
 
+import json
 import os
-import sys
+import subprocess
+import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from absl import app, flags, logging
+import jax
+import numpy as np
+from PIL import Image
 
-import json  # pylint: disable=wrong-import-position
-import subprocess  # pylint: disable=wrong-import-position
-import time  # pylint: disable=wrong-import-position
-
-from absl import app, flags, logging  # pylint: disable=wrong-import-position
-import jax  # pylint: disable=wrong-import-position
-import numpy as np  # pylint: disable=wrong-import-position
-from PIL import Image  # pylint: disable=wrong-import-position
-
-from experiments.configs import mnist_autoencoder, mnist_ldm  # pylint: disable=wrong-import-position
-from ldm_jax import data as data_lib  # pylint: disable=wrong-import-position
-from ldm_jax import launch  # pylint: disable=wrong-import-position
-from ldm_jax.metrics import classifier  # pylint: disable=wrong-import-position
-from ldm_jax.pipeline import LatentDiffusionPipeline, image_grid  # pylint: disable=wrong-import-position
-from ldm_jax.stages import run  # pylint: disable=wrong-import-position
+from experiments.configs import mnist_autoencoder, mnist_ldm
+from ldm_jax import data as data_lib
+from ldm_jax import launch
+from ldm_jax.metrics import classifier
+from ldm_jax.pipeline import LatentDiffusionPipeline, image_grid
+from ldm_jax.stages import run
 
 flags.DEFINE_string("workdir", "workdirs/mnist", "Directory of the three runs.")
 flags.DEFINE_integer("ae_steps", 0, "Autoencoder steps (0: the config's).")

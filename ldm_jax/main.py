@@ -2,6 +2,7 @@ r"""Command line of ldm_jax: train a stage, or sample a grid from a trained mode
 
   # train (the stage is config.stage; any key can be overridden):
   python -m ldm_jax.main --config=experiments/configs/mnist_autoencoder.py --workdir=workdirs/mnist_ae
+  ldm-jax train --config=experiments/configs/mnist_autoencoder.py --workdir=workdirs/mnist_ae  # the same
   python -m ldm_jax.main --config=experiments/configs/mnist_ldm.py --workdir=workdirs/mnist_ldm \
       --config.first_stage.workdir=workdirs/mnist_ae
   # sample a PNG grid (one row per label):
@@ -25,6 +26,7 @@ process simulates one XLA device per core (data parallelism over the cores), unl
 already says otherwise.
 """
 
+import os
 import sys
 
 from absl import app
@@ -102,6 +104,19 @@ def main(argv):
     _train() if command == "train" else _sample()
   except ValueError as e:  # the project's checks of configs and inputs: one line, no traceback
     sys.exit(f"ldm_jax.main {command}: error: {e}")
+
+
+def console_main():
+  """The `ldm-jax` console script (pyproject.toml): the command line of `python -m ldm_jax.main`.
+
+  `python -m` puts the working directory first on sys.path, and config files import their base
+  configs from it (`from experiments.configs import mnist_ldm`); the script does the same.
+  """
+  sys.path.insert(0, os.getcwd())
+  sys.modules["__main__"].__doc__ = __doc__  # absl's --help prints __main__'s docstring
+  for flag in FLAGS.get_key_flags_for_module(__name__):  # and the flags of sys.argv[0]
+    FLAGS.register_key_flag_for_module(sys.argv[0], flag)
+  app.run(main, flags_parser=cli_flags.parse)
 
 
 if __name__ == "__main__":

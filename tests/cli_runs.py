@@ -38,7 +38,7 @@ def env(**extra):
   e = {k: v for k, v in os.environ.items()
        if not k.startswith(("LDM_JAX_", "JAX_COORDINATOR", "JAX_NUM_PROC", "JAX_PROCESS"))}
   e.pop("XLA_FLAGS", None)
-  e.update(PYTHONPATH=ROOT, JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=CACHE,
+  e.update(JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=CACHE,
            JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
            **extra)
   return e

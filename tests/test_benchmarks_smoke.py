@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPT = os.path.join(ROOT, "experiments", "benchmarks", "train_throughput.py")
 COLUMNS = 12
 
 
@@ -20,10 +19,10 @@ def _table_rows(text):
 
 
 def test_quick_run_prints_expected_rows():
-  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu",
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
              XLA_FLAGS="--xla_force_host_platform_device_count=2")  # the script's own layout
   # --quick: a tiny 1-level UNet on 4x4x4 latents, batch 4, 64x64 peak matmuls, torch 2 and 1 threads.
-  cmd = [sys.executable, SCRIPT, "--quick"]
+  cmd = [sys.executable, "-m", "experiments.benchmarks.train_throughput", "--quick"]
   out = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert out.returncode == 0, out.stderr[-3000:]
   # The final summary (after the blank line before the load average) holds both tables once.
@@ -56,12 +55,12 @@ def test_quick_run_prints_expected_rows():
 
 def test_pod_compile_reports_sharded_memory_and_collectives(tmp_path):
   """experiments/benchmarks/pod_compile.py on the tiny test LDM: 4 and 8 simulated devices, fsdp 2."""
-  script = os.path.join(ROOT, "experiments", "benchmarks", "pod_compile.py")
   out_json = tmp_path / "pod.json"
-  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
   env.pop("XLA_FLAGS", None)  # the script sets its own device count
   tiny = os.path.join(ROOT, "tests", "configs", "tiny.py")
-  cmd = [sys.executable, script, f"--models={tiny}:latent_diffusion", f"--first_stage={tiny}:autoencoder",
+  cmd = [sys.executable, "-m", "experiments.benchmarks.pod_compile",
+         f"--models={tiny}:latent_diffusion", f"--first_stage={tiny}:autoencoder",
          "--devices=4,8", "--fsdp=2",
          "--batch_per_device=1,2", "--remat=none", "--dtype=float32", f"--out={out_json}"]
   out = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
@@ -93,9 +92,9 @@ def test_pod_compile_reports_sharded_memory_and_collectives(tmp_path):
 
 def test_accelerator_cpu_smoke_prints_labelled_table():
   """experiments/benchmarks/accelerator.py --cpu_smoke: every planned row ran, labelled as a CPU smoke run."""
-  script = os.path.join(ROOT, "experiments", "benchmarks", "accelerator.py")
-  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
-  out = subprocess.run([sys.executable, script, "--cpu_smoke"], env=env, cwd=ROOT, capture_output=True,
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  out = subprocess.run([sys.executable, "-m", "experiments.benchmarks.accelerator", "--cpu_smoke"],
+                       env=env, cwd=ROOT, capture_output=True,
                        text=True, timeout=900)
   assert out.returncode == 0, out.stderr[-3000:]
   summary = out.stdout[out.stdout.index("UNet params:"):]

@@ -16,7 +16,6 @@ NOTEBOOK = os.path.join(ROOT, "experiments", "notebooks", "quickstart.ipynb")
 def test_quickstart_notebook_runs(monkeypatch):
   monkeypatch.setenv("LDM_QUICKSTART_TINY", "1")
   monkeypatch.setenv("JAX_PLATFORMS", "cpu")
-  monkeypatch.setenv("PYTHONPATH", ROOT)
   nb = nbformat.read(NOTEBOOK, as_version=4)
   client = NotebookClient(nb, timeout=600, kernel_name="python3",
                           resources={"metadata": {"path": os.path.dirname(NOTEBOOK)}})

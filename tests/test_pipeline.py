@@ -306,8 +306,7 @@ def test_persistent_cache_writes_entries(tmp_path):
   code = ("import jax, numpy as np; from ldm_jax.pipeline import enable_persistent_cache; "
           f"enable_persistent_cache({str(tmp_path / 'cache')!r}); "
           "print(jax.jit(lambda x: x @ x.T + 1)(np.ones((8, 8), np.float32)).sum())")
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  env = dict(os.environ, PYTHONPATH=root, JAX_PLATFORMS="cpu")
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
   out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
   assert out.returncode == 0, out.stderr[-2000:]
   assert os.listdir(tmp_path / "cache")

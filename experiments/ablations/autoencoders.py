@@ -1,17 +1,13 @@
 """Ablation 2: the first stage: downsampling factor f, latent channels c, KL vs VQ, scored by
 PSNR / SSIM / rFD on the held-out split (the shape of the LDM paper's Table 8).
 
-  nice -n 19 python experiments/ablations/autoencoders.py --scale=cpu
+  nice -n 19 python -m experiments.ablations.autoencoders --scale=cpu
 
 rFD: Frechet distance between the classifier features of the reconstructions and of the original
 held-out images. Writes <out>/autoencoders.md and <out>/autoencoders.png.
 """
 
-import os
-import sys
-
 if __name__ == "__main__":
-  sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
   from ldm_jax import host_devices  # pylint: disable=wrong-import-position
   host_devices.simulate_one_device_per_core()  # before JAX is imported
 

@@ -1,7 +1,7 @@
 """Ablation 1: downsampling factor f in {1, 2, 4, 8} at equal training wall-clock (LDM sec. 4.1,
 Figs. 6/7, Table 6): sample quality per training second and sampling throughput.
 
-  nice -n 19 python experiments/ablations/downsampling.py --scale=cpu [--budget_s=180]
+  nice -n 19 python -m experiments.ablations.downsampling --scale=cpu [--budget_s=180]
 
 Latents 32x32x1, 16x16x2, 8x8x3, 4x4x4 (the channel counts of the paper's LDM-f; h w c shrinks with
 f). For each f: an autoencoder (shared with autoencoders.py), then a
@@ -15,10 +15,8 @@ Writes <out>/downsampling.md and <out>/downsampling.png.
 """
 
 import os
-import sys
 
 if __name__ == "__main__":
-  sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
   from ldm_jax import host_devices  # pylint: disable=wrong-import-position
   host_devices.simulate_one_device_per_core()  # before JAX is imported
 

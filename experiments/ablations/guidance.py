@@ -1,7 +1,7 @@
 """Ablation 6: classifier-free guidance scale sweep (Ho & Salimans 2022; LDM Tables 2 and 10) on one
 trained class-conditional MNIST LDM; sampling only.
 
-  nice -n 19 python experiments/ablations/guidance.py --scale=cpu --ldm=workdirs/mnist/ldm
+  nice -n 19 python -m experiments.ablations.guidance --scale=cpu --ldm=workdirs/mnist/ldm
 
 For each guidance scale w (guided = uncond + w (cond - uncond); w = 0 the unconditional model, w = 1
 the conditional one) draws per_class samples of every digit from the same seed and measures class
@@ -10,10 +10,8 @@ recall). Writes <out>/guidance.md and <out>/guidance.png.
 """
 
 import os
-import sys
 
 if __name__ == "__main__":
-  sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
   from ldm_jax import host_devices  # pylint: disable=wrong-import-position
   host_devices.simulate_one_device_per_core()  # before JAX is imported
 

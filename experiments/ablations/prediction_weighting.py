@@ -1,7 +1,7 @@
 """Ablation 5: prediction target (eps, x0, v) x loss weighting (simple, Min-SNR-5): sample quality vs
 training steps, LDMs on one autoencoder's latents, evaluated at a few checkpoints.
 
-  nice -n 19 python experiments/ablations/prediction_weighting.py --scale=cpu [--ae=...]
+  nice -n 19 python -m experiments.ablations.prediction_weighting --scale=cpu [--ae=...]
 
 Each run is trained to the first checkpoint, evaluated, resumed to the next (same cosine
 learning-rate schedule over the final step count), and so on. Writes <out>/prediction_weighting.md
@@ -9,10 +9,8 @@ and <out>/prediction_weighting.png.
 """
 
 import os
-import sys
 
 if __name__ == "__main__":
-  sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
   from ldm_jax import host_devices  # pylint: disable=wrong-import-position
   host_devices.simulate_one_device_per_core()  # before JAX is imported
 

@@ -1,7 +1,7 @@
 """Ablation 4: sampler and number of function evaluations (the shape of DDIM's Table 1) on one
 trained class-conditional MNIST LDM; sampling only.
 
-  nice -n 19 python experiments/ablations/samplers.py --scale=cpu --ldm=workdirs/mnist/ldm
+  nice -n 19 python -m experiments.ablations.samplers --scale=cpu --ldm=workdirs/mnist/ldm
 
 For every sampler (DDPM ancestral, DDIM eta 0 and 1, DPM-Solver++ 2M, Heun) and NFE budget, draws
 per_class samples of every digit from the same seed (conditional model, guidance w = 1) and scores
@@ -10,10 +10,8 @@ Writes <out>/samplers.md and <out>/samplers.png.
 """
 
 import os
-import sys
 
 if __name__ == "__main__":
-  sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
   from ldm_jax import host_devices  # pylint: disable=wrong-import-position
   host_devices.simulate_one_device_per_core()  # before JAX is imported
 

@@ -2,16 +2,14 @@
 on the same autoencoder's latents multiplied by s = 1 (none), 1/std (the LDM recipe), 5/std and
 0.2/std (mis-scaled), with the same UNet, steps and seed.
 
-  nice -n 19 python experiments/ablations/scale_factor.py --scale=cpu [--ae=workdirs/mnist/autoencoder]
+  nice -n 19 python -m experiments.ablations.scale_factor --scale=cpu [--ae=workdirs/mnist/autoencoder]
 
 Writes <out>/scale_factor.md and <out>/scale_factor.png.
 """
 
 import os
-import sys
 
 if __name__ == "__main__":
-  sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
   from ldm_jax import host_devices  # pylint: disable=wrong-import-position
   host_devices.simulate_one_device_per_core()  # before JAX is imported
 

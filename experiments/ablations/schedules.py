@@ -1,7 +1,7 @@
 """Ablation 7: noise schedules (linear, LDM's scaled-linear, cosine, SD's scaled-linear) and zero
 terminal SNR with v-prediction and trailing timesteps (Lin et al. 2023), LDMs on one autoencoder.
 
-  nice -n 19 python experiments/ablations/schedules.py --scale=cpu [--ae=...]
+  nice -n 19 python -m experiments.ablations.schedules --scale=cpu [--ae=...]
 
 Every run is sampled with DDIM (eta 0) on both the "leading" and the "trailing" timestep grid.
 Besides FD / accuracy we report the samples' mean brightness against the data's (Lin et al.'s
@@ -10,10 +10,8 @@ symptom of a non-zero terminal SNR: samples stuck near the mean brightness). Wri
 """
 
 import os
-import sys
 
 if __name__ == "__main__":
-  sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
   from ldm_jax import host_devices  # pylint: disable=wrong-import-position
   host_devices.simulate_one_device_per_core()  # before JAX is imported
 

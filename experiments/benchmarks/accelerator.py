@@ -1,8 +1,8 @@
 """Accelerator benchmark: an SD-1.5-size UNet's train step and guided sampling on one GPU / TPU chip.
 
-  python experiments/benchmarks/accelerator.py                 # on the accelerator, < 5 min on an H100/H200
-  python experiments/benchmarks/accelerator.py --batches=8,16,32 --remat=none,full --sample_batches=1,8
-  PYTHONPATH=. python experiments/benchmarks/accelerator.py --cpu_smoke   # tiny, on CPU (the tests run this)
+  python -m experiments.benchmarks.accelerator                 # on the accelerator, < 5 min on an H100/H200
+  python -m experiments.benchmarks.accelerator --batches=8,16,32 --remat=none,full --sample_batches=1,8
+  python -m experiments.benchmarks.accelerator --cpu_smoke   # tiny, on CPU (the tests run this)
 
 What is measured, with random weights (nothing is downloaded):
   * train: the UNET_SD1 preset (859.5M params, diffusers' UNet2DConditionModel layout) on 64x64x4
@@ -42,7 +42,6 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 if "--cpu_smoke" in sys.argv:
   os.environ["JAX_PLATFORMS"] = "cpu"
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 
 import jax  # pylint: disable=wrong-import-position
 import jax.numpy as jnp  # pylint: disable=wrong-import-position

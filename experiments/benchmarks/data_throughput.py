@@ -1,7 +1,7 @@
 """Input-pipeline throughput (images/s) of ldm_jax.data on this machine, for comparison with the
 images/s a training step consumes.
 
-  PYTHONPATH=. python experiments/benchmarks/data_throughput.py [--data_dir=/tmp/ldm_bench]
+  python -m experiments.benchmarks.data_throughput [--data_dir=/tmp/ldm_bench]
 
 Builds the embedded MNIST (TFDS, array_record) into data_dir if needed and prints one row per
 (configuration, global batch size): the embedded MNIST read into memory (the default for small

@@ -1,10 +1,10 @@
 """Pod scale without a pod: lower and compile the train step on large simulated meshes.
 
-  PYTHONPATH=. python experiments/benchmarks/pod_compile.py [--models=sd1_unet,imagenet_cin_ldm_vq4]
+  python -m experiments.benchmarks.pod_compile [--models=sd1_unet,imagenet_cin_ldm_vq4]
       [--devices=8,256] [--fsdp=8] [--batch_per_device=1,2] [--remat=none,full]
       [--dtype=bfloat16] [--out=experiments/results/pod_compile.json] [--estimate]
   # any stage config of yours (an LDM config needs its autoencoder's):
-  PYTHONPATH=. python experiments/benchmarks/pod_compile.py --models=my_ldm.py --first_stage=my_ae.py
+  python -m experiments.benchmarks.pod_compile --models=my_ldm.py --first_stage=my_ae.py
 
 For every model, mesh ("data" x "fsdp" over N simulated CPU devices), per-device batch and remat
 policy, the project's own train step (`ldm_jax.train.step.train_step` around the stage's loss:
@@ -54,7 +54,6 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            f" --xla_force_host_platform_device_count={_N}" + _FAST).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 
 import jax  # pylint: disable=wrong-import-position
 import jax.numpy as jnp  # pylint: disable=wrong-import-position

@@ -1,6 +1,6 @@
 """Sampling throughput (samples/s) of LatentDiffusionPipeline next to a diffusers (PyTorch) loop.
 
-  PYTHONPATH=. python experiments/benchmarks/sampling_throughput.py [--models=mnist,larger]
+  python -m experiments.benchmarks.sampling_throughput [--models=mnist,larger]
       [--batch=16,4] [--repeats=3] [--cpu_devices=0] [--skip_torch]
 
 For each UNet (the MNIST LDM config, class-conditional with classifier-free guidance, so each step
@@ -18,7 +18,6 @@ core, as the CLI does); torch uses its default intra-op threads.
 
 import argparse
 import os
-import sys
 import time
 
 _ARGS = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -36,7 +35,6 @@ if FLAGS.platform == "cpu" and "xla_force_host_platform_device_count" not in os.
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={n}").strip()
 os.environ.setdefault("JAX_PLATFORMS", FLAGS.platform)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 
 import jax  # pylint: disable=wrong-import-position
 import jax.numpy as jnp  # pylint: disable=wrong-import-position

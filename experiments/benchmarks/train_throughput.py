@@ -1,6 +1,6 @@
 """Training throughput (images/s and MFU) of the latent diffusion step, next to PyTorch diffusers.
 
-  PYTHONPATH=. python experiments/benchmarks/train_throughput.py [--models=mnist,larger]
+  python -m experiments.benchmarks.train_throughput [--models=mnist,larger]
       [--batch=128,16] [--steps=3] [--cpu_devices=2] [--torch_threads=2] [--skip_torch]
       [--skip_stage] [--quick]
 
@@ -43,7 +43,6 @@ if "jax" not in sys.modules and "xla_force_host_platform_device_count" not in os
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={_n}").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 
 import jax  # pylint: disable=wrong-import-position
 import jax.numpy as jnp  # pylint: disable=wrong-import-position

@@ -6,21 +6,17 @@ number of steps grows. Deterministic samplers are affine maps of x_T here, so th
 covariance are computed exactly (push x_T = 0 and the unit vectors through); stochastic ones are
 estimated from many samples (Monte Carlo error about 1e-2 at the default sample count).
 
-Run:  .venv/bin/python experiments/scripts/gaussian_samplers.py [--samples 40000]
+Run:  .venv/bin/python -m experiments.scripts.gaussian_samplers [--samples 40000]
 """
 
 import argparse
-import pathlib
-import sys
-
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))  # the repository root
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ldm_jax import samplers, schedules  # noqa: E402
-from ldm_jax.diffusion.parameterization import target_from_x0_eps, x0_to_eps  # noqa: E402
+from ldm_jax import samplers, schedules
+from ldm_jax.diffusion.parameterization import target_from_x0_eps, x0_to_eps
 
 MU = np.array([1.0, -0.5], np.float32)
 COV = np.array([[0.5, 0.3], [0.3, 0.4]], np.float32)

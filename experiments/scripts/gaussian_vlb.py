@@ -8,7 +8,7 @@ O(1) gap from their first few steps, which double the noise variance whatever T 
 schedule and T, the analytic expectation of the bound (float64) and a Monte-Carlo estimate
 with `ldm_jax.diffusion.vlb_terms` (float32), both in nats/dim.
 
-  PYTHONPATH=. .venv/bin/python experiments/scripts/gaussian_vlb.py [--batch 16384] [--steps 10 100 1000 4000]
+  .venv/bin/python -m experiments.scripts.gaussian_vlb [--batch 16384] [--steps 10 100 1000 4000]
 """
 
 import argparse

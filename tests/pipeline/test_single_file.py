@@ -5,9 +5,6 @@ eps) and SD 2.x-style (OpenCLIP under cond_stage_model.model with a last block t
 linear projections, heads from num_head_channels, v-prediction); and the v1 / v2 and
 prediction-type rules."""
 
-import os
-import sys
-
 import jax
 import numpy as np
 import pytest
@@ -20,10 +17,7 @@ from safetensors.numpy import save_file
 import sd_refs
 from ldm_jax.convert import text_checkpoint as tc
 from ldm_jax.pipeline import LatentDiffusionPipeline, single_file
-
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "convert"))
-# pylint: disable=wrong-import-position
-from test_ldm_checkpoint import DDCONFIG, SD1_UNET, UNET_KW, ldm_unet_shapes, ldm_vae_shapes  # noqa: E402
+from tests.convert.test_ldm_checkpoint import DDCONFIG, SD1_UNET, UNET_KW, ldm_unet_shapes, ldm_vae_shapes
 
 pytestmark = [pytest.mark.slow,  # end to end, torch + jax
               pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")]

@@ -130,7 +130,7 @@ def test_bad_config_leaves_workdir_untouched(tmp_path):
 
 def test_cli_bad_config_one_line_and_no_workdir(tmp_path):
   workdir = tmp_path / "w"
-  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
   out = subprocess.run([sys.executable, "-m", "ldm_jax.main", "train",
                         "--config=experiments/configs/mnist_autoencoder.py",
                         "--config.train.num_steps=-5", f"--workdir={workdir}"],

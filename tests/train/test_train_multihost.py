@@ -12,7 +12,6 @@ import pytest
 import train_tiny
 from ldm_jax.train import distributed
 
-SCRIPT = os.path.join(os.path.dirname(__file__), "train_run_script.py")
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 NUM_STEPS, BATCH, TIMEOUT = 6, 8, 240
 
@@ -25,12 +24,11 @@ def _free_port():
 
 def _run_two_processes(workdir, *extra):
   port = _free_port()
-  env = dict(os.environ, PYTHONPATH=ROOT)
   procs = [subprocess.Popen(
-      [sys.executable, SCRIPT, f"--workdir={workdir}", f"--num_steps={NUM_STEPS}",
+      [sys.executable, "-m", "tests.train.train_run_script", f"--workdir={workdir}", f"--num_steps={NUM_STEPS}",
        f"--batch_size={BATCH}", "--devices=2", "--num_processes=2", f"--process_id={i}",
        f"--coordinator=127.0.0.1:{port}", "--noise=0", "--save_every=3", *extra],
-      env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+      cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
   outs = []
   try:
     for p in procs:  # a hung peer makes its partner time out too: fail, never hang CI

@@ -13,16 +13,14 @@ import pytest
 from ldm_jax.train import metrics as metrics_lib
 from ldm_jax.train import preemption
 
-SCRIPT = os.path.join(os.path.dirname(__file__), "train_run_script.py")
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 NUM_STEPS, SAVE_EVERY, TIMEOUT = 16, 4, 240
 
 
 def _start(workdir, *extra):
-  env = dict(os.environ, PYTHONPATH=ROOT)
-  args = [sys.executable, SCRIPT, f"--workdir={workdir}", f"--num_steps={NUM_STEPS}",
+  args = [sys.executable, "-m", "tests.train.train_run_script", f"--workdir={workdir}", f"--num_steps={NUM_STEPS}",
           f"--save_every={SAVE_EVERY}", *extra]
-  return subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+  return subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True)
 
 

@@ -1,12 +1,12 @@
 """A tiny training run in its own process, for the resume / preemption / multi-host tests.
 
-python tests/train/train_run_script.py --workdir=W [--mode=mesh] [--num_steps=N] ...
-Writes W/metrics.jsonl (every step) and, when it finishes, W/final_<process>.npz (params).
+python -m tests.train.train_run_script --workdir=W [--mode=mesh] [--num_steps=N] ...
+Writes W/metrics.jsonl (every step) and, when it finishes, W/final_<process>.npz (params). Run from
+the repository root (the tests start it there).
 """
 
 import argparse
 import os
-import sys
 
 
 def main():
@@ -26,12 +26,11 @@ def main():
   a = p.parse_args()
   os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={a.devices}"
   os.environ["JAX_PLATFORMS"] = "cpu"
-  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
   import jax
   import numpy as np
   from ldm_jax.train import checkpoint, distributed, loop, metrics
-  import train_tiny
+  from tests.train import train_tiny
 
   if a.num_processes > 1:
     cfg = distributed.default_config()
