@@ -8,6 +8,8 @@ r"""Command line of ldm_jax: train a stage, or sample a grid from a trained mode
   # sample a PNG grid (one row per label):
   python -m ldm_jax.main sample --workdir=workdirs/mnist_ldm --out=samples.png \
       --labels=0,1,2,3,4,5,6,7,8,9 --per_label=8 --method=dpmpp_2m --num_steps=25 --guidance_scale=2
+  # a text-conditioned run (experiments/configs/mnist_text.py): one row per prompt
+  python -m ldm_jax.main sample --workdir=workdirs/mnist_text/ldm --prompts="3 left of 7;seven right of two"
   # your own images (README "Train on your own images"), and the resolved config without running:
   python -m ldm_jax.main --config=experiments/configs/mnist_autoencoder.py --workdir=workdirs/ae \
       --config.data.source=folder --config.data.data_dir=my_images --config.data.channels=3 \
@@ -48,7 +50,10 @@ flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, expor
 flags.DEFINE_string("out", "samples.png", "sample: output PNG path.")
 flags.DEFINE_string("labels", "", "sample: comma-separated class labels (one grid row each; "
                     "default: every class of a class-conditional model).")
-flags.DEFINE_integer("per_label", 8, "sample: samples per label (or in total if unconditional).")
+flags.DEFINE_string("prompts", "", "sample: ';'-separated prompts of a text-conditioned model (one "
+                    "grid row each; default: the run config's sample.prompts).")
+flags.DEFINE_integer("per_label", 8, "sample: samples per label or prompt (or in total if "
+                     "unconditional).")
 flags.DEFINE_string("method", None, "sample: sampler method (default: the run config's sample.method).")
 flags.DEFINE_integer("num_steps", None, "sample: sampler steps (default: the run config's).")
 flags.DEFINE_float("guidance_scale", None, "sample: classifier-free guidance scale (default: the run config's).")
@@ -79,19 +84,51 @@ def _sample():
   if FLAGS.workdir is None:
     raise app.UsageError("sample needs --workdir=<latent diffusion run>.")
   launch.start()
+  prompts = [p.strip() for p in FLAGS.prompts.split(";") if p.strip()]
+  labels = _labels(FLAGS.labels)
+  if prompts and labels:
+    raise ValueError("give --labels (a class-conditional model) or --prompts (a text model), "
+                     "not both.")
   pipe = LatentDiffusionPipeline.from_workdir(FLAGS.workdir)
-  labels = [int(s) for s in FLAGS.labels.split(",") if s.strip()]
-  if not labels:  # every class of a class-conditional model (a row each); else one unconditional row
-    labels = list(range(pipe.num_classes)) if pipe.num_classes else [None]
+  if prompts and not pipe.text_conditioned:
+    raise ValueError(f"--prompts={FLAGS.prompts!r}: {FLAGS.workdir} is not a text-conditioned "
+                     f"model ({'give --labels' if pipe.num_classes else 'unconditional'}).")
+  if pipe.text_conditioned:
+    if labels:
+      raise ValueError(f"--labels={FLAGS.labels!r}: {FLAGS.workdir} is a text-conditioned model; "
+                       "give --prompts='3 left of 7;...' (';'-separated).")
+    prompts = prompts or _run_prompts(FLAGS.workdir)
+    if not prompts:
+      raise ValueError("--prompts is empty and the run's config has no sample.prompts: give "
+                       "--prompts='...;...' (';'-separated).")
   rows = []
-  for i, label in enumerate(tqdm.tqdm(labels, unit="row")):
-    y = None if label is None else [label] * FLAGS.per_label
-    rows.append(pipe.sample(jax.random.key(FLAGS.seed + i), FLAGS.per_label, labels=y,
+  if prompts:  # one row per prompt
+    conditions = [dict(prompts=p) for p in prompts]
+  elif labels or pipe.num_classes:  # a row per class (default: every class)
+    conditions = [dict(labels=[y] * FLAGS.per_label) for y in labels or range(pipe.num_classes)]
+  else:  # one unconditional row
+    conditions = [{}]
+  for i, cond in enumerate(tqdm.tqdm(conditions, unit="row")):
+    rows.append(pipe.sample(jax.random.key(FLAGS.seed + i), FLAGS.per_label, **cond,
                             method=FLAGS.method, num_steps=FLAGS.num_steps,
                             guidance_scale=FLAGS.guidance_scale))
   grid = image_grid(np.concatenate(rows), rows=len(rows))
   Image.fromarray(grid.squeeze(-1) if grid.shape[-1] == 1 else grid).save(FLAGS.out)
   print(f"wrote {FLAGS.out} ({grid.shape[1]}x{grid.shape[0]})")
+
+
+def _labels(text):
+  try:
+    return [int(s) for s in text.split(",") if s.strip()]
+  except ValueError:
+    raise ValueError(f"--labels={text!r}: expected comma-separated integers, e.g. 0,1,2.") from None
+
+
+def _run_prompts(workdir):
+  from ldm_jax.stages import export  # pylint: disable=import-outside-toplevel
+  config, _, _ = export.load(workdir)
+  section = config.get("sample") or {}
+  return [p.strip() for p in section.get("prompts", "").split(";") if p.strip()]
 
 
 def main(argv):

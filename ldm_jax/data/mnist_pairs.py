@@ -9,7 +9,8 @@ pure function of (split, i), so any batch can be rebuilt from its position alone
            resize="pad" gives it;
   caption  one of PHRASINGS with a and b filled in, each written as a numeral ("3") or an English
            word ("three"), both chosen per example;
-  label    the ordered pair as one int, a * 10 + b (NUM_CLASSES = 100).
+  label    the ordered pair as one int, a * 10 + b (NAME = "mnist_pairs"  # the dataset spec's name (ldm_jax.data.create_iterator)
+NUM_CLASSES = 100).
 
 Splits:
   "train"    digits from mnist_embedded's train split; the pair is uniform over the 90 ordered
@@ -29,6 +30,7 @@ import numpy as np
 
 from ldm_jax.data import mnist_builder
 
+NAME = "mnist_pairs"  # the dataset spec's name (ldm_jax.data.create_iterator)
 NUM_CLASSES = 100  # label = 10 * left + right
 HEIGHT, WIDTH = 32, 64
 HELD_OUT_PAIRS = tuple((d, (d + 3) % 10) for d in range(10))  # (left, right), never trained on

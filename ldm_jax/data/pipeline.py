@@ -1,4 +1,5 @@
-"""The input pipeline: a resumable iterator of host batches {"image": uint8, "label": int32}.
+"""The input pipeline: a resumable iterator of host batches {"image": uint8, "label": int32}
+(and "caption": str [b] for captioned sources such as "mnist_pairs").
 
 Batch k (the position) is a pure function of (dataset, spec, seed, global batch size, k): its
 examples come from `sharding` (a (seed, epoch) permutation per epoch, this process's slice of the
@@ -18,6 +19,7 @@ import threading
 import numpy as np
 
 from ldm_jax.data import folder
+from ldm_jax.data import mnist_pairs
 from ldm_jax.data import preprocess
 from ldm_jax.data import sharding
 from ldm_jax.data import tfds_source
@@ -26,10 +28,12 @@ SOURCES = ("tfds", "folder")
 # Keys of a dataset spec and their defaults (a dict or an ml_collections.ConfigDict).
 SPEC_DEFAULTS = {
     "source": "tfds",  # "tfds" (any TFDS name, including "mnist_embedded") or "folder"
-    "name": "mnist_embedded",  # TFDS name, e.g. "cifar10", "celeb_a_hq/256"; unused for folders
-    "split": "train",  # TFDS split, slicing allowed ("train[:90%]"); folders: train|test|all
+    "name": "mnist_embedded",  # TFDS name, e.g. "cifar10", "celeb_a_hq/256"; unused for folders;
+                               # "mnist_pairs": captioned digit pairs (mnist_pairs.py), offline
+    "split": "train",  # TFDS split, slicing allowed ("train[:90%]"); folders: train|test|all;
+                       # mnist_pairs: train|test|heldout
     "data_dir": None,  # TFDS data_dir (None: see tfds_source.default_data_dir) or the folder
-    "image_size": 32,  # S: batches are [b, S, S, C]
+    "image_size": 32,  # S: batches are [b, S, S, C]; or (H, W): [b, H, W, C]
     "channels": None,  # 1 or 3; None keeps the dataset's (1 if grayscale, else 3)
     "crop": "center",  # "center" | "random" | "none": square crop of side min(H, W)
     "resize": "auto",  # "auto" | "pad" | "resize": how the crop becomes S x S (preprocess.py)
@@ -60,6 +64,8 @@ def open_source(spec):
   if spec["source"] == "folder":
     return folder.open_folder(spec["data_dir"], in_memory=spec["in_memory"], split=spec["split"],
                               holdout_fraction=spec["holdout_fraction"])
+  if spec["name"] == mnist_pairs.NAME:
+    return mnist_pairs.MnistPairs(spec["split"])
   return tfds_source.open_tfds(spec["name"], spec["split"], spec["data_dir"],
                                download=spec["download"], in_memory=spec["in_memory"])
 
@@ -68,8 +74,10 @@ class DataIterator:
   """Iterator of this process's batches; `position` = global batches consumed so far."""
 
   def __init__(self, source, spec, *, global_batch_size, seed, process_index, process_count,
-               start_position, num_epochs, drop_remainder, prefetch):
+               start_position, num_epochs, drop_remainder, prefetch, transform=None):
     self.source, self.spec, self.seed = source, spec, int(seed)
+    self.transform = transform
+    self.has_captions = hasattr(source, "captions")
     self.global_batch_size = global_batch_size
     self.process_index, self.process_count = process_index, process_count
     self.num_examples = source.num_examples
@@ -82,7 +90,7 @@ class DataIterator:
                        f"examples of {source.description}.")
     self.num_batches = None if num_epochs is None else num_epochs * self.steps_per_epoch
     self.local_batch_size = global_batch_size // process_count
-    self.image_shape = (spec["image_size"], spec["image_size"], spec["channels"])
+    self.image_shape = (*preprocess.image_hw(spec["image_size"]), spec["channels"])
     self._orders = collections.OrderedDict()  # epoch -> order, last 2 epochs
     self._lock = threading.Lock()
     self._prefetch = max(0, int(prefetch))
@@ -135,7 +143,9 @@ class DataIterator:
     return self._order(epoch)[start + lo:stop]
 
   def batch_at(self, position):
-    """This process's batch at `position`: {"image": uint8 [b, S, S, C], "label": int32 [b]}."""
+    """This process's batch at `position`: {"image": uint8 [b, H, W, C], "label": int32 [b]}
+    (label when the source has labels; "caption": object array of str [b] when it has captions),
+    passed through `transform` when one was given."""
     epoch = position // self.steps_per_epoch
     indices = self.indices_at(position)
     images, labels = self.source.read(indices)
@@ -145,7 +155,9 @@ class DataIterator:
         resize=s["resize"], flip=s["flip"], seed=self.seed, epoch=epoch, indices=indices)}
     if labels is not None:
       batch["label"] = np.asarray(labels, np.int32)
-    return batch
+    if self.has_captions:
+      batch["caption"] = np.asarray(self.source.captions(indices), dtype=object)
+    return batch if self.transform is None else self.transform(batch)
 
   def __iter__(self):
     return self
@@ -184,7 +196,7 @@ class DataIterator:
 
 def create_iterator(spec, *, global_batch_size, seed, process_index=None, process_count=None,
                     num_devices=None, start_position=0, num_epochs=None, drop_remainder=True,
-                    prefetch=2):
+                    prefetch=2, transform=None):
   """Opens the dataset `spec` names and returns this process's DataIterator.
 
   Args:
@@ -197,6 +209,8 @@ def create_iterator(spec, *, global_batch_size, seed, process_index=None, proces
     num_epochs: None repeats forever; an int stops after that many epochs.
     drop_remainder: False yields the last, smaller batch of an epoch (one process only).
     prefetch: batches prepared ahead in background threads (0: none).
+    transform: batch dict -> batch dict, applied to every batch in the prefetch threads (e.g.
+      captions -> token ids, so that only arrays reach the train step).
 
   Raises:
     ValueError: bad spec, unknown dataset or split, no image feature, unreadable image, or a
@@ -208,7 +222,7 @@ def create_iterator(spec, *, global_batch_size, seed, process_index=None, proces
                 start_position=start_position, num_epochs=num_epochs,
                 drop_remainder=drop_remainder, prefetch=prefetch)
   _check_iteration(spec, **kwargs)  # cheap checks first, before a dataset is opened
-  return iterator_for_source(open_source(spec), spec, **kwargs)
+  return iterator_for_source(open_source(spec), spec, transform=transform, **kwargs)
 
 
 def _check_iteration(spec, *, global_batch_size, process_index, process_count, num_devices,
@@ -231,7 +245,7 @@ def _check_iteration(spec, *, global_batch_size, process_index, process_count, n
 
 def iterator_for_source(source, spec, *, global_batch_size, seed, process_index=None,
                         process_count=None, num_devices=None, start_position=0,
-                        num_epochs=None, drop_remainder=True, prefetch=2):
+                        num_epochs=None, drop_remainder=True, prefetch=2, transform=None):
   """create_iterator on an already opened source (`open_source(resolve_spec(spec))`).
 
   Opening decodes an in-memory dataset once; several iterators (e.g. one per simulated
@@ -248,6 +262,6 @@ def iterator_for_source(source, spec, *, global_batch_size, seed, process_index=
     first = np.asarray(source.read(np.zeros(1, np.int64))[0][0])
     spec["channels"] = 1 if first.ndim == 2 or first.shape[-1] == 1 else 3
   it = DataIterator(source, spec, process_index=process_index, process_count=process_count,
-                    **kwargs)
+                    transform=transform, **kwargs)
   it.batch_at(0)  # decode and preprocess once now: bad images or options fail here
   return it

@@ -32,6 +32,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from ldm_jax import diffusion
 from ldm_jax import samplers
 from ldm_jax.models import precision
+from ldm_jax.models.pooled_text import PooledText
 from ldm_jax.pipeline import checks
 from ldm_jax.pipeline import conditioning
 from ldm_jax.pipeline import images as images_lib
@@ -110,7 +111,10 @@ class LatentDiffusionPipeline:
       unet, autoencoder = unet.clone(dtype=dtype), autoencoder.clone(dtype=dtype)
       unet_params, ae_params = _cast_floats((unet_params, ae_params), dtype)
       if prompt_encoder is not None:
-        prompt_encoder = prompt_encoder._replace(module=prompt_encoder.module.clone(dtype=dtype),
+        module = prompt_encoder.module
+        module = (module.clone(encoder=module.encoder.clone(dtype=dtype))
+                  if isinstance(module, PooledText) else module.clone(dtype=dtype))
+        prompt_encoder = prompt_encoder._replace(module=module,
                                                  params=_cast_floats(prompt_encoder.params, dtype))
     self.dtype = unet.dtype
     self.prompt_encoder = prompt_encoder

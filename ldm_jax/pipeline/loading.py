@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from ldm_jax import schedules
+from ldm_jax.data.preprocess import image_hw
 from ldm_jax.pipeline import scheduler_config as sched_lib
 from ldm_jax.stages import builders
 from ldm_jax.stages import export
@@ -71,13 +72,36 @@ def from_workdir(workdir: str, use_ema: bool = True, first_stage_workdir: str | 
   d = config.diffusion
   num_classes = d.num_classes if d.conditioning == "class" else None
   channels, f = latent_channels(ae), ae.downsampling_factor
+  prompt_encoder = None
+  if d.conditioning == "text":
+    prompt_encoder = run_prompt_encoder(workdir, config, params["text_encoder"])
+    params = params["unet"]
   unet = builders.unet(config.model, in_channels=channels,
-                       num_class_embeds=None if num_classes is None else num_classes + 1)
+                       num_class_embeds=None if num_classes is None else num_classes + 1,
+                       context_dim=None if prompt_encoder is None else prompt_encoder.module.width)
+  h, w = image_hw(config.data.image_size)
   return dict(unet=unet, unet_params=jax.tree.map(jnp.asarray, params), autoencoder=ae,
               ae_params=ae_params, schedule=builders.schedule(d),
               scale_factor=metadata["latent_scale_factor"], prediction_type=d.prediction_type,
               num_classes=num_classes, defaults=run_defaults(config),
-              latent_shape=(config.data.image_size // f, config.data.image_size // f, channels))
+              latent_shape=(h // f, w // f, channels), prompt_encoder=prompt_encoder)
+
+
+def run_prompt_encoder(workdir: str, config, params):
+  """The `ldm_jax.text.PromptEncoder` of a text run: the tokenizer its export saved
+  (tokenizer.json) and the encoder its `text` section describes, with the exported params."""
+  from tokenizers import Tokenizer  # pylint: disable=import-outside-toplevel
+  from ldm_jax.text.prompts import PromptEncoder  # pylint: disable=import-outside-toplevel
+  path = os.path.join(workdir, export.EXPORT_DIR, "tokenizer.json")
+  if not os.path.exists(path):
+    raise ValueError(f"{workdir} is a text-conditioned run but its export has no tokenizer.json.")
+  tokenizer = Tokenizer.from_file(path)
+  if config.text.pretrained:  # the architecture is the folder's
+    _, module, _ = builders.text_conditioner(config.text, load_weights=False)
+  else:
+    module = builders.text_encoder(config.text, vocab_size=tokenizer.get_vocab_size(),
+                                   max_length=tokenizer.padding["length"])
+  return PromptEncoder(tokenizer, module, jax.device_put(jax.tree.map(jnp.asarray, params)))
 
 
 def run_defaults(config) -> dict:

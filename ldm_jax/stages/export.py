@@ -4,7 +4,8 @@ Orbax checkpoints (in `<workdir>/checkpoints`) hold everything needed to resume 
 export holds what a user needs to *use* the model, in a form that needs neither the optimizer nor
 the device layout: `config.json` (the run's full config), `params.msgpack` and
 `ema_params.msgpack` (flax.serialization of the parameter trees), `metadata.json` (e.g. the
-latent scale factor). Files are written to a temporary name and renamed, so an export is either
+latent scale factor), and for text-conditioned runs `tokenizer.json` (a `tokenizers` file; the
+params are then {"unet", "text_encoder"}). Files are written to a temporary name and renamed, so an export is either
 complete or absent.
 """
 
@@ -30,9 +31,11 @@ def _atomic_write(path: str, data: bytes) -> None:
   os.replace(tmp, path)
 
 
-def save(workdir: str, config: ml_collections.ConfigDict, params, ema_params, metadata: dict) -> str:
+def save(workdir: str, config: ml_collections.ConfigDict, params, ema_params, metadata: dict,
+         files: dict | None = None) -> str:
   """Writes the export of a stage; returns its directory. Every process must call it (parameters
-  sharded across processes are gathered collectively); only process 0 writes."""
+  sharded across processes are gathered collectively); only process 0 writes.
+  files: other {file name: bytes} of the model (a text run's `tokenizer.json`)."""
   out = os.path.join(workdir, EXPORT_DIR)
   params, ema_params = jax.tree.map(host_value, (params, ema_params))
   if jax.process_index() != 0:
@@ -43,6 +46,8 @@ def save(workdir: str, config: ml_collections.ConfigDict, params, ema_params, me
   _atomic_write(os.path.join(out, "ema_params.msgpack"),
                 flax.serialization.to_bytes(to_host(ema_params)))
   _atomic_write(os.path.join(out, "metadata.json"), json.dumps(metadata, indent=1).encode())
+  for name, data in (files or {}).items():
+    _atomic_write(os.path.join(out, name), data)
   _atomic_write(os.path.join(out, "config.json"), config.to_json_best_effort(indent=1).encode())
   return out
 

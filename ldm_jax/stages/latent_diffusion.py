@@ -7,6 +7,12 @@ latents, unless given). For classifier-free guidance (Ho & Salimans 2022) the cl
 replaced by the null label `num_classes` with probability `p_uncond`, so the model learns the
 conditional and the unconditional denoiser at once.
 
+Text conditioning (LDM sec. 3.3, txt2img): y is a caption's token ids, tau_theta(y) a transformer
+text encoder whose context [B, L, D] the UNet's cross-attention reads. The encoder is trained
+jointly with the UNet (params {"unet", "text_encoder"}, LDM's BERT) or frozen (its params in
+extra["text_encoder"], as SD fine-tuning keeps CLIP); for guidance a caption is replaced by the
+empty prompt's ids with probability `p_uncond` (diffusers' and SD's unconditional branch).
+
 The frozen autoencoder parameters travel in the train state's `extra["frozen"]` (sharded and
 checkpointed with it, never updated); `loss_fn(params, batch, rng, extra)` reads them there.
 Latents may be cached: a batch with "latent_mean" and "latent_logvar" skips the encoder.
@@ -21,7 +27,7 @@ from ldm_jax import diffusion
 from ldm_jax.data import to_float
 from ldm_jax.models.autoencoder import AutoencoderKL, VQModel
 
-CONDITIONINGS = ("none", "class")
+CONDITIONINGS = ("none", "class", "text")
 
 
 def encode_latents(ae: nn.Module, ae_params, images, rng):
@@ -47,7 +53,14 @@ def drop_labels(rng, y, p_uncond: float, num_classes: int):
   return jnp.where(drop, num_classes, y)
 
 
-def make_loss_fn(unet: nn.Module, ae: nn.Module, schedule, config, scale_factor: float):
+def drop_captions(rng, ids, p_uncond: float, null_ids):
+  """Replaces each row of token ids [B, L] by the empty prompt's ids [L] with probability p_uncond."""
+  drop = jax.random.bernoulli(rng, p_uncond, ids.shape[:1])
+  return jnp.where(drop[:, None], jnp.asarray(null_ids, ids.dtype)[None], ids)
+
+
+def make_loss_fn(unet: nn.Module, ae: nn.Module, schedule, config, scale_factor: float, *,
+                 text_encoder: nn.Module | None = None, null_ids=None, train_encoder: bool = True):
   """Builds `loss_fn(params, batch, rng, extra) -> (loss, metrics)` for the train step.
 
   Args:
@@ -58,6 +71,10 @@ def make_loss_fn(unet: nn.Module, ae: nn.Module, schedule, config, scale_factor:
     config: the `diffusion` section: prediction_type, weighting, min_snr_gamma, conditioning,
       num_classes, p_uncond, and optionally loss_type ("l2" default, or "l1").
     scale_factor: s, multiplies the latents.
+    text_encoder, null_ids, train_encoder: "text" conditioning only: tau_theta, the empty
+      prompt's token ids [L] (caption dropout), and whether tau_theta is trained (params
+      {"unet", "text_encoder"}) or frozen (params {"unet"}, tau_theta's in extra["text_encoder"]).
+      The batch then carries "tokens" int32 [B, L].
   """
   diffusion.parameterization.check_prediction_type(config.prediction_type)
   loss_type = config.get("loss_type", "l2")
@@ -69,6 +86,13 @@ def make_loss_fn(unet: nn.Module, ae: nn.Module, schedule, config, scale_factor:
   if config.conditioning == "class" and unet.num_class_embeds != config.num_classes + 1:
     raise ValueError(f"Class-conditional UNet needs num_class_embeds = num_classes + 1 = "
                      f"{config.num_classes + 1} (the null label), got {unet.num_class_embeds}.")
+  text = config.conditioning == "text"
+  if text and (text_encoder is None or null_ids is None):
+    raise ValueError("diffusion.conditioning='text' needs a text encoder and the empty prompt's "
+                     "token ids (a `text` config section).")
+  if text and not unet.has_cross_attention:
+    raise ValueError("diffusion.conditioning='text' needs a UNet with cross-attention "
+                     "(model.cross_attention_dim and CrossAttn* block types).")
   if not isinstance(ae, (AutoencoderKL, VQModel)):
     raise ValueError(f"First stage must be an AutoencoderKL or VQModel, got {type(ae).__name__}.")
 
@@ -80,11 +104,18 @@ def make_loss_fn(unet: nn.Module, ae: nn.Module, schedule, config, scale_factor:
     else:
       z = encode_latents(ae, jax.lax.stop_gradient(extra["frozen"]), batch["image"], z_rng)
     z = z * scale_factor
-    y = None
+    y, context, unet_params = None, None, params
     if config.conditioning == "class":
       y = drop_labels(drop_rng, batch["label"], config.p_uncond, config.num_classes)
-    model_fn = lambda x_t, t: unet.apply({"params": params}, x_t, t, y=y, train=True,
-                                         rngs={"dropout": dropout_rng})
+    elif text:
+      ids = drop_captions(drop_rng, batch["tokens"], config.p_uncond, null_ids)
+      text_params = (params["text_encoder"] if train_encoder
+                     else jax.lax.stop_gradient(extra["text_encoder"]))
+      context = text_encoder.apply({"params": text_params}, ids, train=train_encoder,
+                                   rngs={"dropout": jax.random.fold_in(dropout_rng, 1)})
+      unet_params = params["unet"]
+    model_fn = lambda x_t, t: unet.apply({"params": unet_params}, x_t, t, y=y, context=context,
+                                         train=True, rngs={"dropout": dropout_rng})
     per_example = diffusion.training_loss(
         model_fn, schedule, z, diff_rng, prediction_type=config.prediction_type,
         weighting=config.weighting, min_snr_gamma=config.min_snr_gamma, loss_type=loss_type)

@@ -7,7 +7,8 @@ process calls a preview (the parameters are gathered collectively) and draws it 
 
   autoencoder_preview   a held-out batch x (top row) over its reconstruction D(E(x)) (bottom row)
   ldm_preview           samples of the latent diffusion model: one row per class (classifier-free
-                        guidance), or a square grid when unconditional
+                        guidance), one row per prompt for text models, or a square grid when
+                        unconditional
 """
 
 import jax
@@ -44,17 +45,25 @@ def autoencoder_preview(ae, images: np.ndarray):
 
 def ldm_preview(unet, ae, schedule, *, scale_factor: float, latent_shape, prediction_type: str,
                 num_classes: int | None, per_class: int = 8, num_samples: int = 64, max_rows: int = 10,
-                method: str = "ddim", num_steps: int = 25, guidance_scale: float = 2.0, seed: int = 0):
+                method: str = "ddim", num_steps: int = 25, guidance_scale: float = 2.0, seed: int = 0,
+                text=None):
   """preview(step, state): samples of the EMA UNet decoded by the frozen first stage.
 
   Class-conditional (num_classes K): min(K, max_rows) rows of `per_class` samples, one class per
   row (classes 0..K-1 when K <= max_rows, else max_rows classes evenly spaced over 0..K-1), guided
-  with weight `guidance_scale` against the null label K. Unconditional: `num_samples` in a square
-  grid.
+  with weight `guidance_scale` against the null label K. Text (text = (encoder, prompt ids
+  [P, L], empty-prompt ids [L])): one row of `per_class` samples per prompt, guided against the
+  empty prompt; the UNet and encoder params are state.ema_params["unet" / "text_encoder"] (or a
+  frozen encoder's state.extra["text_encoder"]). Unconditional: `num_samples` in a square grid.
   The noise is the same at every call (fold of `seed`), so grids of successive steps compare.
   """
   latent_shape = tuple(latent_shape)
-  if num_classes is None:
+  if text is not None:
+    encoder, ids, null_ids = text
+    n, rows = len(ids) * per_class, len(ids)
+    ids = jnp.repeat(jnp.asarray(ids), per_class, axis=0)
+    null = jnp.broadcast_to(jnp.asarray(null_ids)[None], ids.shape)
+  elif num_classes is None:
     n, rows, y = num_samples, max(1, int(round(np.sqrt(num_samples)))), None
   else:
     classes = np.unique(np.linspace(0, num_classes - 1, min(num_classes, max_rows)).round().astype(np.int32))
@@ -64,8 +73,12 @@ def ldm_preview(unet, ae, schedule, *, scale_factor: float, latent_shape, predic
   rng = jax.random.fold_in(jax.random.key(seed), 1)
 
   @jax.jit
-  def draw(unet_params, ae_params, w):
-    if y is None:
+  def draw(unet_params, ae_params, w, text_params=None):
+    if text is not None:
+      context = encoder.apply({"params": text_params}, jnp.concatenate([ids, null]))
+      cond_fn = lambda x, t, c: unet.apply({"params": unet_params}, x, t, context=c)
+      model_fn = samplers.classifier_free_guidance(cond_fn, context[:n], context[n:], w)
+    elif y is None:
       model_fn = lambda x, t: unet.apply({"params": unet_params}, x, t)
     else:
       cond_fn = lambda x, t, c: unet.apply({"params": unet_params}, x, t, y=c)
@@ -76,8 +89,12 @@ def ldm_preview(unet, ae, schedule, *, scale_factor: float, latent_shape, predic
 
   def preview(step, state):
     del step
-    unet_params, ae_params = _host(state.ema_params), _host(state.extra["frozen"])
-    x = draw(unet_params, ae_params, jnp.float32(guidance_scale))
+    unet_params, ae_params, text_params = _host(state.ema_params), _host(state.extra["frozen"]), None
+    if text is not None:
+      text_params = (unet_params["text_encoder"] if "text_encoder" in unet_params
+                     else _host(state.extra["text_encoder"]))
+      unet_params = unet_params["unet"]
+    x = draw(unet_params, ae_params, jnp.float32(guidance_scale), text_params)
     return {"samples": image_grid(to_uint8(x), rows=rows)}
 
   return preview

@@ -17,6 +17,7 @@ import ml_collections
 import numpy as np
 
 from ldm_jax import data as data_lib
+from ldm_jax.data import preprocess
 from ldm_jax.metrics import image as image_metrics
 from ldm_jax.stages import autoencoder as ae_stage
 from ldm_jax.stages import builders
@@ -28,6 +29,7 @@ from ldm_jax.train import checkpoint as ckpt_lib
 from ldm_jax.train import loop
 from ldm_jax.train import metrics as metrics_lib
 from ldm_jax.train import parallel
+from ldm_jax.text.token_ids import tokenize as text_tokenize
 
 STAGES = validate.STAGES
 
@@ -42,16 +44,18 @@ def _data(config, split=None, **kw):
 
 
 def _fit(config, workdir, loss_fn, init_params_fn, metadata, extra=None, images_fn=None,
-         check_data=None):
+         check_data=None, transform=None, export_files=None):
   """The part both stages share: parallel step, state, checkpoints, `fit`, export.
   images_fn: a `previews` function, written to TensorBoard every config.train.image_every steps.
-  check_data: called with the data iterator before anything compiles (raises ValueError)."""
+  check_data: called with the data iterator before anything compiles (raises ValueError).
+  transform: the data iterator's batch transform (captions -> token ids).
+  export_files: {name: bytes} written into the export beside the params (a tokenizer)."""
   devices = builders.devices(config)
   tx, lr_schedule = builders.optimizer(config)
   mesh = parallel.make_mesh(config.parallel.num_fsdp, devices)
   dp = parallel.data_parallel(loss_fn, tx, mode=config.parallel.mode, mesh=mesh,
                               ema_decay=config.train.ema_decay, lr_schedule=lr_schedule)
-  data = _data(config, num_devices=len(devices))
+  data = _data(config, num_devices=len(devices), transform=transform)
   if check_data is not None:
     try:
       check_data(data)
@@ -78,7 +82,10 @@ def _fit(config, workdir, loss_fn, init_params_fn, metadata, extra=None, images_
   # Host copies on every process (a collective gather where parameters are sharded across
   # processes): the export and the evaluation then run without cross-process programs.
   params, ema_params = jax.tree.map(ckpt_lib.host_value, (final.params, final.ema_params))
-  export.save(workdir, config, params, ema_params, metadata)
+  if "text_encoder" in final.extra:  # a frozen text encoder is part of the model a user loads
+    frozen = jax.tree.map(ckpt_lib.host_value, final.extra["text_encoder"])
+    params, ema_params = ({**p, "text_encoder": frozen} for p in (params, ema_params))
+  export.save(workdir, config, params, ema_params, metadata, files=export_files)
   return ema_params, result
 
 
@@ -153,21 +160,61 @@ def load_first_stage(workdir: str, use_ema: bool = True):
   return builders.autoencoder(config.model), jax.tree.map(jnp.asarray, params), config
 
 
+def _tokenize_captions(tokenizer):
+  """Batch transform: the captions (str [b]) -> "tokens" int32 [b, L] (the step sees arrays only)."""
+  def transform(batch):
+    if "caption" not in batch:
+      raise ValueError("diffusion.conditioning='text' needs captions, and this dataset has none "
+                       "(a captioned dataset: --config.data.name=mnist_pairs); or train with "
+                       "--config.diffusion.conditioning=class or none.")
+    batch = dict(batch)
+    batch["tokens"] = text_tokenize(tokenizer, list(batch.pop("caption")))
+    return batch
+  return transform
+
+
 def train_latent_diffusion(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if not config.first_stage.workdir:
     raise ValueError("config.first_stage.workdir is empty: give the autoencoder run's workdir.")
-  ae, ae_params, _ = load_first_stage(config.first_stage.workdir, config.first_stage.use_ema)
-  scale = _scale_factor(config, workdir, ae, ae_params)
   d = config.diffusion
+  text = d.conditioning == "text"
+  tokenizer = text_encoder = text_params = None
+  if text:
+    tokenizer, text_encoder, text_params = builders.text_conditioner(config.text)
+  ae, ae_params, _ = load_first_stage(config.first_stage.workdir, config.first_stage.use_ema)
+  transform = _tokenize_captions(tokenizer) if text else None
+  scale = _scale_factor(config, workdir, ae, ae_params)
   num_class_embeds = d.num_classes + 1 if d.conditioning == "class" else None
   f = ae.downsampling_factor
-  latent_shape = (1, config.data.image_size // f, config.data.image_size // f,
-                  getattr(ae, "code_dim", ae.z_channels))
-  unet = builders.unet(config.model, in_channels=latent_shape[-1], num_class_embeds=num_class_embeds)
+  h, w = preprocess.image_hw(config.data.image_size)
+  latent_shape = (1, h // f, w // f, getattr(ae, "code_dim", ae.z_channels))
+  unet = builders.unet(config.model, in_channels=latent_shape[-1],
+                       num_class_embeds=num_class_embeds,
+                       context_dim=text_encoder.width if text else None)
   schedule = builders.schedule(d)
-  loss_fn = ldm_stage.make_loss_fn(unet, ae, schedule, d, scale)
+  train_encoder = bool(text and config.text.train_encoder)
+  null_ids = text_tokenize(tokenizer, [""])[0] if text else None
+  loss_fn = ldm_stage.make_loss_fn(unet, ae, schedule, d, scale, text_encoder=text_encoder,
+                                   null_ids=null_ids, train_encoder=train_encoder)
   y0 = jnp.zeros((1,), jnp.int32) if num_class_embeds else None
-  init_fn = lambda rng: unet.init(rng, jnp.zeros(latent_shape), jnp.zeros((1,)), y=y0)["params"]
+  ids0 = jnp.zeros((1, null_ids.shape[0]), jnp.int32) if text else None
+
+  def init_fn(rng):
+    if not text:
+      return unet.init(rng, jnp.zeros(latent_shape), jnp.zeros((1,)), y=y0)["params"]
+    unet_rng, text_rng = jax.random.split(rng)
+    context = jnp.zeros((1, ids0.shape[1], text_encoder.width))
+    params = {"unet": unet.init(unet_rng, jnp.zeros(latent_shape), jnp.zeros((1,)),
+                                context=context)["params"]}
+    if train_encoder:
+      params["text_encoder"] = (text_params if text_params is not None
+                                else text_encoder.init(text_rng, ids0)["params"])
+    return params
+
+  extra = {"frozen": ae_params}
+  if text and not train_encoder:  # a frozen encoder: pretrained, or its random init (an ablation)
+    extra["text_encoder"] = (text_params if text_params is not None else
+                             text_encoder.init(jax.random.key(config.seed + 1), ids0)["params"])
   # The first stage's place relative to this run (the two runs can move together), and where it was.
   metadata = {"stage": "latent_diffusion", "latent_scale_factor": scale,
               "first_stage_workdir": os.path.relpath(config.first_stage.workdir, workdir),
@@ -180,16 +227,35 @@ def train_latent_diffusion(config: ml_collections.ConfigDict, workdir: str) -> d
         prediction_type=d.prediction_type, num_classes=d.num_classes if num_class_embeds else None,
         per_class=sample.get("per_class", 8), method=sample.get("method", "ddim"),
         num_steps=sample.get("num_steps", 25), guidance_scale=sample.get("guidance_scale", 2.0),
-        seed=config.seed)
-  _, result = _fit(config, workdir, loss_fn, init_fn, metadata, extra={"frozen": ae_params},
-                   images_fn=preview, check_data=lambda it: _check_classes(d, it))
+        seed=config.seed, text=_preview_text(config, tokenizer, text_encoder, null_ids))
+  files = {"tokenizer.json": tokenizer.to_str().encode()} if text else None
+  _, result = _fit(config, workdir, loss_fn, init_fn, metadata, extra=extra,
+                   images_fn=preview, check_data=lambda it: _check_conditioning(d, it),
+                   transform=transform, export_files=files)
   summary = {"steps": result.step, "final_metrics": result.metrics, "latent_scale_factor": scale}
   _write_json(workdir, "eval.json", summary)
   return summary
 
 
-def _check_classes(d, it) -> None:
-  """A class-conditional run needs labels, all below diffusion.num_classes."""
+def _preview_text(config, tokenizer, text_encoder, null_ids):
+  """previews.ldm_preview's text argument: (encoder, prompt ids [P, L], null ids [L]) of
+  config.sample.prompts (a ';'-separated str), or None for other runs."""
+  if text_encoder is None:
+    return None
+  prompts = [p.strip() for p in (config.get("sample") or {}).get("prompts", "").split(";")
+             if p.strip()]
+  if not prompts:
+    return None
+  return text_encoder, text_tokenize(tokenizer, prompts), null_ids
+
+
+def _check_conditioning(d, it) -> None:
+  """A text-conditional run needs captions; a class-conditional run labels, all below
+  diffusion.num_classes."""
+  if d.conditioning == "text" and not it.has_captions:
+    raise ValueError(f"diffusion.conditioning='text' needs captions, and {it.source.description} "
+                     "has none (a captioned dataset: --config.data.name=mnist_pairs); or train "
+                     "with --config.diffusion.conditioning=class or none.")
   if d.conditioning != "class":
     return
   if it.num_classes is None:

@@ -147,7 +147,21 @@ def _data(c):
   _choice(c, "data.source", ("tfds", "folder"))
   if _get(c, "data.source") == "folder" and not _get(c, "data.data_dir"):
     _bad("data.data_dir", _get(c, "data.data_dir"), "the folder of images for data.source='folder'")
-  size = _int(c, "data.image_size", 1)
+  size = _get(c, "data.image_size")
+  if size is _MISSING:
+    size = None
+  else:
+    try:
+      size = preprocess.image_hw(list(size) if isinstance(size, tuple) else size)
+    except ValueError:
+      _bad("data.image_size", size, "a positive integer S, or a pair (H, W) of positive integers")
+  if _get(c, "data.name") == "mnist_pairs":
+    from ldm_jax.data import mnist_pairs  # pylint: disable=import-outside-toplevel
+    _choice(c, "data.split", mnist_pairs.SPLITS)
+    _choice(c, "data.eval_split", mnist_pairs.SPLITS)
+    if _get(c, "data.crop") not in (_MISSING, "none"):
+      _bad("data.crop", _get(c, "data.crop"), "'none' for mnist_pairs (a square crop would cut "
+           "off one of the two digits)")
   channels = _get(c, "data.channels")
   if channels is not _MISSING and channels is not None and channels not in preprocess.CHANNELS:
     _bad("data.channels", channels, f"one of {preprocess.CHANNELS} (or None: the dataset's)")
@@ -189,8 +203,9 @@ def _autoencoder(c, size, channels):
       f = builders.autoencoder(c.model).downsampling_factor  # a module definition: nothing runs
     except TypeError as e:  # a field the module does not have
       raise ValueError(f"model: {e}") from None
-    if size % f:
-      _bad("data.image_size", size, f"a multiple of the autoencoder's downsampling factor {f}")
+    if size[0] % f or size[1] % f:
+      _bad("data.image_size", _get(c, "data.image_size"),
+           f"a multiple of the autoencoder's downsampling factor {f}")
 
 
 def _latent_diffusion(c):
@@ -217,13 +232,50 @@ def _latent_diffusion(c):
   _choice(c, "diffusion.weighting", losses.WEIGHTINGS)
   _choice(c, "diffusion.loss_type", losses.LOSS_TYPES)
   _real(c, "diffusion.min_snr_gamma", 0.0, lo_open=True)
-  if _choice(c, "diffusion.conditioning", ldm_stage.CONDITIONINGS) == "class":
+  conditioning = _choice(c, "diffusion.conditioning", ldm_stage.CONDITIONINGS)
+  if conditioning == "class":
     _int(c, "diffusion.num_classes", 1)
+  if conditioning == "text":
+    _text(c)
   _real(c, "diffusion.p_uncond", 0.0, 1.0)
   _choice(c, "sample.method", tuple(samplers.METHODS))
   _int(c, "sample.num_steps", 1)
   _real(c, "sample.guidance_scale")
   _int(c, "sample.per_class", 1)
+
+
+def _text(c):
+  """The `text` section of a text-conditioned run (tokenizer, encoder) and a UNet that can read
+  its context (cross-attention blocks)."""
+  if _get(c, "text") is _MISSING:
+    raise ValueError("diffusion.conditioning='text' needs a `text` section (tokenizer and text "
+                     "encoder): start from experiments/configs/mnist_text.py.")
+  pretrained = _get(c, "text.pretrained")
+  if pretrained not in (_MISSING, "", None) and not os.path.isdir(pretrained):
+    _bad("text.pretrained", pretrained, "a diffusers pipeline folder (tokenizer/ + text_encoder/ "
+         "or bert/), or '' for a new encoder")
+  _bool(c, "text.train_encoder")
+  _bool(c, "text.pooled")
+  _int(c, "text.max_length", 2)
+  if not pretrained:
+    tok = _get(c, "text.tokenizer")
+    builtin = builders.BUILTIN_TOKENIZERS + ("clip",)
+    if tok is _MISSING or not isinstance(tok, str) or (tok not in builtin and not os.path.exists(tok)):
+      _bad("text.tokenizer", None if tok is _MISSING else tok,
+           f"one of {', '.join(builtin)} or an existing tokenizer folder / tokenizer.json / vocab.txt")
+    _choice(c, "text.encoder.preset", tuple(sorted(builders.text_encoder_presets())))
+    for key in ("width", "layers", "heads", "head_dim", "mlp_dim"):
+      _int(c, f"text.encoder.{key}", 1)
+    _real(c, "text.encoder.dropout", 0.0, 1.0, hi_open=True)
+    _precision(c, "text.encoder")
+  blocks = []
+  for key in ("down_block_types", "up_block_types", "mid_block_type"):
+    v = _get(c, f"model.{key}")
+    blocks += [b for b in (v if isinstance(v, (tuple, list)) else [v]) if isinstance(b, str)]
+  if blocks and not any("CrossAttn" in b for b in blocks):
+    _bad("model.down_block_types", _get(c, "model.down_block_types"),
+         "cross-attention blocks (CrossAttnDownBlock2D / CrossAttnUpBlock2D / "
+         "UNetMidBlock2DCrossAttn) for diffusion.conditioning='text'")
 
 
 def _parallel(c, batch):

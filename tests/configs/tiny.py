@@ -3,14 +3,16 @@
   python -m ldm_jax.main --config=tests/configs/tiny.py:autoencoder --workdir=W
   python -m ldm_jax.main --config=tests/configs/tiny.py:latent_diffusion --workdir=W \
       --config.first_stage.workdir=<autoencoder run>
+  python -m ldm_jax.main --config=tests/configs/tiny.py:text --workdir=W \
+      --config.first_stage.workdir=<autoencoder run>
 The autoencoder is one level (f = 1, 32x32x1 -> 32x32x2) without attention; the UNet one level of
 one ResNet block without attention or mid block: the smallest networks that still exercise every
 part of both stages (GAN, KL, EMA, frozen first stage, label dropout, scale factor).
 """
 
-from experiments.configs import mnist_autoencoder, mnist_ldm
+from experiments.configs import mnist_autoencoder, mnist_ldm, mnist_text
 
-STAGES = ("autoencoder", "latent_diffusion")
+STAGES = ("autoencoder", "latent_diffusion", "text")
 
 
 def get_config(stage: str = "autoencoder"):
@@ -25,6 +27,19 @@ def get_config(stage: str = "autoencoder"):
     c.disc.base_channels = 8
     c.disc.num_layers = 1
     c.loss.disc_start = 2
+  elif stage == "text":  # MNIST pairs (32 x 64), a 1-layer text encoder, one cross-attention level
+    c = mnist_text.get_config()
+    c.model.block_out_channels = (8,)
+    c.model.layers_per_block = 1
+    c.model.down_block_types = ("CrossAttnDownBlock2D",)
+    c.model.up_block_types = ("CrossAttnUpBlock2D",)
+    c.model.mid_block_type = None
+    c.model.attention_head_dim = 8
+    c.model.norm_num_groups = 4
+    c.text.encoder.width, c.text.encoder.layers, c.text.encoder.heads = 16, 1, 2
+    c.text.encoder.head_dim, c.text.encoder.mlp_dim = 8, 32
+    c.diffusion.num_timesteps = 100
+    c.sample.method, c.sample.num_steps, c.sample.per_class = "ddim", 2, 2
   else:
     c = mnist_ldm.get_config()
     c.model.block_out_channels = (8,)

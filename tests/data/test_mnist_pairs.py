@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from ldm_jax.data import create_iterator
 from ldm_jax.data import mnist_builder
 from ldm_jax.data import mnist_pairs as mp
 
@@ -85,3 +86,46 @@ def test_bad_split_and_index_are_clear_errors(sources):
     mp.MnistPairs("val")
   with pytest.raises(ValueError, match="index 2000 outside mnist_pairs/test"):
     sources["test"].example(2000)
+
+
+def _iterator(split="train", **kw):
+  spec = {"name": "mnist_pairs", "split": split, "image_size": (32, 64), "crop": "none"}
+  return create_iterator(spec, global_batch_size=8, seed=3, num_devices=2, prefetch=0, **kw)
+
+
+def test_by_name_through_the_pipeline_with_captions_resumable_and_sharded_per_process(sources):
+  it = _iterator(process_index=0, process_count=1)
+  assert it.has_captions and it.image_shape == (32, 64, 1)
+  batches = [next(it) for _ in range(3)]
+  b = batches[1]
+  assert b["image"].shape == (8, 32, 64, 1) and b["caption"].shape == (8,)
+  # The rows are the source's examples at the batch's indices: image, label and caption agree.
+  idx = it.indices_at(1)
+  images, labels = sources["train"].read(idx)
+  np.testing.assert_array_equal(b["image"], images)
+  np.testing.assert_array_equal(b["label"], labels)
+  assert list(b["caption"]) == sources["train"].captions(idx)
+  # A restart at position 2 gives batch 2 again; two processes split each batch in halves.
+  again = _iterator(process_index=0, process_count=1, start_position=2)
+  assert list(next(again)["caption"]) == list(batches[2]["caption"])
+  halves = [_iterator(process_index=p, process_count=2) for p in (0, 1)]
+  for k in range(3):
+    parts = [next(h) for h in halves]
+    assert list(parts[0]["caption"]) + list(parts[1]["caption"]) == list(batches[k]["caption"])
+    np.testing.assert_array_equal(np.concatenate([p["image"] for p in parts]), batches[k]["image"])
+  # A transform (the text stage's captions -> token ids) runs on every batch.
+  tokens = _iterator(process_index=0, process_count=1,
+                     transform=lambda b: {"image": b["image"], "n": np.asarray([len(c) for c in b["caption"]])})
+  first = next(tokens)
+  assert set(first) == {"image", "n"}
+  np.testing.assert_array_equal(first["n"], [len(c) for c in batches[0]["caption"]])
+  for i in (it, again, tokens, *halves):
+    i.close()
+
+
+def test_non_square_image_size_is_checked():
+  with pytest.raises(ValueError, match="image_size"):
+    create_iterator({"name": "mnist_pairs", "image_size": (32, 0)}, global_batch_size=8, seed=0,
+                    num_devices=1, process_index=0, process_count=1)
+  with pytest.raises(ValueError, match="heldout"):  # the valid splits are listed
+    _iterator(split="val", process_index=0, process_count=1)

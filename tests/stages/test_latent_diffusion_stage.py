@@ -97,6 +97,92 @@ def test_bad_configs_raise(first_stage):
   with pytest.raises(ValueError, match="num_class_embeds = num_classes \\+ 1 = 11"):
     ldm_stage.make_loss_fn(_unet(10), ae, schedule, _diffusion_config(), 1.0)
   with pytest.raises(ValueError, match="valid choices"):
-    ldm_stage.make_loss_fn(_unet(), ae, schedule, _diffusion_config(conditioning="text"), 1.0)
+    ldm_stage.make_loss_fn(_unet(), ae, schedule, _diffusion_config(conditioning="caption"), 1.0)
   with pytest.raises(ValueError, match="valid choices"):
     ldm_stage.make_loss_fn(_unet(), ae, schedule, _diffusion_config(weighting="p2"), 1.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Text conditioning: a jointly trained or frozen encoder, caption dropout to the empty prompt
+
+
+def _text_parts():
+  from ldm_jax.models.bert_text import BERT_TINY  # pylint: disable=import-outside-toplevel
+  encoder = BERT_TINY(vocab_size=20, max_length=6, width=16, layers=1, heads=2, head_dim=8, mlp_dim=32)
+  unet = UNet(in_channels=4, out_channels=4, block_out_channels=(16,), layers_per_block=1,
+              down_block_types=("CrossAttnDownBlock2D",), up_block_types=("CrossAttnUpBlock2D",),
+              mid_block_type=None, attention_head_dim=8, cross_attention_dim=16, norm_num_groups=8)
+  ids = jnp.asarray(np.random.default_rng(0).integers(4, 20, (16, 6)), jnp.int32)
+  null_ids = jnp.asarray([2, 3, 0, 0, 0, 0], jnp.int32)
+  return encoder, unet, ids, null_ids
+
+
+def test_caption_dropout_rate_and_empty_prompt_rows():
+  ids = jnp.tile(jnp.arange(5, 11, dtype=jnp.int32)[None], (20000, 1))
+  null = jnp.asarray([2, 3, 0, 0, 0, 0], jnp.int32)
+  out = np.asarray(ldm_stage.drop_captions(jax.random.key(0), ids, 0.1, null))
+  dropped = np.all(out == np.asarray(null), axis=1)
+  kept = np.all(out == np.asarray(ids[0]), axis=1)
+  assert np.all(dropped | kept)  # whole rows: the caption or the empty prompt, nothing mixed
+  assert abs(dropped.mean() - 0.1) < 5 * np.sqrt(0.1 * 0.9 / len(out))
+
+
+@pytest.mark.parametrize("train_encoder", [True, False])
+def test_text_loss_reads_the_encoder_context_and_trains_it_only_when_joint(first_stage, train_encoder):
+  ae, ae_params, images = first_stage
+  encoder, unet, ids, null_ids = _text_parts()
+  d = _diffusion_config(conditioning="text", p_uncond=0.0)
+  loss_fn = ldm_stage.make_loss_fn(unet, ae, schedules.get_schedule("linear", 100), d, 0.5,
+                                   text_encoder=encoder, null_ids=null_ids,
+                                   train_encoder=train_encoder)
+  text_params = encoder.init(jax.random.key(1), ids[:1])["params"]
+  unet_params = unet.init(jax.random.key(2), jnp.zeros((1, 4, 4, 4)), jnp.zeros((1,)),
+                          context=jnp.zeros((1, 6, 16)))["params"]
+  params = {"unet": unet_params}
+  extra = {"frozen": ae_params}
+  if train_encoder:
+    params["text_encoder"] = text_params
+  else:
+    extra["text_encoder"] = text_params
+  batch = {"image": images, "tokens": ids}
+  rng = jax.random.key(5)
+  (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch, rng, extra)
+  # The same loss computed by hand: the diffusion loss of the UNet on the encoder's context.
+  z_rng, _, diff_rng, dropout_rng = jax.random.split(rng, 4)
+  z = ldm_stage.encode_latents(ae, ae_params, images, z_rng) * 0.5
+  context = encoder.apply({"params": text_params}, ids)
+  model_fn = lambda x_t, t: unet.apply({"params": unet_params}, x_t, t, context=context)
+  want = jnp.mean(diffusion.training_loss(model_fn, schedules.get_schedule("linear", 100), z, diff_rng,
+                                          prediction_type="epsilon", weighting="simple"))
+  np.testing.assert_allclose(loss, want, rtol=1e-5)
+  # Other captions give another loss (the context is really read).
+  other = dict(batch, tokens=jnp.roll(ids, 1, axis=0))
+  assert abs(float(loss_fn(params, other, rng, extra)[0]) - float(loss)) > 1e-6
+  if train_encoder:  # LDM: the encoder learns with the UNet
+    norms = [float(jnp.linalg.norm(g)) for g in jax.tree.leaves(grads["text_encoder"])]
+    assert max(norms) > 0
+  else:  # SD fine-tuning: frozen, no gradient path into it
+    assert set(grads) == {"unet"}
+
+
+def test_text_loss_needs_an_encoder_and_a_cross_attention_unet(first_stage):
+  ae, _, _ = first_stage
+  encoder, unet, _, null_ids = _text_parts()
+  d = _diffusion_config(conditioning="text")
+  with pytest.raises(ValueError, match="text encoder"):
+    ldm_stage.make_loss_fn(unet, ae, schedules.get_schedule("linear", 100), d, 1.0)
+  with pytest.raises(ValueError, match="cross-attention"):
+    ldm_stage.make_loss_fn(_unet(None), ae, schedules.get_schedule("linear", 100), d, 1.0,
+                           text_encoder=encoder, null_ids=null_ids)
+
+
+def test_pooled_text_is_the_mean_of_the_encoder_context():
+  from ldm_jax.models.pooled_text import PooledText  # pylint: disable=import-outside-toplevel
+  encoder, _, ids, _ = _text_parts()
+  pooled = PooledText(encoder)
+  params = pooled.init(jax.random.key(0), ids)["params"]
+  out = pooled.apply({"params": params}, ids)
+  full = encoder.apply({"params": params["encoder"]}, ids)
+  assert out.shape == (16, 1, 16)
+  np.testing.assert_allclose(out[:, 0], np.asarray(full, np.float64).mean(axis=1), rtol=1e-5, atol=1e-6)
+  assert (pooled.vocab_size, pooled.max_length, pooled.width) == (20, 6, 16)
