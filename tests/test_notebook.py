@@ -26,4 +26,5 @@ def test_quickstart_notebook_runs(monkeypatch):
   assert "tiny untrained model" in text
   assert "second call" in text
   images = [o for o in outputs if "image/png" in o.get("data", {})]
-  assert len(images) >= 7  # every plot cell drew its figure
+  assert len(images) >= 8  # every plot cell drew its figure (the last: prompts)
+  assert "refused:" in text and "above" in text  # a word outside the vocabulary, named

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from experiments.configs import mnist_autoencoder, mnist_ldm
+from experiments.configs import mnist_autoencoder, mnist_ldm, mnist_text
 from ldm_jax.stages import run, validate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -77,7 +77,7 @@ LDM_CASES = [
     ("diffusion.beta_start", 0.0, "(0.0, 1.0)"), ("diffusion.beta_end", 0.001, ">= diffusion.beta_start"),
     ("diffusion.schedule", "quadratic", "valid choices: linear, scaled_linear, cosine, sigmoid"), ("diffusion.num_timesteps", 0, ">= 1"),
     ("diffusion.prediction_type", "x0", "valid choices: epsilon, sample, v_prediction"), ("diffusion.p_uncond", 1.5, "[0.0, 1.0]"),
-    ("diffusion.conditioning", "text", "valid choices: none, class"), ("diffusion.num_classes", 0, ">= 1"),
+    ("diffusion.conditioning", "caption", "valid choices: none, class, text"), ("diffusion.num_classes", 0, ">= 1"),
     ("diffusion.min_snr_gamma", 0.0, "(0.0, inf)"), ("model.dropout", -0.1, "[0.0, 1.0)"),
     ("model.norm_num_groups", 3, "divisor"), ("sample.method", "plms", "valid choices: ddpm, ddim, dpmpp_2m"),
     ("sample.num_steps", 0, ">= 1"), ("sample.guidance_scale", float("inf"), "finite"),
@@ -95,17 +95,40 @@ def _set(c, key, value):
     section[last] = value
 
 
-@pytest.mark.parametrize("key,value,words", AE_CASES + [("ldm:" + k, v, w) for k, v, w in LDM_CASES])
+TEXT_CASES = [
+    ("text.tokenizer", "nope", "one of mnist_pairs, clip or an existing tokenizer"),
+    ("text.encoder.preset", "GPT2", "valid choices: BERTEmbedder, BERT_TINY"),
+    ("text.encoder.width", 0, ">= 1"), ("text.max_length", 1, ">= 2"),
+    ("text.pretrained", "/no/such/folder", "a diffusers pipeline folder"),
+    ("text.pooled", "yes", "True or False"), ("text.encoder.dtype", "float64", "valid choices"),
+    ("data.crop", "center", "'none' for mnist_pairs"), ("data.image_size", (32, 0), "pair (H, W)"),
+    ("data.split", "val", "valid choices: train, test, heldout"),
+]
+CONFIGS = {"ae": mnist_autoencoder, "ldm": mnist_ldm, "text": mnist_text}
+
+
+@pytest.mark.parametrize("key,value,words", [("ae:" + k, v, w) for k, v, w in AE_CASES] +
+                         [("ldm:" + k, v, w) for k, v, w in LDM_CASES] +
+                         [("text:" + k, v, w) for k, v, w in TEXT_CASES])
 def test_bad_values_name_key_value_and_range(key, value, words, tmp_path):
-  ldm = key.startswith("ldm:")
-  key = key.removeprefix("ldm:")
-  c = _with_first_stage(mnist_ldm.get_config() if ldm else mnist_autoencoder.get_config(), tmp_path)
+  kind, key = key.split(":")
+  c = _with_first_stage(CONFIGS[kind].get_config(), tmp_path)
   _set(c, key, value)
   with pytest.raises(ValueError) as err:
     validate.config(c)
   message = str(err.value)
   assert message.startswith(f"{key}={value!r}"), message
   assert words in message, message
+
+
+def test_text_model_needs_cross_attention_blocks(tmp_path):
+  c = _with_first_stage(mnist_text.get_config(), tmp_path)
+  c.model.down_block_types = ("DownBlock2D", "AttnDownBlock2D")
+  c.model.up_block_types = ("AttnUpBlock2D", "UpBlock2D")
+  validate.config(c)  # the mid block still cross-attends
+  c.model.mid_block_type = "UNetMidBlock2D"
+  with pytest.raises(ValueError, match="model.down_block_types=.*cross-attention blocks"):
+    validate.config(c)
 
 
 def test_perceptual_loss_needs_its_weight_files():
