@@ -127,3 +127,26 @@ def test_mistakes_are_one_line_errors_before_anything_compiles(reference, ae_dir
   assert "text-conditioned" in out and "--prompts" in out
   out = _cli_error("sample", f"--workdir={reference}", "--prompts=3 above 7")
   assert "'above'" in out
+
+
+def test_frozen_pretrained_encoder_is_loaded_kept_and_exported(ae_dir, tmp_path):
+  """SD fine-tuning: a diffusers folder's CLIP tokenizer and text encoder, frozen."""
+  from ldm_jax.convert.text_encoders import load_text_encoder  # pylint: disable=import-outside-toplevel
+  from tests.pipeline import sd_refs  # pylint: disable=import-outside-toplevel
+  folder, _ = sd_refs.tiny_sd_pipeline(tmp_path, "sd1")
+  workdir = str(tmp_path / "frozen")
+  cli_runs.run(*_args(workdir, ae_dir, f"--config.text.pretrained={folder}",
+                      "--config.text.train_encoder=False", "--config.train.num_steps=2"))
+  _, want = load_text_encoder(os.path.join(folder, "text_encoder"))
+  want = {"['text_encoder']" + jax.tree_util.keystr(k): np.asarray(v)
+          for k, v in jax.tree_util.tree_leaves_with_path(want)}
+  for name in ("params", "ema_params"):
+    got = cli_runs.exported_params(workdir, name)
+    assert {k for k in got if k.startswith("['text_encoder']")} == set(want)
+    for k, v in want.items():
+      np.testing.assert_array_equal(got[k], v)  # loaded, never updated
+  pipe = LatentDiffusionPipeline.from_workdir(workdir)
+  assert pipe.prompt_encoder.module.width == sd_refs.TEXT_DIM
+  assert pipe.prompt_encoder.tokenizer.padding["length"] == 12  # text.max_length of the tiny config
+  x = pipe.sample(jax.random.key(0), 1, prompts="a photo of a cat", method="ddim", num_steps=2)
+  assert x.shape == (1, 32, 64, 1)

@@ -133,7 +133,7 @@ class CLIPEncoder(nn.Module):
 
 
 class CLIPTextTransformer(nn.Module):
-  """Prompt encoder.  ``apply({"params": p}, input_ids, *, output_hidden_states=False)``.
+  """Prompt encoder.  ``apply({"params": p}, input_ids, *, train=False, output_hidden_states=False)``.
 
   input_ids: int [B, L], L <= max_length (77 for SD). Returns the float32 context [B, L, width]
   = final_layer_norm(hidden_states[-1 - clip_skip]); with ``output_hidden_states`` the pair
@@ -165,7 +165,8 @@ class CLIPTextTransformer(nn.Module):
     check_attention_impl(self.attention_impl)
 
   @nn.compact
-  def __call__(self, input_ids, *, output_hidden_states=False):
+  def __call__(self, input_ids, *, train=False, output_hidden_states=False):
+    del train  # CLIP's text tower has no dropout; taken so every text encoder has one interface
     self.check_config()
     input_ids = jnp.asarray(input_ids)
     check_token_ids(input_ids, self.max_length)
