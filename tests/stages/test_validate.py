@@ -131,6 +131,16 @@ def test_text_model_needs_cross_attention_blocks(tmp_path):
     validate.config(c)
 
 
+def test_text_conditioning_without_a_text_section_names_the_config_to_start_from(tmp_path):
+  c = _with_first_stage(mnist_ldm.get_config(), tmp_path)
+  c.diffusion.conditioning = "text"
+  with pytest.raises(ValueError, match="needs a `text` section .* experiments/configs/mnist_text.py"):
+    validate.config(c)
+  c = _with_first_stage(mnist_text.get_config(), tmp_path)
+  c.text.tokenizer = "clip"  # a built-in kind needs no path
+  validate.config(c)
+
+
 def test_perceptual_loss_needs_its_weight_files():
   c = mnist_autoencoder.get_config()
   c.loss.perceptual_weight = 1.0
