@@ -99,48 +99,56 @@ def main(_):
   if not FLAGS.ae_workdir:
     ae = common.train_run(mnist_autoencoder.get_config, ae_dir,
                           {"train.num_steps": FLAGS.ae_steps} if FLAGS.ae_steps else {})
-  t_ae = time.time()
   runs = {"cross_attention": os.path.join(FLAGS.workdir, "ldm")}
   if FLAGS.pooled:
     runs["pooled"] = os.path.join(FLAGS.workdir, "pooled")
-  summaries = {}
-  for name, workdir in runs.items():
+  results_path = os.path.join(FLAGS.workdir, "results.json")
+  results = {"models": {}}
+  if os.path.exists(results_path):  # models evaluated by an earlier chunk of this job
+    with open(results_path, encoding="utf-8") as f:
+      results = json.load(f)
+  results.setdefault("seconds", {})["autoencoder"] = ae.get("seconds") or 0.0
+  for name, workdir in runs.items():  # each model: train (or resume), then evaluate, then save
     overrides = {"first_stage.workdir": ae_dir, "train.num_steps": FLAGS.ldm_steps,
                  "optim.decay_steps": FLAGS.ldm_steps, "train.global_batch_size": FLAGS.batch,
                  "text.pooled": name == "pooled"}
-    summaries[name] = common.train_run(mnist_text.get_config, workdir, overrides)
-    print(f"{name}: {summaries[name]['steps']} steps, {summaries[name]['seconds']} s", flush=True)
-  t_train = time.time()
-  if jax.process_index() != 0:
-    return
+    summary = common.train_run(mnist_text.get_config, workdir, overrides)
+    print(f"{name}: {summary['steps']} steps, {summary['seconds']} s", flush=True)
+    done = results["models"].get(name, {})
+    if (done.get("steps") == summary["steps"]
+        and done.get("samples_per_pair") == FLAGS.samples_per_pair):
+      continue  # evaluated already
+    if jax.process_index() == 0:
+      results["models"][name] = _evaluate_run(name, workdir, judge, summary)
+      results.update(devices=common.devices_line(), commit=_commit(),
+                     load_average=[round(x, 2) for x in os.getloadavg()],
+                     ldm_steps=FLAGS.ldm_steps, batch=FLAGS.batch)
+      with open(results_path, "w", encoding="utf-8") as f:
+        json.dump(results, f, indent=1, default=float)
+  if jax.process_index() == 0:
+    results["seconds"]["total_this_chunk"] = time.time() - t0
+    _report(results, FLAGS.report or os.path.join(FLAGS.workdir, "report.md"))
 
-  results = {"seconds": {"autoencoder": t_ae - t0, "ldms": t_train - t_ae}, "models": {}}
-  for name, workdir in runs.items():
-    pipe = LatentDiffusionPipeline.from_workdir(workdir, shard=jax.process_count() == 1)
-    seen_imgs, seen_caps, seen = evaluate(pipe, judge, mnist_pairs.SEEN_PAIRS,
-                                          FLAGS.samples_per_pair, seed=0)
-    held_imgs, held_caps, held = evaluate(pipe, judge, mnist_pairs.HELD_OUT_PAIRS,
-                                          FLAGS.samples_per_pair, seed=10_000)
-    results["models"][name] = {"seen": seen, "held_out": held,
-                               "train_seconds": summaries[name]["seconds"],
-                               "steps": summaries[name]["steps"], "defaults": pipe.defaults}
-    # Grid: one row per held-out pair, then a few seen pairs (first 8 samples each).
-    rows = [held_imgs[i * FLAGS.samples_per_pair:][:8] for i in range(10)]
-    rows += [seen_imgs[i * FLAGS.samples_per_pair:][:8] for i in range(0, 90, 18)]
-    grid = image_grid(np.concatenate(rows), rows=len(rows))
-    path = os.path.join(FLAGS.workdir, f"samples_{name}.png")
-    Image.fromarray(grid[..., 0]).save(path)
-    with open(path.replace(".png", "_rows.txt"), "w", encoding="utf-8") as f:
-      f.write("\n".join([held_caps[i * FLAGS.samples_per_pair] for i in range(10)] +
-                        [seen_caps[i * FLAGS.samples_per_pair] for i in range(0, 90, 18)]))
-    print(name, json.dumps(results["models"][name], indent=1), flush=True)
-  results.update(seconds={**results["seconds"], "total": time.time() - t0},
-                 devices=common.devices_line(), commit=_commit(),
-                 load_average=[round(x, 2) for x in os.getloadavg()], ldm_steps=FLAGS.ldm_steps,
-                 batch=FLAGS.batch, samples_per_pair=FLAGS.samples_per_pair)
-  with open(os.path.join(FLAGS.workdir, "results.json"), "w", encoding="utf-8") as f:
-    json.dump(results, f, indent=1, default=float)
-  _report(results, FLAGS.report or os.path.join(FLAGS.workdir, "report.md"))
+
+def _evaluate_run(name, workdir, judge, summary):
+  """Pair accuracies of one trained run, and its prompt grid (<workdir>/../samples_<name>.png)."""
+  t0 = time.time()
+  pipe = LatentDiffusionPipeline.from_workdir(workdir, shard=jax.process_count() == 1)
+  n = FLAGS.samples_per_pair
+  seen_imgs, seen_caps, seen = evaluate(pipe, judge, mnist_pairs.SEEN_PAIRS, n, seed=0)
+  held_imgs, held_caps, held = evaluate(pipe, judge, mnist_pairs.HELD_OUT_PAIRS, n, seed=10_000)
+  # Grid: one row per held-out pair, then five seen pairs (first 8 samples each).
+  rows = [held_imgs[i * n:][:8] for i in range(10)] + [seen_imgs[i * n:][:8] for i in range(0, 90, 19)]
+  grid = image_grid(np.concatenate(rows), rows=len(rows))
+  path = os.path.join(FLAGS.workdir, f"samples_{name}.png")
+  Image.fromarray(grid[..., 0]).save(path)
+  with open(path.replace(".png", "_rows.txt"), "w", encoding="utf-8") as f:
+    f.write("\n".join([held_caps[i * n] for i in range(10)] + [seen_caps[i * n] for i in range(0, 90, 19)]))
+  out = {"seen": seen, "held_out": held, "train_seconds": summary["seconds"],
+         "steps": summary["steps"], "samples_per_pair": n, "defaults": pipe.defaults,
+         "eval_seconds": time.time() - t0, "commit": _commit()}
+  print(name, json.dumps(out, indent=1), flush=True)
+  return out
 
 
 def _commit():
@@ -157,7 +165,7 @@ def _report(r, path):
   lines = ["# MNIST pairs: text-to-image composition (issue 13)", "",
            f"Commit {r['commit']}, {r['devices']}, load average at the end "
            f"{'/'.join(f'{x:.2f}' for x in r['load_average'])}. Both LDMs: {r['ldm_steps']} steps "
-           f"at batch {r['batch']}; {r['samples_per_pair']} samples per ordered pair, judged by "
+           f"at batch {r['batch']}; {FLAGS.samples_per_pair} samples per ordered pair, judged by "
            "the project's digit classifier on each 32 x 32 half. Targets: >= 90% on seen pairs, "
            ">= 80% on the 10 held-out pairs.", "",
            "| model | seen pairs | held-out pairs | swap rate (seen) | right-first phrasings "
@@ -168,7 +176,11 @@ def _report(r, path):
                  f"{pct(s['swap_rate'])} | {pct(s['right_first_accuracy'])} | "
                  f"{pct(s['left_accuracy'])} / {pct(s['right_accuracy'])} | "
                  f"{m['train_seconds'] or 0:.0f} |")
-  lines += ["", f"Wall time: {r['seconds']['total']:.0f} s in all.", ""]
+  missing = [m for m in ("cross_attention", "pooled") if m not in r["models"]]
+  if missing:
+    lines += ["", f"Not yet trained and evaluated: {', '.join(missing)} (run the job again)."]
+  lines += ["", f"Autoencoder: {r['seconds']['autoencoder']:.0f} s (0 when reused); evaluation "
+            "time per model in results.json.", ""]
   os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
   with open(path, "w", encoding="utf-8") as f:
     f.write("\n".join(lines))
