@@ -27,29 +27,22 @@ def get_config(stage: str = "autoencoder"):
     c.disc.base_channels = 8
     c.disc.num_layers = 1
     c.loss.disc_start = 2
-  elif stage == "text":  # MNIST pairs (32 x 64), a 1-layer text encoder, one cross-attention level
-    c = mnist_text.get_config()
+  else:  # one UNet level of one ResNet block; "text": cross-attention there, a 1-layer encoder
+    text = stage == "text"
+    c = mnist_text.get_config() if text else mnist_ldm.get_config()
+    block = "CrossAttn{}Block2D" if text else "{}Block2D"
     c.model.block_out_channels = (8,)
     c.model.layers_per_block = 1
-    c.model.down_block_types = ("CrossAttnDownBlock2D",)
-    c.model.up_block_types = ("CrossAttnUpBlock2D",)
-    c.model.mid_block_type = None
-    c.model.attention_head_dim = 8
-    c.model.norm_num_groups = 4
-    c.text.encoder.width, c.text.encoder.layers, c.text.encoder.heads = 16, 1, 2
-    c.text.encoder.head_dim, c.text.encoder.mlp_dim = 8, 32
-    c.diffusion.num_timesteps = 100
-    c.sample.method, c.sample.num_steps, c.sample.per_class = "ddim", 2, 2
-  else:
-    c = mnist_ldm.get_config()
-    c.model.block_out_channels = (8,)
-    c.model.layers_per_block = 1
-    c.model.down_block_types = ("DownBlock2D",)
-    c.model.up_block_types = ("UpBlock2D",)
+    c.model.down_block_types = (block.format("Down"),)
+    c.model.up_block_types = (block.format("Up"),)
     c.model.mid_block_type = None
     c.model.norm_num_groups = 4
     c.diffusion.num_timesteps = 100
     c.sample.method, c.sample.num_steps, c.sample.per_class = "ddim", 2, 2
+    if text:  # MNIST pairs (32 x 64)
+      c.model.attention_head_dim = 8
+      c.text.encoder.width, c.text.encoder.layers, c.text.encoder.heads = 16, 1, 2
+      c.text.encoder.head_dim, c.text.encoder.mlp_dim = 8, 32
   c.train.num_steps = 6
   c.train.global_batch_size = 8
   c.train.save_every = 0
