@@ -81,10 +81,11 @@ def _sample():
   from PIL import Image  # pylint: disable=import-outside-toplevel
   import tqdm  # pylint: disable=import-outside-toplevel
   from ldm_jax.pipeline import LatentDiffusionPipeline, image_grid  # pylint: disable=import-outside-toplevel
+  from ldm_jax.pipeline.prompts import split_prompts  # pylint: disable=import-outside-toplevel
   if FLAGS.workdir is None:
     raise app.UsageError("sample needs --workdir=<latent diffusion run>.")
   launch.start()
-  prompts = [p.strip() for p in FLAGS.prompts.split(";") if p.strip()]
+  prompts = split_prompts(FLAGS.prompts)
   labels = _labels(FLAGS.labels)
   if prompts and labels:
     raise ValueError("give --labels (a class-conditional model) or --prompts (a text model), "
@@ -125,10 +126,13 @@ def _labels(text):
 
 
 def _run_prompts(workdir):
+  """The run config's sample.prompts (config.json only: the params are loaded already)."""
+  import json  # pylint: disable=import-outside-toplevel
+  from ldm_jax.pipeline.prompts import split_prompts  # pylint: disable=import-outside-toplevel
   from ldm_jax.stages import export  # pylint: disable=import-outside-toplevel
-  config, _, _ = export.load(workdir)
-  section = config.get("sample") or {}
-  return [p.strip() for p in section.get("prompts", "").split(";") if p.strip()]
+  with open(os.path.join(workdir, export.EXPORT_DIR, "config.json"), encoding="utf-8") as f:
+    section = json.load(f).get("sample") or {}
+  return split_prompts(section.get("prompts", ""))
 
 
 def main(argv):

@@ -19,6 +19,7 @@ import numpy as np
 from ldm_jax import data as data_lib
 from ldm_jax.data import preprocess
 from ldm_jax.metrics import image as image_metrics
+from ldm_jax.pipeline.prompts import split_prompts
 from ldm_jax.stages import autoencoder as ae_stage
 from ldm_jax.stages import builders
 from ldm_jax.stages import export
@@ -242,8 +243,7 @@ def _preview_text(config, tokenizer, text_encoder, null_ids):
   config.sample.prompts (a ';'-separated str), or None for other runs."""
   if text_encoder is None:
     return None
-  prompts = [p.strip() for p in (config.get("sample") or {}).get("prompts", "").split(";")
-             if p.strip()]
+  prompts = split_prompts((config.get("sample") or {}).get("prompts", ""))
   if not prompts:
     return None
   return text_encoder, text_tokenize(tokenizer, prompts), null_ids
