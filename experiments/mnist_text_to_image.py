@@ -36,6 +36,8 @@ from ldm_jax import launch
 from ldm_jax.data import mnist_pairs
 from ldm_jax.pipeline import LatentDiffusionPipeline, image_grid
 
+flags.DEFINE_enum("scale", "cpu", ["cpu", "tiny"], "cpu: the configs as they are; tiny: a tiny "
+                  "autoencoder, UNet and text encoder (seconds per step; for tests).")
 flags.DEFINE_string("workdir", "workdirs/mnist_text", "Directory of the runs.")
 flags.DEFINE_string("ae_workdir", "", "An MNIST autoencoder run to reuse ('': train "
                     "<workdir>/autoencoder).")
@@ -45,10 +47,22 @@ flags.DEFINE_integer("stop_at", 0, "Train each LDM only to this step of its ldm_
                      "and evaluate there (a chunk; 0: to the end). A later run continues.")
 flags.DEFINE_integer("batch", 64, "Global batch size of both LDMs.")
 flags.DEFINE_integer("samples_per_pair", 10, "Samples per ordered pair (100 pairs).")
+flags.DEFINE_list("guidance_scales", ["2", "4"], "Classifier-free guidance scales w at which every "
+                  "model is evaluated (a table row each).")
 flags.DEFINE_bool("pooled", True, "Also train and evaluate the pooled-embedding baseline.")
 flags.DEFINE_string("report", "", "Markdown report ('': <workdir>/report.md).")
 FLAGS = flags.FLAGS
 
+_TINY_AE = {**common.tiny_autoencoder_overrides(f=4, z_channels=3), "train.num_steps": 2,
+            "train.global_batch_size": 8, "train.image_every": 0, "train.save_every": 0}
+_TINY_LDM = {"model.block_out_channels": (8,), "model.layers_per_block": 1,
+             "model.down_block_types": ("CrossAttnDownBlock2D",),
+             "model.up_block_types": ("CrossAttnUpBlock2D",), "model.mid_block_type": None,
+             "model.norm_num_groups": 4, "model.attention_head_dim": 8,
+             "text.encoder.width": 16, "text.encoder.layers": 1, "text.encoder.heads": 2,
+             "text.encoder.head_dim": 8, "text.encoder.mlp_dim": 32, "diffusion.num_timesteps": 100,
+             "sample.num_steps": 2, "sample.per_class": 1, "train.image_every": 0,
+             "train.save_every": 0, "optim.warmup_steps": 1}
 RIGHT_FIRST = tuple(i for i, p in enumerate(mnist_pairs.PHRASINGS) if p.startswith("{b}"))
 
 
@@ -68,12 +82,12 @@ def pair_prompts(pairs, per_pair):
   return captions, np.asarray(lefts), np.asarray(rights), np.asarray(phrasings)
 
 
-def evaluate(pipe, judge, pairs, per_pair, seed):
+def evaluate(pipe, judge, pairs, per_pair, seed, guidance_scale):
   captions, a, b, phrasing = pair_prompts(pairs, per_pair)
   s = pipe.defaults
   images = np.concatenate([
       pipe.sample(jax.random.key(seed + i), len(captions[i:i + 100]), prompts=captions[i:i + 100],
-                  method=s["method"], num_steps=s["num_steps"], guidance_scale=s["guidance_scale"])
+                  method=s["method"], num_steps=s["num_steps"], guidance_scale=guidance_scale)
       for i in range(0, len(captions), 100)])
   left, right = judge.predict(images[:, :, :32]), judge.predict(images[:, :, 32:])
   ok = (left == a) & (right == b)
@@ -99,8 +113,9 @@ def main(_):
   ae_dir = FLAGS.ae_workdir or os.path.join(FLAGS.workdir, "autoencoder")
   ae = {"reused": True}
   if not FLAGS.ae_workdir:
+    ae_overrides = _TINY_AE if FLAGS.scale == "tiny" else {}
     ae = common.train_run(mnist_autoencoder.get_config, ae_dir,
-                          {"train.num_steps": FLAGS.ae_steps} if FLAGS.ae_steps else {})
+                          {**ae_overrides, **({"train.num_steps": FLAGS.ae_steps} if FLAGS.ae_steps else {})})
   runs = {"cross_attention": os.path.join(FLAGS.workdir, "ldm")}
   if FLAGS.pooled:
     runs["pooled"] = os.path.join(FLAGS.workdir, "pooled")
@@ -114,12 +129,13 @@ def main(_):
     steps = min(FLAGS.stop_at or FLAGS.ldm_steps, FLAGS.ldm_steps)
     overrides = {"first_stage.workdir": ae_dir, "train.num_steps": steps,
                  "optim.decay_steps": FLAGS.ldm_steps, "train.global_batch_size": FLAGS.batch,
-                 "text.pooled": name == "pooled"}
+                 "text.pooled": name == "pooled", **(_TINY_LDM if FLAGS.scale == "tiny" else {})}
     summary = common.train_run(mnist_text.get_config, workdir, overrides)
     print(f"{name}: {summary['steps']} steps, {summary['seconds']} s", flush=True)
     done = results["models"].get(name, {})
     if (done.get("steps") == summary["steps"]
-        and done.get("samples_per_pair") == FLAGS.samples_per_pair):
+        and done.get("samples_per_pair") == FLAGS.samples_per_pair
+        and sorted(done.get("by_guidance", {})) == sorted(_scales())):
       continue  # evaluated already
     if jax.process_index() == 0:
       results["models"][name] = _evaluate_run(name, workdir, judge, summary)
@@ -133,21 +149,29 @@ def main(_):
     _report(results, FLAGS.report or os.path.join(FLAGS.workdir, "report.md"))
 
 
+def _scales():
+  return [f"{float(w):g}" for w in FLAGS.guidance_scales]
+
+
 def _evaluate_run(name, workdir, judge, summary):
-  """Pair accuracies of one trained run, and its prompt grid (<workdir>/../samples_<name>.png)."""
+  """Pair accuracies of one trained run at each guidance scale, and a prompt grid per scale
+  (<workdir>/samples_<name>_w<w>.png)."""
   t0 = time.time()
   pipe = LatentDiffusionPipeline.from_workdir(workdir, shard=jax.process_count() == 1)
   n = FLAGS.samples_per_pair
-  seen_imgs, seen_caps, seen = evaluate(pipe, judge, mnist_pairs.SEEN_PAIRS, n, seed=0)
-  held_imgs, held_caps, held = evaluate(pipe, judge, mnist_pairs.HELD_OUT_PAIRS, n, seed=10_000)
-  # Grid: one row per held-out pair, then five seen pairs (first 8 samples each).
-  rows = [held_imgs[i * n:][:8] for i in range(10)] + [seen_imgs[i * n:][:8] for i in range(0, 90, 19)]
-  grid = image_grid(np.concatenate(rows), rows=len(rows))
-  path = os.path.join(FLAGS.workdir, f"samples_{name}.png")
-  Image.fromarray(grid[..., 0]).save(path)
-  with open(path.replace(".png", "_rows.txt"), "w", encoding="utf-8") as f:
-    f.write("\n".join([held_caps[i * n] for i in range(10)] + [seen_caps[i * n] for i in range(0, 90, 19)]))
-  out = {"seen": seen, "held_out": held, "train_seconds": summary["seconds"],
+  by_guidance = {}
+  for w in _scales():  # the same seeds at every scale
+    seen_imgs, seen_caps, seen = evaluate(pipe, judge, mnist_pairs.SEEN_PAIRS, n, 0, float(w))
+    held_imgs, held_caps, held = evaluate(pipe, judge, mnist_pairs.HELD_OUT_PAIRS, n, 10_000, float(w))
+    by_guidance[w] = {"seen": seen, "held_out": held}
+    # Grid: one row per held-out pair, then five seen pairs (first 8 samples each).
+    rows = [held_imgs[i * n:][:8] for i in range(10)] + [seen_imgs[i * n:][:8] for i in range(0, 90, 19)]
+    grid = image_grid(np.concatenate(rows), rows=len(rows))
+    path = os.path.join(FLAGS.workdir, f"samples_{name}_w{w}.png")
+    Image.fromarray(grid[..., 0]).save(path)
+    with open(path.replace(".png", "_rows.txt"), "w", encoding="utf-8") as f:
+      f.write("\n".join([held_caps[i * n] for i in range(10)] + [seen_caps[i * n] for i in range(0, 90, 19)]))
+  out = {"by_guidance": by_guidance, "train_seconds": summary["seconds"],
          "steps": summary["steps"], "samples_per_pair": n, "defaults": pipe.defaults,
          "eval_seconds": time.time() - t0, "commit": _commit()}
   print(name, json.dumps(out, indent=1), flush=True)
@@ -173,15 +197,16 @@ def _report(r, path):
            f"at batch {r['batch']}; {FLAGS.samples_per_pair} samples per ordered pair, judged by "
            "the project's digit classifier on each 32 x 32 half. Targets: >= 90% on seen pairs, "
            ">= 80% on the 10 held-out pairs.", "",
-           "| model | seen pairs | held-out pairs | swap rate (seen) | right-first phrasings "
+           "| model | guidance w | seen pairs | held-out pairs | swap rate (seen) | right-first phrasings "
            "(seen) | left / right digit (seen) | steps | train time (s) |",
-           "|---|---|---|---|---|---|---|---|"]
+           "|---|---|---|---|---|---|---|---|---|"]
   for name, m in r["models"].items():
-    s, h = m["seen"], m["held_out"]
-    lines.append(f"| {name} | {pct(s['pair_accuracy'])} | {pct(h['pair_accuracy'])} | "
-                 f"{pct(s['swap_rate'])} | {pct(s['right_first_accuracy'])} | "
-                 f"{pct(s['left_accuracy'])} / {pct(s['right_accuracy'])} | {m['steps']} | "
-                 f"{m['train_seconds'] or 0:.0f} |")
+    for w, g in m["by_guidance"].items():
+      s, h = g["seen"], g["held_out"]
+      lines.append(f"| {name} | {w} | {pct(s['pair_accuracy'])} | {pct(h['pair_accuracy'])} | "
+                   f"{pct(s['swap_rate'])} | {pct(s['right_first_accuracy'])} | "
+                   f"{pct(s['left_accuracy'])} / {pct(s['right_accuracy'])} | {m['steps']} | "
+                   f"{m['train_seconds'] or 0:.0f} |")
   missing = [m for m in ("cross_attention", "pooled") if m not in r["models"]]
   if missing:
     lines += ["", f"Not yet trained and evaluated: {', '.join(missing)} (run the job again)."]

@@ -1,0 +1,72 @@
+"""The MNIST-pairs text-to-image job (experiments/mnist_text_to_image.py), run as users run it: a
+tiny-scale subprocess end to end (judge, autoencoder, cross-attention LDM, pooled baseline,
+evaluation at two guidance scales, report), then again to check that a finished job reuses its runs
+and evaluations instead of training again."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+from experiments import mnist_text_to_image as job
+from ldm_jax.data import mnist_pairs
+
+
+def test_pair_prompts_name_their_pairs_in_every_phrasing_and_form():
+  pairs = mnist_pairs.SEEN_PAIRS[:7]
+  per_pair = 4 * len(mnist_pairs.PHRASINGS)
+  captions, a, b, phrasing = job.pair_prompts(pairs, per_pair)
+  assert len(captions) == len(pairs) * per_pair
+  for text, left, right, p in zip(captions, a, b, phrasing):
+    assert mnist_pairs.parse_caption(text) == (left, right), text
+    assert text.split()[0] in {str(left if p not in job.RIGHT_FIRST else right),
+                               mnist_pairs.WORDS[left if p not in job.RIGHT_FIRST else right]}
+  for k in range(len(pairs)):  # each pair: every phrasing with numerals and with words
+    own = captions[k * per_pair:(k + 1) * per_pair]
+    assert len(set(own)) == per_pair
+    assert {int(i) for i in phrasing[k * per_pair:(k + 1) * per_pair]} == set(range(len(mnist_pairs.PHRASINGS)))
+  assert set(job.RIGHT_FIRST) == {i for i, t in enumerate(mnist_pairs.PHRASINGS) if t.startswith("{b}")}
+
+
+def _run(workdir, report):
+  cmd = [sys.executable, "-m", "experiments.mnist_text_to_image", "--scale=tiny",
+         f"--workdir={workdir}", "--ldm_steps=2", "--samples_per_pair=1", "--guidance_scales=1,3",
+         f"--report={report}"]
+  out = subprocess.run(cmd, capture_output=True, text=True, timeout=1500, check=False)
+  assert out.returncode == 0, out.stderr[-3000:]
+  return out
+
+
+def test_tiny_job_end_to_end_and_resume(tmp_path):
+  workdir, report = tmp_path / "job", tmp_path / "report.md"
+  _run(workdir, report)
+  results = json.loads((workdir / "results.json").read_text())
+  assert set(results["models"]) == {"cross_attention", "pooled"}
+  for name, m in results["models"].items():
+    assert m["steps"] == 2
+    assert set(m["by_guidance"]) == {"1", "3"}
+    for w, g in m["by_guidance"].items():
+      assert g["seen"]["num_samples"] == 90 and g["held_out"]["num_samples"] == 10
+      for part in (g["seen"], g["held_out"]):
+        assert 0 <= part["pair_accuracy"] <= min(part["left_accuracy"], part["right_accuracy"]) <= 1
+      assert (workdir / f"samples_{name}_w{w}.png").exists()
+      rows = (workdir / f"samples_{name}_w{w}_rows.txt").read_text().splitlines()
+      assert [mnist_pairs.parse_caption(r) for r in rows[:10]] == list(mnist_pairs.HELD_OUT_PAIRS)
+    export = json.loads((workdir / ("ldm" if name == "cross_attention" else "pooled") / "export"
+                         / "config.json").read_text())
+    assert export["text"]["pooled"] == (name == "pooled")
+  text = report.read_text()
+  table = [line for line in text.splitlines() if line.startswith("| cross_attention") or
+           line.startswith("| pooled")]
+  assert len(table) == 4, text
+  assert "Not yet trained" not in text
+
+  # Again: every run is finished and evaluated, so nothing is trained or sampled again.
+  before = {p: os.path.getmtime(p) for p in [workdir / "ldm" / "eval.json", workdir / "pooled" / "eval.json"]}
+  _run(workdir, report)
+  again = json.loads((workdir / "results.json").read_text())
+  assert again["models"] == results["models"]
+  assert before == {p: os.path.getmtime(p) for p in before}
+  assert np.isfinite(again["seconds"]["total_this_chunk"])
