@@ -63,27 +63,10 @@ _TINY_LDM = {"model.block_out_channels": (8,), "model.layers_per_block": 1,
              "text.encoder.head_dim": 8, "text.encoder.mlp_dim": 32, "diffusion.num_timesteps": 100,
              "sample.num_steps": 2, "sample.per_class": 1, "train.image_every": 0,
              "train.save_every": 0, "optim.warmup_steps": 1}
-RIGHT_FIRST = tuple(i for i, p in enumerate(mnist_pairs.PHRASINGS) if p.startswith("{b}"))
-
-
-def pair_prompts(pairs, per_pair):
-  """(captions, left digits, right digits, phrasing indices): per_pair captions per pair, the
-  phrasings and numeral / word forms cycling so that every pair gets each form about equally."""
-  captions, lefts, rights, phrasings = [], [], [], []
-  n_phr = len(mnist_pairs.PHRASINGS)
-  for k, (a, b) in enumerate(pairs):
-    for j in range(per_pair):
-      p = (k + j) % n_phr
-      form = (k + j // n_phr) % 4
-      captions.append(mnist_pairs.caption(a, b, p, bool(form & 1), bool(form & 2)))
-      lefts.append(a)
-      rights.append(b)
-      phrasings.append(p)
-  return captions, np.asarray(lefts), np.asarray(rights), np.asarray(phrasings)
 
 
 def evaluate(pipe, judge, pairs, per_pair, seed, guidance_scale):
-  captions, a, b, phrasing = pair_prompts(pairs, per_pair)
+  captions, a, b, phrasing = mnist_pairs.pair_prompts(pairs, per_pair)
   s = pipe.defaults
   images = np.concatenate([
       pipe.sample(jax.random.key(seed + i), len(captions[i:i + 100]), prompts=captions[i:i + 100],
@@ -92,7 +75,7 @@ def evaluate(pipe, judge, pairs, per_pair, seed, guidance_scale):
   left, right = judge.predict(images[:, :, :32]), judge.predict(images[:, :, 32:])
   ok = (left == a) & (right == b)
   distinct = a != b
-  right_first = np.isin(phrasing, RIGHT_FIRST)
+  right_first = np.isin(phrasing, mnist_pairs.RIGHT_FIRST)
   return images, captions, {
       "num_samples": int(len(captions)),
       "pair_accuracy": float(ok.mean()),

@@ -9,24 +9,7 @@ import os
 import subprocess
 import sys
 
-from experiments import mnist_text_to_image as job
 from ldm_jax.data import mnist_pairs
-
-
-def test_pair_prompts_name_their_pairs_in_every_phrasing_and_form():
-  pairs = mnist_pairs.SEEN_PAIRS[:7]
-  per_pair = 4 * len(mnist_pairs.PHRASINGS)
-  captions, a, b, phrasing = job.pair_prompts(pairs, per_pair)
-  assert len(captions) == len(pairs) * per_pair
-  for text, left, right, p in zip(captions, a, b, phrasing):
-    assert mnist_pairs.parse_caption(text) == (left, right), text
-    assert text.split()[0] in {str(left if p not in job.RIGHT_FIRST else right),
-                               mnist_pairs.WORDS[left if p not in job.RIGHT_FIRST else right]}
-  for k in range(len(pairs)):  # each pair: every phrasing with numerals and with words
-    own = captions[k * per_pair:(k + 1) * per_pair]
-    assert len(set(own)) == per_pair
-    assert {int(i) for i in phrasing[k * per_pair:(k + 1) * per_pair]} == set(range(len(mnist_pairs.PHRASINGS)))
-  assert set(job.RIGHT_FIRST) == {i for i, t in enumerate(mnist_pairs.PHRASINGS) if t.startswith("{b}")}
 
 
 def _run(workdir, report):

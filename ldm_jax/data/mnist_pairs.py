@@ -50,6 +50,8 @@ PHRASINGS = (
 # Every word a caption can contain (for a word-level tokenizer).
 VOCABULARY = tuple(sorted({*WORDS, *(str(d) for d in range(10)),
                            *(w for p in PHRASINGS for w in p.split() if not w.startswith("{"))}))
+# The phrasings that name the right digit first ("{b} right of {a}", ...).
+RIGHT_FIRST = tuple(i for i, p in enumerate(PHRASINGS) if p.startswith("{b}"))
 _SPLIT_SEED = {"train": 0, "test": 1, "heldout": 2}
 _SEED = 20_221_209  # fixed: the dataset is the same everywhere
 
@@ -61,6 +63,22 @@ def digit_name(d: int, as_word: bool) -> str:
 def caption(a: int, b: int, phrasing: int, a_word: bool, b_word: bool) -> str:
   """The caption of left digit `a` and right digit `b` in PHRASINGS[phrasing]."""
   return PHRASINGS[phrasing].format(a=digit_name(a, a_word), b=digit_name(b, b_word))
+
+
+def pair_prompts(pairs, per_pair):
+  """(captions, left digits, right digits, phrasing indices) for evaluating `pairs`: per_pair
+  captions per pair, the phrasings and numeral / word forms cycling so that every pair gets each
+  form about equally."""
+  captions, lefts, rights, phrasings = [], [], [], []
+  for k, (a, b) in enumerate(pairs):
+    for j in range(per_pair):
+      p = (k + j) % len(PHRASINGS)
+      form = (k + j // len(PHRASINGS)) % 4
+      captions.append(caption(a, b, p, bool(form & 1), bool(form & 2)))
+      lefts.append(a)
+      rights.append(b)
+      phrasings.append(p)
+  return captions, np.asarray(lefts), np.asarray(rights), np.asarray(phrasings)
 
 
 def _digit(token: str) -> int:

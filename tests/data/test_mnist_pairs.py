@@ -129,3 +129,19 @@ def test_non_square_image_size_is_checked():
                     num_devices=1, process_index=0, process_count=1)
   with pytest.raises(ValueError, match="heldout"):  # the valid splits are listed
     _iterator(split="val", process_index=0, process_count=1)
+
+
+def test_pair_prompts_name_their_pairs_in_every_phrasing_and_form():
+  pairs = mp.SEEN_PAIRS[:7]
+  per_pair = 4 * len(mp.PHRASINGS)
+  captions, a, b, phrasing = mp.pair_prompts(pairs, per_pair)
+  assert len(captions) == len(pairs) * per_pair
+  for text, left, right, p in zip(captions, a, b, phrasing):
+    assert mp.parse_caption(text) == (left, right), text
+    assert text.split()[0] in {str(left if p not in mp.RIGHT_FIRST else right),
+                               mp.WORDS[left if p not in mp.RIGHT_FIRST else right]}
+  for k in range(len(pairs)):  # each pair: every phrasing with numerals and with words
+    own = captions[k * per_pair:(k + 1) * per_pair]
+    assert len(set(own)) == per_pair
+    assert {int(i) for i in phrasing[k * per_pair:(k + 1) * per_pair]} == set(range(len(mp.PHRASINGS)))
+  assert set(mp.RIGHT_FIRST) == {i for i, t in enumerate(mp.PHRASINGS) if t.startswith("{b}")}
