@@ -7,7 +7,7 @@
   sd = LatentDiffusionPipeline.from_pretrained("stable-diffusion-v1-5")   # a diffusers folder
   images = sd.sample(jax.random.key(0), 4, prompts="a photo of a cat", negative_prompts="blurry")
 
-Files: latent_diffusion.py (the class), programs.py (jitted programs), loop.py (the sampling loop
+Files: latent_diffusion.py (the class), programs.py (jitted programs around `samplers.driver.run`
 with a traced start step, inpainting and RePaint), conditioning.py (labels / context and guidance),
 prompts.py (prompt validation and the text encoder program), checks.py (input validation),
 loading.py (workdir and diffusers folders), single_file.py (original SD 1.x / 2.x checkpoints),

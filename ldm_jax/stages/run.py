@@ -126,12 +126,9 @@ def evaluate_autoencoder(config, ae, ae_params, batch_size: int = 500) -> dict:
   @jax.jit
   def reconstruct(params, images):
     x = data_lib.to_float(images)
-    if isinstance(ae, builders.autoencoder_lib.VQModel):
-      enc = ae.apply({"params": params}, x, method="encode")
-      x_hat = ae.apply({"params": params}, enc.quantized, method=lambda m, z: m.decode(z, quantize=False))
-    else:
-      mean, _ = ae.apply({"params": params}, x, method="encode")
-      x_hat = ae.apply({"params": params}, mean, method="decode")
+    # decode(mode of q(z|x)) for KL; decode(quantise(h)) for VQ
+    x_hat = ae.apply({"params": params}, ae.apply({"params": params}, x, method="latents"),
+                     method="decode")
     x01, y01 = (x + 1) / 2, jnp.clip((x_hat + 1) / 2, 0, 1)
     return (image_metrics.psnr(x01, y01, data_range=1.0), image_metrics.ssim(x01, y01, data_range=1.0))
 
@@ -188,7 +185,7 @@ def train_latent_diffusion(config: ml_collections.ConfigDict, workdir: str) -> d
   num_class_embeds = d.num_classes + 1 if d.conditioning == "class" else None
   f = ae.downsampling_factor
   h, w = preprocess.image_hw(config.data.image_size)
-  latent_shape = (1, h // f, w // f, getattr(ae, "code_dim", ae.z_channels))
+  latent_shape = (1, h // f, w // f, ae.latent_channels)
   unet = builders.unet(config.model, in_channels=latent_shape[-1],
                        num_class_embeds=num_class_embeds,
                        context_dim=text_encoder.width if text else None)
