@@ -95,10 +95,11 @@ def test_sample_shapes_dtypes_determinism(pipe):
 
 
 @pytest.mark.parametrize("method", ["ddim", "dpmpp_2m", "euler", "heun"])
-def test_pipe_sample_equals_samplers_sample(pipe, method):
+def test_pipe_sample_equals_samplers_sample(workdirs, method):
   """What users run (the pipeline's program: traced start step, per-sample keys) equals the driver
   checked against diffusers (`samplers.sample`, tests/samplers/test_diffusers_parity.py) on the
-  same guided model function and initial noise."""
+  same guided model function and initial noise. (Its own pipeline: the shared one counts traces.)"""
+  pipe = LatentDiffusionPipeline.from_workdir(workdirs["ldm"], max_batch=4)
   rng, labels, w = jax.random.key(11), np.array([0, 1, 2, 3], np.int32), 2.0
   z = pipe.sample(rng, 4, labels, method=method, num_steps=STEPS, guidance_scale=w, output="latent")
   unet = lambda x, t, y: pipe.unet.apply({"params": pipe.unet_params}, x, t, y=y)

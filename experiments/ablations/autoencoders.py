@@ -41,8 +41,8 @@ def reconstruct(ae_workdir, images_uint8, batch=500):
   """(uint8 reconstructions decode(mean or quantised code of encode(x)), the latent std, the rate
   in bits per pixel dimension): KL rate averaged over the images, or the VQ bound log2 K per
   latent position (`ldm_jax.metrics.rate`)."""
-  from ldm_jax.stages import run  # pylint: disable=import-outside-toplevel
-  ae, params, _ = run.load_first_stage(ae_workdir)
+  from ldm_jax.stages import export  # pylint: disable=import-outside-toplevel
+  ae, params, _ = export.load_first_stage(ae_workdir)
   params = common.strip_boxes(params)
   vq = ae.regularizer == "vq_loss"
 

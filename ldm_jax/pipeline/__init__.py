@@ -16,7 +16,7 @@ images.py (conversions, masks, grids), persistent_cache.py, random_init.py (untr
 parameters for demos and tests).
 """
 
-from ldm_jax.pipeline.images import image_grid, to_float, to_uint8
+from ldm_jax.images import image_grid, to_float, to_uint8
 from ldm_jax.pipeline.latent_diffusion import LatentDiffusionPipeline, slerp, start_for_noise
 from ldm_jax.pipeline.persistent_cache import enable_persistent_cache
 from ldm_jax.pipeline.random_init import random_params

@@ -30,12 +30,12 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from ldm_jax import diffusion
+from ldm_jax import images as images_lib
 from ldm_jax import samplers
 from ldm_jax.models import precision
 from ldm_jax.models.pooled_text import PooledText
 from ldm_jax.pipeline import checks
 from ldm_jax.pipeline import conditioning
-from ldm_jax.pipeline import images as images_lib
 from ldm_jax.pipeline import loading
 from ldm_jax.pipeline import programs
 from ldm_jax.pipeline import prompts as prompts_lib

@@ -59,12 +59,11 @@ def first_stage_dir(workdir: str, metadata: dict, first_stage_workdir: str | Non
 def from_workdir(workdir: str, use_ema: bool = True, first_stage_workdir: str | None = None) -> dict:
   """A latent diffusion run of this project (EMA weights by default) and its first stage
   (`first_stage_dir`)."""
-  from ldm_jax.stages import run  # pylint: disable=import-outside-toplevel
   config, params, metadata = export.load(workdir, use_ema=use_ema)
   if metadata.get("stage") != "latent_diffusion":
     raise ValueError(f"{workdir} holds a {metadata.get('stage')!r} export, not a latent diffusion model.")
   ae_dir = first_stage_dir(workdir, metadata, first_stage_workdir)
-  ae, ae_params, _ = run.load_first_stage(ae_dir, config.first_stage.use_ema)
+  ae, ae_params, _ = export.load_first_stage(ae_dir, config.first_stage.use_ema)
   d = config.diffusion
   num_classes = d.num_classes if d.conditioning == "class" else None
   channels, f = ae.latent_channels, ae.downsampling_factor

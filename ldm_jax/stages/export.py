@@ -15,8 +15,10 @@ import os
 import flax.serialization
 import jax
 import ml_collections
+import jax.numpy as jnp
 import numpy as np
 
+from ldm_jax.stages import builders
 from ldm_jax.train.checkpoint import host_value
 
 EXPORT_DIR = "export"
@@ -67,3 +69,11 @@ def load(workdir: str, *, use_ema: bool = True):
   with open(path, "rb") as f:
     params = flax.serialization.msgpack_restore(f.read())
   return config, params, metadata
+
+
+def load_first_stage(workdir: str, use_ema: bool = True):
+  """(autoencoder module, params, its run config) from an autoencoder run's export."""
+  config, params, metadata = load(workdir, use_ema=use_ema)
+  if metadata.get("stage") != "autoencoder":
+    raise ValueError(f"{workdir} holds a {metadata.get('stage')!r} export, not an autoencoder.")
+  return builders.autoencoder(config.model), jax.tree.map(jnp.asarray, params["autoencoder"]), config

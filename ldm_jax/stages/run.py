@@ -19,7 +19,7 @@ import numpy as np
 from ldm_jax import data as data_lib
 from ldm_jax.data import preprocess
 from ldm_jax.metrics import image as image_metrics
-from ldm_jax.pipeline.prompts import split_prompts
+from ldm_jax.text.prompts import split_prompts
 from ldm_jax.stages import autoencoder as ae_stage
 from ldm_jax.stages import builders
 from ldm_jax.stages import export
@@ -149,15 +149,6 @@ def evaluate_autoencoder(config, ae, ae_params, batch_size: int = 500) -> dict:
 # Stage 2: latent diffusion
 
 
-def load_first_stage(workdir: str, use_ema: bool = True):
-  """(autoencoder module, params, its run config) from an autoencoder run's export."""
-  config, params, metadata = export.load(workdir, use_ema=use_ema)
-  if metadata.get("stage") != "autoencoder":
-    raise ValueError(f"{workdir} holds a {metadata.get('stage')!r} export, not an autoencoder.")
-  params = params["autoencoder"]
-  return builders.autoencoder(config.model), jax.tree.map(jnp.asarray, params), config
-
-
 def _tokenize_captions(tokenizer):
   """Batch transform: the captions (str [b]) -> "tokens" int32 [b, L] (the step sees arrays only)."""
   def transform(batch):
@@ -179,7 +170,7 @@ def train_latent_diffusion(config: ml_collections.ConfigDict, workdir: str) -> d
   tokenizer = text_encoder = text_params = None
   if text:
     tokenizer, text_encoder, text_params = builders.text_conditioner(config.text)
-  ae, ae_params, _ = load_first_stage(config.first_stage.workdir, config.first_stage.use_ema)
+  ae, ae_params, _ = export.load_first_stage(config.first_stage.workdir, config.first_stage.use_ema)
   transform = _tokenize_captions(tokenizer) if text else None
   scale = _scale_factor(config, workdir, ae, ae_params)
   num_class_embeds = d.num_classes + 1 if d.conditioning == "class" else None

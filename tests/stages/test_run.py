@@ -115,7 +115,7 @@ def test_preview_grids_are_written_for_tensorboard(runs):
 
 def test_autoencoder_preview_shows_inputs_over_reconstructions(runs):
   ae_dir = runs[0]
-  ae, params, _ = run.load_first_stage(ae_dir)
+  ae, params, _ = export.load_first_stage(ae_dir)
   images = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 1), dtype=np.uint8)
   state = types.SimpleNamespace(ema_params={"autoencoder": params})
   grid = previews.autoencoder_preview(ae, images)(0, state)["reconstructions"]
