@@ -43,7 +43,6 @@ def reconstruct(ae_workdir, images_uint8, batch=500):
   latent position (`ldm_jax.metrics.rate`)."""
   from ldm_jax.stages import export  # pylint: disable=import-outside-toplevel
   ae, params, _ = export.load_first_stage(ae_workdir)
-  params = common.strip_boxes(params)
   vq = ae.regularizer == "vq_loss"
 
   @jax.jit

@@ -67,8 +67,18 @@ def load(workdir: str, *, use_ema: bool = True):
   with open(os.path.join(out, "metadata.json"), encoding="utf-8") as f:
     metadata = json.load(f)
   with open(path, "rb") as f:
-    params = flax.serialization.msgpack_restore(f.read())
+    params = _unbox(flax.serialization.msgpack_restore(f.read()))
   return config, params, metadata
+
+
+def _unbox(tree):
+  """Exports written before 2026-12 may hold logical-axis boxes (nn.LogicallyPartitioned) as
+  {"value": x} dicts; the arrays x are the params."""
+  if isinstance(tree, dict):
+    if set(tree) == {"value"} and not isinstance(tree["value"], dict):
+      return tree["value"]
+    return {k: _unbox(v) for k, v in tree.items()}
+  return tree
 
 
 def load_first_stage(workdir: str, use_ema: bool = True):
