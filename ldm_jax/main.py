@@ -81,7 +81,7 @@ def _sample():
   from PIL import Image  # pylint: disable=import-outside-toplevel
   import tqdm  # pylint: disable=import-outside-toplevel
   from ldm_jax.pipeline import LatentDiffusionPipeline, image_grid  # pylint: disable=import-outside-toplevel
-  from ldm_jax.pipeline.prompts import split_prompts  # pylint: disable=import-outside-toplevel
+  from ldm_jax.text.prompts import split_prompts  # pylint: disable=import-outside-toplevel
   if FLAGS.workdir is None:
     raise app.UsageError("sample needs --workdir=<latent diffusion run>.")
   launch.start()
@@ -128,7 +128,7 @@ def _labels(text):
 def _run_prompts(workdir):
   """The run config's sample.prompts (config.json only: the params are loaded already)."""
   import json  # pylint: disable=import-outside-toplevel
-  from ldm_jax.pipeline.prompts import split_prompts  # pylint: disable=import-outside-toplevel
+  from ldm_jax.text.prompts import split_prompts  # pylint: disable=import-outside-toplevel
   from ldm_jax.stages import export  # pylint: disable=import-outside-toplevel
   with open(os.path.join(workdir, export.EXPORT_DIR, "config.json"), encoding="utf-8") as f:
     section = json.load(f).get("sample") or {}

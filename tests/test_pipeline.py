@@ -94,6 +94,23 @@ def test_sample_shapes_dtypes_determinism(pipe):
   np.testing.assert_array_equal(a, np.clip(np.round((f + 1) * 127.5), 0, 255).astype(np.uint8))
 
 
+@pytest.mark.parametrize("method", ["ddim", "dpmpp_2m", "euler", "heun"])
+def test_pipe_sample_equals_samplers_sample(workdirs, method):
+  """What users run (the pipeline's program: traced start step, per-sample keys) equals the driver
+  checked against diffusers (`samplers.sample`, tests/samplers/test_diffusers_parity.py) on the
+  same guided model function and initial noise. (Its own pipeline: the shared one counts traces.)"""
+  pipe = LatentDiffusionPipeline.from_workdir(workdirs["ldm"], max_batch=4)
+  rng, labels, w = jax.random.key(11), np.array([0, 1, 2, 3], np.int32), 2.0
+  z = pipe.sample(rng, 4, labels, method=method, num_steps=STEPS, guidance_scale=w, output="latent")
+  unet = lambda x, t, y: pipe.unet.apply({"params": pipe.unet_params}, x, t, y=y)
+  model_fn = samplers.classifier_free_guidance(unet, labels, np.full(4, pipe.num_classes, np.int32), w)
+  ref = jax.jit(lambda x: samplers.sample(
+      model_fn, pipe.schedule, x, rng, method=method, num_steps=STEPS,
+      prediction_type=pipe.prediction_type, **pipe.sampler_grid))(pipe.initial_noise(rng, 4))
+  np.testing.assert_allclose(z, ref, rtol=1e-4, atol=1e-4)
+  assert np.abs(z).max() > 0.1
+
+
 def test_no_recompilation_when_traced_arguments_change(pipe, images):
   pipe.sample(jax.random.key(0), 4, [0, 1, 2, 3], num_steps=STEPS)
   pipe.img2img(jax.random.key(0), images, 0.5, labels=1, num_steps=STEPS)

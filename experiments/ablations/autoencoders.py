@@ -21,7 +21,6 @@ from experiments.ablations import common  # pylint: disable=wrong-import-positio
 from ldm_jax import data as data_lib  # pylint: disable=wrong-import-position
 from ldm_jax.metrics import frechet  # pylint: disable=wrong-import-position
 from ldm_jax.metrics import rate as rate_lib  # pylint: disable=wrong-import-position
-from ldm_jax.models.autoencoder import VQModel  # pylint: disable=wrong-import-position
 
 NAME = "autoencoders"
 KINDS = ("KL", "VQ")
@@ -42,19 +41,18 @@ def reconstruct(ae_workdir, images_uint8, batch=500):
   """(uint8 reconstructions decode(mean or quantised code of encode(x)), the latent std, the rate
   in bits per pixel dimension): KL rate averaged over the images, or the VQ bound log2 K per
   latent position (`ldm_jax.metrics.rate`)."""
-  from ldm_jax.stages import run  # pylint: disable=import-outside-toplevel
-  ae, params, _ = run.load_first_stage(ae_workdir)
-  params = common.strip_boxes(params)
-  vq = isinstance(ae, VQModel)
+  from ldm_jax.stages import export  # pylint: disable=import-outside-toplevel
+  ae, params, _ = export.load_first_stage(ae_workdir)
+  vq = ae.regularizer == "vq_loss"
 
   @jax.jit
   def rec(p, x):
-    if vq:
-      enc = ae.apply({"params": p}, x, method="encode")
-      x_hat = ae.apply({"params": p}, enc.quantized, method=lambda m, z: m.decode(z, quantize=False))
-      return x_hat, enc.latents, jnp.zeros((x.shape[0],))
+    z = ae.apply({"params": p}, x, method="latents")  # KL: the posterior mean; VQ: h
+    x_hat = ae.apply({"params": p}, z, method="decode")
+    if vq:  # the rate is the codebook's bound, below
+      return x_hat, z, jnp.zeros((x.shape[0],))
     mean, logvar = ae.apply({"params": p}, x, method="encode")
-    return ae.apply({"params": p}, mean, method="decode"), mean, rate_lib.kl_rate_bits(mean, logvar)
+    return x_hat, z, rate_lib.kl_rate_bits(mean, logvar)
 
   outs, zs, rates = [], [], []
   for i in range(0, images_uint8.shape[0], batch):

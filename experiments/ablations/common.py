@@ -127,22 +127,10 @@ def load_judge(path, workdir, steps=600):
 # Sampling.
 
 
-def strip_boxes(tree):
-  """Replaces {"value": x} leaves-dicts (flax metadata boxes that went through a checkpoint as plain
-  dicts) by x. Workaround: some exports hold the UNet's class-embedding / attention params boxed."""
-  if isinstance(tree, dict):
-    if set(tree) == {"value"} and not isinstance(tree["value"], dict):
-      return tree["value"]
-    return {k: strip_boxes(v) for k, v in tree.items()}
-  return tree
-
-
 def load_pipeline(ldm_workdir, use_ema=True, **kwargs):
-  """LatentDiffusionPipeline of an LDM run (EMA weights by default), with `strip_boxes` applied."""
-  from ldm_jax.pipeline import LatentDiffusionPipeline, loading  # pylint: disable=import-outside-toplevel
-  kw = loading.from_workdir(ldm_workdir, use_ema)
-  kw["unet_params"], kw["ae_params"] = strip_boxes(kw["unet_params"]), strip_boxes(kw["ae_params"])
-  return LatentDiffusionPipeline(**{**kw, **kwargs})
+  """LatentDiffusionPipeline.from_workdir of an LDM run (EMA weights by default)."""
+  from ldm_jax.pipeline import LatentDiffusionPipeline  # pylint: disable=import-outside-toplevel
+  return LatentDiffusionPipeline.from_workdir(ldm_workdir, use_ema=use_ema, **kwargs)
 
 
 def class_labels(per_class, num_classes=10):

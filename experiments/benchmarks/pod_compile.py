@@ -144,7 +144,7 @@ def stage_step(name: str, dtype: str, remat: str, first_stage: str = ""):
   d = c.diffusion
   num_class_embeds = d.num_classes + 1 if d.conditioning == "class" else None
   f, size = ae.downsampling_factor, c.data.image_size
-  latent = (1, size // f, size // f, getattr(ae, "code_dim", ae.z_channels))
+  latent = (1, size // f, size // f, ae.latent_channels)
   unet = builders.unet(c.model, in_channels=latent[-1], num_class_embeds=num_class_embeds)
   loss_fn = ldm_stage.make_loss_fn(unet, ae, builders.schedule(d), d, 1.0)
   y0 = jnp.zeros((1,), jnp.int32) if num_class_embeds else None

@@ -18,51 +18,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from experiments.gaussian_reference import analytic_bound, exact_x0_model, gaussian_data
 from ldm_jax.diffusion import vlb_terms
 from ldm_jax.schedules import from_log_snr, get_schedule
-
-
-def gaussian_data(dim=4, seed=0):
-  """mu [D] and a full covariance S [D, D] with eigenvalues from 0.05 to 1."""
-  rs = np.random.RandomState(seed)
-  q, _ = np.linalg.qr(rs.randn(dim, dim))
-  eig = np.geomspace(0.05, 1.0, dim)
-  return rs.uniform(-0.5, 0.5, dim), (q * eig) @ q.T
-
-
-def exact_x0_model(schedule, mu, cov):
-  """model_fn(x_t, t) -> E[x0 | x_t] (prediction_type "sample") for x0 ~ N(mu, cov)."""
-  eig, q = np.linalg.eigh(cov)
-  mu, eig, q = (jnp.asarray(v, jnp.float32) for v in (mu, eig, q))
-
-  def model_fn(x_t, t):
-    abar = schedule.alphas_cumprod[jnp.round(t).astype(jnp.int32)][:, None]
-    a, s2 = jnp.sqrt(abar), 1.0 - abar
-    gain = a * eig / (abar * eig + s2)  # [N, D] in the eigenbasis
-    return mu + ((x_t - a * mu) @ q * gain) @ q.T
-
-  return model_fn
-
-
-def analytic_bound(schedule, mu, cov):
-  """(expected bound, entropy) in nats/dim, float64, for the exact model and the Gaussian decoder."""
-  betas = np.asarray(schedule.betas, np.float64)
-  abar = np.cumprod(1.0 - betas)
-  abar_prev = np.concatenate([[1.0], abar[:-1]])
-  eig = np.linalg.eigvalsh(cov)
-  dim = len(mu)
-  post_trace = lambda t: np.sum(1.0 / (1.0 / eig + abar[t] / (1.0 - abar[t])))  # tr Cov[x0 | x_t]
-  total = 0.0
-  for t in range(1, len(betas)):
-    c0 = betas[t] * np.sqrt(abar_prev[t]) / (1.0 - abar[t])
-    var = betas[t] * (1.0 - abar_prev[t]) / (1.0 - abar[t])
-    total += c0**2 * post_trace(t) / (2.0 * var)
-  v0 = (1.0 - abar[0]) / abar[0]
-  total += 0.5 * dim * np.log(2 * np.pi * v0) + post_trace(0) / (2.0 * v0)
-  aT, sT = abar[-1], 1.0 - abar[-1]
-  total += 0.5 * np.sum(sT + aT * (mu**2 + np.diag(cov)) - 1.0 - np.log(sT))
-  entropy = 0.5 * (dim * np.log(2 * np.pi * np.e) + np.linalg.slogdet(cov)[1])
-  return total / dim, entropy / dim
 
 
 def monte_carlo_bound(schedule, mu, cov, batch, seed=0):

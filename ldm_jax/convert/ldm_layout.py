@@ -170,7 +170,7 @@ def infer_unet_hparams(sd):
            attention_resolutions=[2 ** l for l in range(levels) if kinds[l]],
            use_spatial_transformer=kind == "transformer",
            use_scale_shift_norm=_shape(sd, "input_blocks.1.0.emb_layers.1.weight", what)[0]
-           == 2 * chans[0], context_dim=None, num_classes=None)
+           == 2 * chans[0], context_dim=None, num_classes=None, adm_in_channels=None)
   if any(c % mc for c in chans):
     raise ValueError(f"UNet: level widths {chans} are not multiples of model_channels={mc}")
   if _shape(sd, "time_embed.0.weight", what) != (4 * mc, mc):
@@ -187,7 +187,8 @@ def infer_unet_hparams(sd):
   if "label_emb.weight" in sd:
     h["num_classes"] = sd["label_emb.weight"].shape[0]
   elif "label_emb.0.0.weight" in sd:
-    h["num_classes"], h["adm_in_channels"] = "sequential", sd["label_emb.0.0.weight"].shape[1]
+    # the original's num_classes="sequential": a projected class vector of adm_in_channels
+    h["adm_in_channels"] = sd["label_emb.0.0.weight"].shape[1]
   return h
 
 
@@ -197,8 +198,9 @@ def check_against_config(h, cfg, what):
   for k in ("in_channels", "out_channels", "model_channels", "num_res_blocks", "context_dim",
             "use_spatial_transformer", "use_scale_shift_norm", "num_classes",
             "use_linear_in_transformer", "ch", "z_channels", "embed_dim", "n_embed", "out_ch"):
-    if cfg.get(k) is not None and k in h and cfg[k] != h[k]:
-      bad.append(f"{k}: config {cfg[k]!r}, checkpoint {h[k]!r}")
+    got = "sequential" if k == "num_classes" and h.get("adm_in_channels") else h.get(k)
+    if cfg.get(k) is not None and k in h and cfg[k] != got:
+      bad.append(f"{k}: config {cfg[k]!r}, checkpoint {got!r}")
   for k in ("channel_mult", "ch_mult"):
     if cfg.get(k) is not None and k in h and list(cfg[k]) != list(h[k]):
       bad.append(f"{k}: config {list(cfg[k])}, checkpoint {h[k]}")
@@ -265,7 +267,7 @@ def create_unet_config(h, cfg=None):
              attention_head_dim=heads[0] if len(set(heads)) == 1 else heads,
              use_linear_projection=h["use_linear_in_transformer"],
              transformer_layers_per_block=depth[0] if len(set(depth)) == 1 else depth)
-    if h["num_classes"] == "sequential":
+    if h["adm_in_channels"]:
       c.update(class_embed_type="projection",
                projection_class_embeddings_input_dim=h["adm_in_channels"])
     elif h["num_classes"] is not None:
@@ -279,9 +281,9 @@ def create_unet_config(h, cfg=None):
            down_block_types=["AttnDownBlock2D" if a else "DownBlock2D" for a in attn],
            up_block_types=["AttnUpBlock2D" if a else "UpBlock2D" for a in attn[::-1]],
            attention_head_dim=dims.pop(), attn_norm_num_groups=32, add_attention=True)
-  if h["num_classes"] == "sequential":
-    raise ValueError("UNet2DModel (AttentionBlock UNet) with num_classes='sequential' is not "
-                     "supported")
+  if h["adm_in_channels"]:
+    raise ValueError("UNet2DModel (AttentionBlock UNet) with num_classes='sequential' (a projected "
+                     "class vector) is not supported")
   if h["num_classes"] is not None:
     c["num_class_embeds"] = h["num_classes"]
   return c
@@ -302,7 +304,7 @@ def convert_unet_state_dict(sd, h, cfg=None):
   mv.linear("input_blocks.0.0.", "conv_in.")
   mv.linear("out.0.", "conv_norm_out.")
   mv.linear("out.2.", "conv_out.")
-  if h["num_classes"] == "sequential":
+  if h["adm_in_channels"]:
     mv.linear("label_emb.0.0.", "class_embedding.linear_1.")
     mv.linear("label_emb.0.2.", "class_embedding.linear_2.")
   elif h["num_classes"] is not None:

@@ -10,6 +10,16 @@ Usage:
   mean, logvar = vae.apply({"params": params}, x, method="encode")
   x_rec = vae.apply({"params": params}, mean * vae.scaling_factor, method="decode_scaled")
 
+One interface for both kinds (what the stages, the pipeline and the experiments call):
+  ae.latent_channels                     c of the latents the diffusion model works on
+  ae.latents(x, rng=None)                image -> that latent (KL: z ~ q(z|x), its mode without
+                                         rng; VQ: the pre-quantisation h, LDM sec. 3.1)
+  ae.decode(z)                           latent -> image (VQ quantises z first)
+  ae.regularized_latents(x, rng)         (z, regulariser loss) for training: KL z ~ q(z|x) and
+                                         KL[q || N(0, I)] per image; VQ z_q (straight-through) and
+                                         the codebook + commitment loss; ae.regularizer names it
+  ae.decode_code(z)                      decodes that z (already quantised for VQ)
+
 Presets (functools.partial; block_out_channels = ch * ch_mult, names as in the LDM paper tab. 8):
   KL_F4:   ch 128, ch_mult (1, 2, 4), z 3 (LDM KL-f4).
   KL_F8:   ch 128, ch_mult (1, 2, 4, 4), z 4 (LDM KL-f8 = the Stable Diffusion 1.x / 2.x VAE,
@@ -77,6 +87,24 @@ class _Autoencoder(nn.Module):
   def _conv1x1(self, features, name):
     return conv(features, 1, name=name, dtype=self.dtype, param_dtype=self.param_dtype)
 
+  @property
+  def latent_channels(self) -> int:
+    """c of the latents [B, H/f, W/f, c] the diffusion model works on."""
+    raise NotImplementedError
+
+  def latents(self, x, rng=None):
+    """x [B, H, W, in_channels] -> the latents [B, H/f, W/f, latent_channels] the diffusion model
+    works on (float32)."""
+    raise NotImplementedError
+
+  def regularized_latents(self, x, rng):
+    """x -> (z for ``decode_code``, scalar regulariser loss named by ``regularizer``)."""
+    raise NotImplementedError
+
+  def decode_code(self, z):
+    """Decodes the z of ``regularized_latents`` -> image [B, H, W, out_channels] (float32)."""
+    return self.decode(z)
+
   def decode_scaled(self, z_scaled):
     """Decodes diffusion-space latents: z = z_scaled / scaling_factor + shift_factor."""
     return self.decode(z_scaled / self.scaling_factor + self.shift_factor)
@@ -92,6 +120,21 @@ class AutoencoderKL(_Autoencoder):
   """
   use_quant_conv: bool = True
   use_post_quant_conv: bool = True
+  regularizer = "kl"  # the metric name of regularized_latents' loss
+
+  @property
+  def latent_channels(self) -> int:
+    return self.z_channels
+
+  def latents(self, x, rng=None):
+    """z ~ q(z|x) with rng, else its mode (the posterior mean)."""
+    posterior = self.posterior(x)
+    return posterior.mode() if rng is None else posterior.sample(rng)
+
+  def regularized_latents(self, x, rng):
+    """(z ~ q(z|x), KL[q(z|x) || N(0, I)] summed over the latent and averaged over the batch)."""
+    posterior = self.posterior(x)
+    return posterior.sample(rng), jnp.mean(posterior.kl())
 
   def setup(self):
     precision.attention_impl(self.attention_impl)  # "cudnn" off a GPU: a clear error, not XLA's
@@ -156,10 +199,29 @@ class VQModel(_Autoencoder):
   num_embeddings: int = 8192
   beta: float = 0.25
   legacy: bool = True
+  regularizer = "vq_loss"  # the metric name of regularized_latents' loss
 
   @property
   def code_dim(self):
     return self.embed_dim or self.z_channels
+
+  @property
+  def latent_channels(self) -> int:
+    return self.code_dim
+
+  def latents(self, x, rng=None):
+    """The pre-quantisation latents h (rng unused: the encoder is deterministic)."""
+    del rng
+    return self.encode(x).latents
+
+  def regularized_latents(self, x, rng):
+    """(z_q with straight-through gradient to h, codebook + beta * commitment loss)."""
+    del rng
+    enc = self.encode(x)
+    return enc.quantized, enc.loss
+
+  def decode_code(self, z):
+    return self.decode(z, quantize=False)
 
   def setup(self):
     precision.attention_impl(self.attention_impl)  # "cudnn" off a GPU: a clear error, not XLA's

@@ -399,4 +399,3 @@ UNET_TINY_COND = functools.partial(
     down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
     up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), num_attention_heads=2,
     cross_attention_dim=32, norm_num_groups=8)
-TINY = UNET_TINY  # the name used in the shared notes

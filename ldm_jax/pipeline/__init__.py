@@ -7,7 +7,7 @@
   sd = LatentDiffusionPipeline.from_pretrained("stable-diffusion-v1-5")   # a diffusers folder
   images = sd.sample(jax.random.key(0), 4, prompts="a photo of a cat", negative_prompts="blurry")
 
-Files: latent_diffusion.py (the class), programs.py (jitted programs), loop.py (the sampling loop
+Files: latent_diffusion.py (the class), programs.py (jitted programs around `samplers.driver.run`
 with a traced start step, inpainting and RePaint), conditioning.py (labels / context and guidance),
 prompts.py (prompt validation and the text encoder program), checks.py (input validation),
 loading.py (workdir and diffusers folders), single_file.py (original SD 1.x / 2.x checkpoints),
@@ -16,7 +16,7 @@ images.py (conversions, masks, grids), persistent_cache.py, random_init.py (untr
 parameters for demos and tests).
 """
 
-from ldm_jax.pipeline.images import image_grid, to_float, to_uint8
+from ldm_jax.images import image_grid, to_float, to_uint8
 from ldm_jax.pipeline.latent_diffusion import LatentDiffusionPipeline, slerp, start_for_noise
 from ldm_jax.pipeline.persistent_cache import enable_persistent_cache
 from ldm_jax.pipeline.random_init import random_params

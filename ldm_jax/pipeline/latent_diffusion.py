@@ -30,12 +30,12 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from ldm_jax import diffusion
+from ldm_jax import images as images_lib
 from ldm_jax import samplers
 from ldm_jax.models import precision
 from ldm_jax.models.pooled_text import PooledText
 from ldm_jax.pipeline import checks
 from ldm_jax.pipeline import conditioning
-from ldm_jax.pipeline import images as images_lib
 from ldm_jax.pipeline import loading
 from ldm_jax.pipeline import programs
 from ldm_jax.pipeline import prompts as prompts_lib
@@ -71,12 +71,7 @@ def slerp(a, b, w):
   return ((np.sin((1.0 - w) * theta) * a64 + np.sin(w * theta) * b64) / np.sin(theta)).astype(np.float32)
 
 
-def start_for_noise(tables, sigma_latent: float) -> int:
-  """Grid step whose noise level sigma_t / alpha_t is closest (in log) to sigma_latent; S for 0."""
-  ve = np.asarray(tables.xs["sigma"], np.float64) / np.asarray(tables.xs["alpha"], np.float64)
-  if sigma_latent <= 0:
-    return len(ve)
-  return int(np.argmin(np.abs(np.log(ve) - np.log(sigma_latent))))
+start_for_noise = samplers.start_step_for_noise  # the pipeline's name for it
 
 
 class LatentDiffusionPipeline:

@@ -35,10 +35,6 @@ VAE_FOLDERS = ("vae", "vqvae")  # StableDiffusionPipeline / LDMPipeline and LDMT
 TEXT_FOLDERS = ("text_encoder", "bert")
 
 
-def latent_channels(ae):
-  return getattr(ae, "code_dim", ae.z_channels)
-
-
 def first_stage_dir(workdir: str, metadata: dict, first_stage_workdir: str | None = None) -> str:
   """Where the first stage of an LDM run is: `first_stage_workdir` when given, else the path the
   run recorded, relative to the LDM run (so the two runs can move together), else the absolute
@@ -63,15 +59,14 @@ def first_stage_dir(workdir: str, metadata: dict, first_stage_workdir: str | Non
 def from_workdir(workdir: str, use_ema: bool = True, first_stage_workdir: str | None = None) -> dict:
   """A latent diffusion run of this project (EMA weights by default) and its first stage
   (`first_stage_dir`)."""
-  from ldm_jax.stages import run  # pylint: disable=import-outside-toplevel
   config, params, metadata = export.load(workdir, use_ema=use_ema)
   if metadata.get("stage") != "latent_diffusion":
     raise ValueError(f"{workdir} holds a {metadata.get('stage')!r} export, not a latent diffusion model.")
   ae_dir = first_stage_dir(workdir, metadata, first_stage_workdir)
-  ae, ae_params, _ = run.load_first_stage(ae_dir, config.first_stage.use_ema)
+  ae, ae_params, _ = export.load_first_stage(ae_dir, config.first_stage.use_ema)
   d = config.diffusion
   num_classes = d.num_classes if d.conditioning == "class" else None
-  channels, f = latent_channels(ae), ae.downsampling_factor
+  channels, f = ae.latent_channels, ae.downsampling_factor
   prompt_encoder = None
   if d.conditioning == "text":
     prompt_encoder = run_prompt_encoder(workdir, config, params["text_encoder"])

@@ -11,11 +11,11 @@ import jax
 import jax.numpy as jnp
 
 from ldm_jax import diffusion
-from ldm_jax.models.autoencoder import VQModel
+from ldm_jax.samplers import driver
 from ldm_jax.pipeline import conditioning
-from ldm_jax.pipeline import loop
 
-INIT_NOISE, PROBE_NOISE, LIKELIHOOD_NOISE = 0, 4, 5  # fold_in purposes of the per-sample keys (see loop.py for the others)
+INIT_NOISE, PROBE_NOISE, LIKELIHOOD_NOISE = 0, 4, 5  # fold_in purposes of the per-sample keys
+# (1-3: the sampler driver's STEP, KNOWN, RESAMPLE)
 
 
 def sample_keys(rng, index):
@@ -27,7 +27,7 @@ def noise_program(latent_shape, on_trace):
   """noise(rng, index [B]) -> the initial noise x_T [B, *latent_shape] of those samples."""
   def fn(rng, index):
     on_trace("noise")
-    return loop.per_sample_normal(sample_keys(rng, index), tuple(latent_shape), INIT_NOISE)
+    return driver.per_sample_normal(sample_keys(rng, index), tuple(latent_shape), INIT_NOISE)
   return jax.jit(fn)
 
 
@@ -37,17 +37,17 @@ def denoise_program(unet, tables, on_trace, *, method, kind, prediction_type, in
   -> final latents [B, h, w, c] (and, if `trajectory`, {"x_t", "x0_pred"} [B, S, h, w, c]).
 
   tables: `samplers.make_tables(schedule, method=method, num_steps=S, **grid)`. The start state is
-  built by `loop.initial_state` from z0, noise and the traced `start` step; with `inpaint` the
+  built by `driver.initial_state` from z0, noise and the traced `start` step; with `inpaint` the
   region where known_mask [B, h, w, 1] = 1 is held to z0.
   """
   def fn(params, rng, index, noise, cond, null_cond, w, eta, start, z0, noise_weight, known_mask):
     on_trace("denoise")
-    x = loop.initial_state(tables, z0, noise, start, noise_weight)
+    x = driver.initial_state(tables, z0, noise, start, noise_weight)
     model_fn = conditioning.model_fn(unet, params, kind, cond, null_cond, w)
-    known = (z0, known_mask) if inpaint else None
-    out = loop.run(loop.denoiser(model_fn, prediction_type), tables, method, x,
-                   sample_keys(rng, index), start, eta=eta, known=known, resample=resample,
-                   return_trajectory=trajectory)
+    out = driver.run(driver.denoiser(model_fn, prediction_type), tables, method, x,
+                     driver.per_sample_noise(sample_keys(rng, index), x.shape[1:]), start=start,
+                     eta=eta, after_step=driver.known_region(z0, known_mask) if inpaint else None,
+                     resample=resample, return_trajectory=trajectory)
     if not trajectory:
       return out
     return out[0], {k: jnp.moveaxis(out[1][k], 1, 0) for k in ("x_t", "x0_pred")}  # [B, S, ...]
@@ -72,11 +72,7 @@ def likelihood_program(unet, schedule, on_trace, *, kind, prediction_type, times
 def _latents(ae, params, x, scale, shift):
   """Diffusion-space latents (z - shift) * scale of images x [B, H, W, C]: the posterior mean for
   KL autoencoders, the pre-quantisation latents for VQ (LDM sec. 3.1)."""
-  if isinstance(ae, VQModel):
-    z = ae.apply({"params": params}, x, method="encode").latents
-  else:
-    z = ae.apply({"params": params}, x, method="encode")[0]
-  return (z - shift) * scale
+  return (ae.apply({"params": params}, x, method="latents") - shift) * scale
 
 
 def encode_program(ae, scale, shift, on_trace):
@@ -95,7 +91,7 @@ def encode_with_gain_program(ae, scale, shift, on_trace):
   """
   def fn(params, x, rng, index):
     on_trace("encode_with_gain")
-    probe = loop.per_sample_normal(sample_keys(rng, index), x.shape[1:], PROBE_NOISE)
+    probe = driver.per_sample_normal(sample_keys(rng, index), x.shape[1:], PROBE_NOISE)
     z, jz = jax.jvp(lambda v: _latents(ae, params, v, scale, shift), (x,), (probe,))
     return z, jnp.sqrt(jnp.mean(jnp.square(jz), axis=tuple(range(1, jz.ndim))))
   return jax.jit(fn)

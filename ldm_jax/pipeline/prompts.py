@@ -14,12 +14,6 @@ import numpy as np
 from ldm_jax import text
 
 
-def split_prompts(text: str) -> list:
-  """The prompts of a ';'-separated string (the CLI's --prompts, a run's sample.prompts), stripped,
-  empty ones dropped."""
-  return [p.strip() for p in text.split(";") if p.strip()]
-
-
 def check_prompts(prompts, n=None, name="prompts") -> list:
   """A str (repeated n times) or a list / tuple of n str -> list of n str (n None: any length >= 1)."""
   if isinstance(prompts, str):

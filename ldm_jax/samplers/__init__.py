@@ -1,40 +1,21 @@
-"""Samplers: each method is a step function driven by one `lax.scan` (see `sample`).
+"""Samplers: each method is a step function driven by one `lax.scan` (`driver.run`; `sample` here).
 
 Every method follows the diffusers scheduler of the same name step by step (same grids, same
 update), with all sampler arithmetic in float32 and per-step constants computed on the host.
 """
 
-from typing import NamedTuple
-
-import jax
 import jax.numpy as jnp
 import numpy as np
 
 from ldm_jax.array_values import check_values
-from ldm_jax.diffusion.parameterization import PREDICTION_TYPES, model_output_to_x0_eps
-from ldm_jax.samplers import ddim, ddpm, dpm_solver, euler, heun
+from ldm_jax.diffusion.parameterization import PREDICTION_TYPES
+from ldm_jax.samplers import driver
 from ldm_jax.samplers.guidance import classifier_free_guidance
+from ldm_jax.samplers.methods import METHODS
 from ldm_jax.samplers.timesteps import SPACINGS, Tables, check_spacing
 
-
-class _Method(NamedTuple):
-  tables: callable
-  step: callable
-  init_carry: callable
-  stochastic: bool  # draws z ~ N(0, I) from fold_in(rng, i) at step i
-  sigma_space: bool  # supports karras_sigmas
-
-
-METHODS = {
-    "ddpm": _Method(ddpm.tables, ddpm.step, ddpm.init_carry, True, False),
-    "ddim": _Method(ddim.tables, ddim.step, ddim.init_carry, True, False),
-    "dpmpp_2m": _Method(dpm_solver.tables, dpm_solver.step, dpm_solver.init_carry, False, True),
-    "euler": _Method(euler.tables, euler.step, euler.init_carry, False, True),
-    "euler_ancestral": _Method(euler.tables, euler.step_ancestral, euler.init_carry, True, True),
-    "heun": _Method(heun.tables, heun.step, heun.init_carry, False, True),
-}
-
-__all__ = ["sample", "make_tables", "noise_level", "start_step_for_strength", "classifier_free_guidance",
+__all__ = ["sample", "driver", "make_tables", "noise_level", "start_step_for_strength", "start_step_for_noise",
+           "classifier_free_guidance",
            "METHODS", "SPACINGS", "Tables"]
 
 
@@ -84,6 +65,15 @@ def start_step_for_strength(num_steps: int, strength: float) -> int:
   return num_steps - min(int(num_steps * strength), num_steps)
 
 
+def start_step_for_noise(tables, sigma_latent: float) -> int:
+  """Grid step whose noise level sigma_t / alpha_t is closest (in log) to sigma_latent; S for 0
+  (restoring an input that carries noise of std sigma_latent: `driver.initial_state` weight 0)."""
+  ve = np.asarray(tables.xs["sigma"], np.float64) / np.asarray(tables.xs["alpha"], np.float64)
+  if sigma_latent <= 0:
+    return len(ve)
+  return int(np.argmin(np.abs(np.log(ve) - np.log(sigma_latent))))
+
+
 def _check_x(x_T):
   shape, dtype = getattr(x_T, "shape", None), getattr(x_T, "dtype", None)
   if shape is None or len(shape) < 2 or shape[0] < 1:
@@ -92,19 +82,6 @@ def _check_x(x_T):
   if not jnp.issubdtype(dtype, jnp.floating):
     raise ValueError(f"x_T must be a floating-point array, got dtype {dtype}.")
   check_values(x_T, "x_T", expected="finite noise / latent values")
-
-
-def _denoiser(model_fn, prediction_type, clip_sample, batch):
-  """denoise(x_t, t, alpha, sigma) -> (x0, eps) in float32: calls model_fn(x_t, t [B]) and interprets it."""
-  def denoise(x_t, t, alpha, sigma):
-    out = model_fn(x_t, jnp.full((batch,), t, jnp.float32))
-    if getattr(out, "shape", None) != x_t.shape:
-      raise ValueError(f"model_fn returned shape {getattr(out, 'shape', None)}, expected {x_t.shape} (like x_t).")
-    x0, eps = model_output_to_x0_eps(prediction_type, out.astype(jnp.float32), x_t, alpha, sigma)
-    if clip_sample:
-      x0 = jnp.clip(x0, -1.0, 1.0)
-    return x0, eps
-  return denoise
 
 
 def sample(model_fn, schedule, x_T, rng, *, method, num_steps, eta=0.0, prediction_type="epsilon",
@@ -159,52 +136,12 @@ def sample(model_fn, schedule, x_T, rng, *, method, num_steps, eta=0.0, predicti
   if known is not None:
     check_values(known[0], "known[0] (x0_known)", expected="finite values")
     check_values(known[1], "known[1] (known_mask)", lo=0, hi=1, expected="values in [0, 1]")
-  if start_step > 0 and "c_2" in tables.xs:
-    # A multistep method has no history at its first executed step: that step is first order
-    # (diffusers' lower_order_nums restarts at 0 for img2img).
-    c_2 = np.array(tables.xs["c_2"], copy=True)
-    c_2[start_step] = 0.0
-    tables = tables._replace(xs=dict(tables.xs, c_2=c_2))
-  m = METHODS[method]
+  stochastic = METHODS[method].stochastic
   if method == "ddim" and isinstance(eta, (int, float)) and eta == 0:
-    m = m._replace(stochastic=False)  # deterministic DDIM: no noise to draw
-  step_fn = (lambda d, c, xs, z: m.step(d, c, xs, z, eta=eta)) if method == "ddim" else m.step
+    stochastic = False  # deterministic DDIM: no noise to draw
   x = jnp.asarray(x_T, jnp.float32)
   scale0 = tables.init_scale if start_step == 0 else float(tables.xs["scale"][start_step])
-  return _scan(step_fn, m, tables, _denoiser(model_fn, prediction_type, clip_sample, x.shape[0]),
-               x * scale0, rng, start_step, known, return_trajectory)
-
-
-def _levels_after_step(tables):
-  """VP (alpha, sigma, scale) of the state after each step: the next step's input level, then the final level."""
-  xs = tables.xs
-  alpha = np.concatenate([xs["alpha"][1:], [tables.final_alpha]])
-  sigma = np.concatenate([xs["sigma"][1:], [tables.final_sigma]])
-  scale = np.concatenate([xs["scale"][1:], [1.0]])
-  return alpha, sigma, scale
-
-
-def _scan(step_fn, m, tables, denoise, x, rng, start_step, known, return_trajectory):
-  S = len(tables.xs["t"])
-  xs = {k: np.asarray(v, np.float64)[start_step:].astype(np.float32) for k, v in tables.xs.items()}
-  if known is not None:
-    for k, v in zip(("k_alpha", "k_sigma", "k_scale"), _levels_after_step(tables)):
-      xs[k] = v[start_step:].astype(np.float32)
-  xs["index"] = np.arange(start_step, S, dtype=np.int32)
-
-  def body(carry, xs_i):
-    key = jax.random.fold_in(rng, xs_i["index"])
-    z = jax.random.normal(key, x.shape, jnp.float32) if m.stochastic else jnp.zeros((), jnp.float32)
-    carry, (x_t, x0) = step_fn(denoise, carry, xs_i, z)
-    if known is not None:
-      x0_known, mask = known
-      z_known = jax.random.normal(jax.random.fold_in(key, 1), x.shape, jnp.float32)
-      x_known = xs_i["k_scale"] * (xs_i["k_alpha"] * x0_known.astype(jnp.float32) + xs_i["k_sigma"] * z_known)
-      mask = jnp.asarray(mask, jnp.float32)
-      carry = dict(carry, x=mask * x_known + (1.0 - mask) * carry["x"])
-    return carry, ((x_t, x0) if return_trajectory else None)
-
-  carry, ys = jax.lax.scan(body, m.init_carry(x), xs)
-  if not return_trajectory:
-    return carry["x"]
-  return carry["x"], {"x_t": ys[0], "x0_pred": ys[1], "t": jnp.asarray(xs["t"])}
+  return driver.run(driver.denoiser(model_fn, prediction_type, clip_sample), tables, method,
+                    x * scale0, driver.batch_noise(rng, x.shape), start=int(start_step), eta=eta,
+                    after_step=None if known is None else driver.known_region(*known),
+                    stochastic=stochastic, return_trajectory=return_trajectory)

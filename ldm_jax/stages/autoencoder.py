@@ -37,8 +37,7 @@ def init_params(ae: nn.Module, disc: nn.Module, rng, image_shape) -> dict:
   """Trainable parameters {"autoencoder", "discriminator", "logvar"} for images [B, H, W, C]."""
   ae_rng, disc_rng = jax.random.split(rng)
   x = jnp.zeros(image_shape, jnp.float32)
-  init_fn = (lambda m, x: m(x)) if isinstance(ae, VQModel) else (lambda m, x: m(x, None))
-  return {"autoencoder": ae.init(ae_rng, x, method=init_fn)["params"],
+  return {"autoencoder": ae.init(ae_rng, x)["params"],
           "discriminator": disc.init(disc_rng, x)["params"],
           "logvar": jnp.zeros((), jnp.float32)}
 
@@ -94,13 +93,13 @@ def make_loss_fn(ae: nn.Module, disc: nn.Module, config, perceptual_fn: Callable
   if config.perceptual_weight > 0 and perceptual_fn is None:
     raise ValueError("loss.perceptual_weight > 0 needs a perceptual function (LPIPS weights, "
                      "see perceptual_from_config); none was supplied. Set loss.perceptual_weight = 0.")
-  is_vq = isinstance(ae, VQModel)
-  if not is_vq and not isinstance(ae, AutoencoderKL):
+  if not isinstance(ae, (AutoencoderKL, VQModel)):
     raise ValueError(f"Autoencoder must be an AutoencoderKL or VQModel, got {type(ae).__name__}.")
+  # The regulariser's weight: KL (LDM's KL-reg) or codebook + commitment (VQ-reg).
+  reg_weight = {"kl": config.kl_weight, "vq_loss": config.codebook_weight}[ae.regularizer]
 
   def decode(ae_params, z):
-    method = (lambda m, z: m.decode(z, quantize=False)) if is_vq else "decode"
-    return ae.apply({"params": ae_params}, z, method=method)
+    return ae.apply({"params": ae_params}, z, method="decode_code")
 
   def nll_of(x, x_hat, logvar):
     rec = reconstruction_loss(x, x_hat, config.rec_loss)
@@ -112,17 +111,9 @@ def make_loss_fn(ae: nn.Module, disc: nn.Module, config, perceptual_fn: Callable
   def loss_fn(params, batch, rng, extra):
     x = to_float(batch["image"])
     ae_params, disc_params, logvar = params["autoencoder"], params["discriminator"], params["logvar"]
-    metrics = {}
-    if is_vq:
-      enc = ae.apply({"params": ae_params}, x, method="encode")
-      z, reg = enc.quantized, config.codebook_weight * enc.loss
-      metrics["vq_loss"] = enc.loss
-    else:
-      posterior = ae.apply({"params": ae_params}, x, method="posterior")
-      z = posterior.sample(rng)
-      kl = jnp.mean(posterior.kl())
-      reg = config.kl_weight * kl
-      metrics["kl"] = kl
+    z, reg_loss = ae.apply({"params": ae_params}, x, rng, method="regularized_latents")
+    metrics = {ae.regularizer: reg_loss}
+    reg = reg_weight * reg_loss
     x_hat = decode(ae_params, z)
     nll_loss, rec_mean = nll_of(x, x_hat, logvar)
 

@@ -15,8 +15,10 @@ import os
 import flax.serialization
 import jax
 import ml_collections
+import jax.numpy as jnp
 import numpy as np
 
+from ldm_jax.stages import builders
 from ldm_jax.train.checkpoint import host_value
 
 EXPORT_DIR = "export"
@@ -65,5 +67,23 @@ def load(workdir: str, *, use_ema: bool = True):
   with open(os.path.join(out, "metadata.json"), encoding="utf-8") as f:
     metadata = json.load(f)
   with open(path, "rb") as f:
-    params = flax.serialization.msgpack_restore(f.read())
+    params = _unbox(flax.serialization.msgpack_restore(f.read()))
   return config, params, metadata
+
+
+def _unbox(tree):
+  """Exports written before 2026-12 may hold logical-axis boxes (nn.LogicallyPartitioned) as
+  {"value": x} dicts; the arrays x are the params."""
+  if isinstance(tree, dict):
+    if set(tree) == {"value"} and not isinstance(tree["value"], dict):
+      return tree["value"]
+    return {k: _unbox(v) for k, v in tree.items()}
+  return tree
+
+
+def load_first_stage(workdir: str, use_ema: bool = True):
+  """(autoencoder module, params, its run config) from an autoencoder run's export."""
+  config, params, metadata = load(workdir, use_ema=use_ema)
+  if metadata.get("stage") != "autoencoder":
+    raise ValueError(f"{workdir} holds a {metadata.get('stage')!r} export, not an autoencoder.")
+  return builders.autoencoder(config.model), jax.tree.map(jnp.asarray, params["autoencoder"]), config

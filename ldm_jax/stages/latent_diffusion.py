@@ -32,10 +32,7 @@ CONDITIONINGS = ("none", "class", "text")
 
 def encode_latents(ae: nn.Module, ae_params, images, rng):
   """Unscaled latents z of uint8 images [B, H, W, C]: z ~ q(z|x) for KL, pre-quantised h for VQ."""
-  x = to_float(images)
-  if isinstance(ae, VQModel):
-    return ae.apply({"params": ae_params}, x, method="encode").latents
-  return ae.apply({"params": ae_params}, x, method="posterior").sample(rng)
+  return ae.apply({"params": ae_params}, to_float(images), rng, method="latents")
 
 
 def estimate_scale_factor(ae: nn.Module, ae_params, images, rng) -> float:

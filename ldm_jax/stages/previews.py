@@ -17,7 +17,7 @@ import numpy as np
 
 from ldm_jax import samplers
 from ldm_jax.data import to_float
-from ldm_jax.pipeline.images import image_grid, to_uint8
+from ldm_jax.images import image_grid, to_uint8
 from ldm_jax.train.checkpoint import host_value
 
 

@@ -19,7 +19,7 @@ import numpy as np
 from ldm_jax import data as data_lib
 from ldm_jax.data import preprocess
 from ldm_jax.metrics import image as image_metrics
-from ldm_jax.pipeline.prompts import split_prompts
+from ldm_jax.text.prompts import split_prompts
 from ldm_jax.stages import autoencoder as ae_stage
 from ldm_jax.stages import builders
 from ldm_jax.stages import export
@@ -126,12 +126,9 @@ def evaluate_autoencoder(config, ae, ae_params, batch_size: int = 500) -> dict:
   @jax.jit
   def reconstruct(params, images):
     x = data_lib.to_float(images)
-    if isinstance(ae, builders.autoencoder_lib.VQModel):
-      enc = ae.apply({"params": params}, x, method="encode")
-      x_hat = ae.apply({"params": params}, enc.quantized, method=lambda m, z: m.decode(z, quantize=False))
-    else:
-      mean, _ = ae.apply({"params": params}, x, method="encode")
-      x_hat = ae.apply({"params": params}, mean, method="decode")
+    # decode(mode of q(z|x)) for KL; decode(quantise(h)) for VQ
+    x_hat = ae.apply({"params": params}, ae.apply({"params": params}, x, method="latents"),
+                     method="decode")
     x01, y01 = (x + 1) / 2, jnp.clip((x_hat + 1) / 2, 0, 1)
     return (image_metrics.psnr(x01, y01, data_range=1.0), image_metrics.ssim(x01, y01, data_range=1.0))
 
@@ -150,15 +147,6 @@ def evaluate_autoencoder(config, ae, ae_params, batch_size: int = 500) -> dict:
 
 # ---------------------------------------------------------------------------------------------
 # Stage 2: latent diffusion
-
-
-def load_first_stage(workdir: str, use_ema: bool = True):
-  """(autoencoder module, params, its run config) from an autoencoder run's export."""
-  config, params, metadata = export.load(workdir, use_ema=use_ema)
-  if metadata.get("stage") != "autoencoder":
-    raise ValueError(f"{workdir} holds a {metadata.get('stage')!r} export, not an autoencoder.")
-  params = params["autoencoder"]
-  return builders.autoencoder(config.model), jax.tree.map(jnp.asarray, params), config
 
 
 def _tokenize_captions(tokenizer):
@@ -182,13 +170,13 @@ def train_latent_diffusion(config: ml_collections.ConfigDict, workdir: str) -> d
   tokenizer = text_encoder = text_params = None
   if text:
     tokenizer, text_encoder, text_params = builders.text_conditioner(config.text)
-  ae, ae_params, _ = load_first_stage(config.first_stage.workdir, config.first_stage.use_ema)
+  ae, ae_params, _ = export.load_first_stage(config.first_stage.workdir, config.first_stage.use_ema)
   transform = _tokenize_captions(tokenizer) if text else None
   scale = _scale_factor(config, workdir, ae, ae_params)
   num_class_embeds = d.num_classes + 1 if d.conditioning == "class" else None
   f = ae.downsampling_factor
   h, w = preprocess.image_hw(config.data.image_size)
-  latent_shape = (1, h // f, w // f, getattr(ae, "code_dim", ae.z_channels))
+  latent_shape = (1, h // f, w // f, ae.latent_channels)
   unet = builders.unet(config.model, in_channels=latent_shape[-1],
                        num_class_embeds=num_class_embeds,
                        context_dim=text_encoder.width if text else None)

@@ -37,6 +37,12 @@ class PromptEncoder(NamedTuple):
   params: Any
 
 
+def split_prompts(text: str) -> list:
+  """The prompts of a ';'-separated string (the CLI's --prompts, a run's sample.prompts), stripped,
+  empty ones dropped."""
+  return [p.strip() for p in text.split(";") if p.strip()]
+
+
 @functools.partial(jax.jit, static_argnums=0)
 def _encode(module, params, ids):
   return module.apply({"params": params}, ids)

@@ -20,31 +20,12 @@ import time
 from typing import Any, NamedTuple, Protocol
 
 import jax
-import ml_collections
 import numpy as np
 
 from ldm_jax.train import guard
 from ldm_jax.train import preemption
 from ldm_jax.train.parallel import DataParallel
 from ldm_jax.train.state import count_params
-
-
-def default_config() -> ml_collections.ConfigDict:
-  """The `train` section of a config: loop, checkpoint, parallelism and EMA settings."""
-  c = ml_collections.ConfigDict()
-  c.num_steps = 10_000          # total train steps (batches); a resumed run continues up to it
-  c.save_every = 1_000          # async checkpoint every this many steps (0: end/preemption only)
-  c.max_to_keep = 3             # checkpoints kept; older good ones are the fall-back on corruption
-  c.log_every = 50              # metrics to metrics.jsonl / TensorBoard every this many steps
-  c.tensorboard = True          # also write TensorBoard event files
-  c.max_consecutive_bad = 10    # stop after this many non-finite steps in a row (0: never)
-  c.parallel = "mesh"           # data parallelism: "pmap" or "mesh" (ldm_jax.train.parallel)
-  c.num_fsdp = 1                # mesh mode: devices per "fsdp" group sharding params/opt state
-  c.ema_decay = 0.9999          # EMA decay (LDM's LitEma default)
-  c.ema_warmup = True           # LitEma's min(decay, (1 + n) / (10 + n)) warm-up
-  c.seed = 0                    # base key of the run: params init and per-step fold_in
-  c.lock()
-  return c
 
 
 class ResumableIterator(Protocol):

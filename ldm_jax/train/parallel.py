@@ -126,14 +126,6 @@ def data_parallel(loss_fn: LossFn, tx: optax.GradientTransformation, *, mode: st
   return _mesh_parallel(mesh, kw, donate)
 
 
-def from_config(loss_fn: LossFn, tx: optax.GradientTransformation, config,
-                lr_schedule: optax.Schedule | None = None) -> DataParallel:
-  """`data_parallel` from a `loop.default_config()`-style section (parallel, num_fsdp, ema_*)."""
-  return data_parallel(loss_fn, tx, mode=config.parallel, mesh=make_mesh(config.num_fsdp),
-                       ema_decay=config.ema_decay, ema_warmup=config.ema_warmup,
-                       lr_schedule=lr_schedule)
-
-
 def _mesh_parallel(mesh: Mesh, kw: dict, donate: bool) -> DataParallel:
   shardings_of = lambda abstract: state_shardings(abstract, mesh)
   replicated = NamedSharding(mesh, P())

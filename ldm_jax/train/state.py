@@ -56,34 +56,12 @@ def step_rng(state: TrainState) -> jax.Array:
   return jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
 
 
-def abstract_train_state(init_params_fn: Callable[[jax.Array], PyTree],
-                         tx: optax.GradientTransformation, rng: jax.Array) -> TrainState:
-  """Shapes and dtypes of the state, without allocating it (`jax.eval_shape`)."""
-  return jax.eval_shape(lambda r: init_train_state(init_params_fn(r), tx, r), rng)
-
-
-def create_train_state(init_params_fn: Callable[[jax.Array], PyTree],
-                       tx: optax.GradientTransformation, rng: jax.Array,
-                       shardings_fn: Callable[[TrainState], PyTree],
-                       extra: dict | None = None) -> TrainState:
-  """Creates the state directly in its final sharding, never materialised on one device.
-
-  Args:
-    init_params_fn: rng -> params (e.g. `lambda r: model.init(r, x)["params"]`).
-    tx: the optimizer.
-    rng: typed key; it seeds the parameters and becomes the state's base key.
-    shardings_fn: abstract state -> pytree of `jax.sharding.Sharding` with the same structure
-      (e.g. `ldm_jax.train.parallel.state_shardings` with a mesh bound).
-    extra: optional dict of arrays carried in `state.extra` (e.g. frozen first-stage params).
-  """
-  init = lambda r, e: init_train_state(init_params_fn(r), tx, r, e)
-  abstract = jax.eval_shape(init, rng, extra)
-  return jax.jit(init, out_shardings=shardings_fn(abstract))(rng, extra)
-
-
 def state_creator(tx: optax.GradientTransformation, shardings_fn: Callable[[TrainState], PyTree]
                   ) -> Callable[[Callable, jax.Array], TrainState]:
-  """`create_train_state` with (tx, shardings_fn) bound; compiled once per `init_params_fn`."""
+  """create(init_params_fn, rng, extra=None) -> the train state, created directly in the sharding
+  shardings_fn(abstract state) gives (never materialised on one device); one compiled program per
+  `init_params_fn`. rng seeds the parameters and becomes the state's base key; extra: arrays
+  carried in `state.extra` (e.g. frozen first-stage params)."""
   cache = {}
 
   def create(init_params_fn, rng, extra=None):

@@ -44,7 +44,7 @@ class _Shapes(dict):
 def ldm_unet_shapes(model_channels=32, channel_mult=(1, 2), num_res_blocks=1,
                     attention_resolutions=(2,), in_channels=4, out_channels=4, context_dim=16,
                     transformer_depth=1, use_linear=False, spatial=True, num_classes=None,
-                    scale_shift=False):
+                    scale_shift=False, adm_in_channels=None):
   """openaimodel.UNetModel.__init__, one tensor at a time (conv_resample=True, no updown)."""
   s, mc = _Shapes(), model_channels
   emb = 4 * mc
@@ -83,6 +83,9 @@ def ldm_unet_shapes(model_channels=32, channel_mult=(1, 2), num_res_blocks=1,
   s.linear("time_embed.2", emb, emb)
   if num_classes is not None:
     s["label_emb.weight"] = (num_classes, emb)
+  if adm_in_channels is not None:  # num_classes="sequential": Linear, SiLU, Linear
+    s.linear("label_emb.0.0", emb, adm_in_channels)
+    s.linear("label_emb.0.2", emb, emb)
   s.conv("input_blocks.0.0", mc, in_channels, 3)
   chans, ch, ds, idx = [mc], mc, 1, 1
   for level, mult in enumerate(channel_mult):
@@ -307,6 +310,26 @@ def test_scale_shift_unet_loads_into_diffusers():
   assert c["resnet_time_scale_shift"] == "scale_shift" and c["num_class_embeds"] == 3
   cls_kw = {k: v for k, v in c.items() if not k.startswith("_")}
   assert_loads_strictly(UNet2DConditionModel(**cls_kw), ours.unet_state_dict)
+
+
+def test_projected_class_vector_unet_loads_into_diffusers():
+  """The original's num_classes="sequential" (label_emb = Linear, SiLU, Linear of an
+  adm_in_channels vector) -> diffusers' class_embed_type="projection"; a yaml that says so agrees,
+  one that gives an integer num_classes is rejected."""
+  unet = ldm_unet_shapes(**UNET_KW, adm_in_channels=12)
+  sd = random_checkpoint(unet, ldm_vae_shapes())
+  ours = lc.convert_ldm_state_dict(sd)
+  c = ours.unet_config
+  assert c["class_embed_type"] == "projection" and c["projection_class_embeddings_input_dim"] == 12
+  assert "num_class_embeds" not in c
+  cls_kw = {k: v for k, v in c.items() if not k.startswith("_")}
+  assert_loads_strictly(UNet2DConditionModel(**cls_kw), ours.unet_state_dict)
+  h = ldm_layout.infer_unet_hparams({k[len(lc.UNET_PREFIX):]: v for k, v in sd.items()
+                                     if k.startswith(lc.UNET_PREFIX)})
+  assert h["num_classes"] is None and h["adm_in_channels"] == 12
+  ldm_layout.check_against_config(h, {"num_classes": "sequential"}, "UNet")
+  with pytest.raises(ValueError, match="num_classes: config 10, checkpoint 'sequential'"):
+    ldm_layout.check_against_config(h, {"num_classes": 10}, "UNet")
 
 
 def test_kl_vae_matches_diffusers_single_file_conversion(sd1):

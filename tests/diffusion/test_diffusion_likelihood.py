@@ -17,44 +17,7 @@ import jax.numpy as jnp
 from ldm_jax.diffusion import (discretized_gaussian_log_likelihood, loss_from_output, normal_kl, prior_kl,
                                q_sample, vlb_terms)
 from ldm_jax.schedules import from_log_snr, get_schedule
-
-
-def gaussian_data(dim=4, seed=0):
-  """mu [D] and a full covariance S [D, D] with eigenvalues from 0.05 to 1."""
-  rs = np.random.RandomState(seed)
-  q, _ = np.linalg.qr(rs.randn(dim, dim))
-  return rs.uniform(-0.5, 0.5, dim), (q * np.geomspace(0.05, 1.0, dim)) @ q.T
-
-
-def exact_x0_model(schedule, mu, cov):
-  """model_fn(x_t, t) -> E[x0 | x_t] = mu + a S (a^2 S + s^2 I)^-1 (x_t - a mu), in S's eigenbasis."""
-  eig, q = np.linalg.eigh(cov)
-  mu, eig, q = (jnp.asarray(v, jnp.float32) for v in (mu, eig, q))
-
-  def model_fn(x_t, t):
-    abar = schedule.alphas_cumprod[jnp.round(t).astype(jnp.int32)][:, None]
-    a = jnp.sqrt(abar)
-    return mu + ((x_t - a * mu) @ q * (a * eig / (abar * eig + 1.0 - abar))) @ q.T
-
-  return model_fn
-
-
-def analytic_bound(schedule, mu, cov):
-  """E[bound] and h(x0) in nats/dim (float64): every term's expectation is a trace of Cov[x0 | x_t]."""
-  betas = np.asarray(schedule.betas, np.float64)
-  abar = np.cumprod(1.0 - betas)
-  abar_prev = np.concatenate([[1.0], abar[:-1]])
-  eig = np.linalg.eigvalsh(cov)
-  dim = len(mu)
-  post_trace = np.sum(1.0 / (1.0 / eig[None, :] + (abar / (1.0 - abar))[:, None]), axis=1)  # tr Cov[x0|x_t]
-  c0 = betas * np.sqrt(abar_prev) / (1.0 - abar)
-  var = betas * (1.0 - abar_prev) / (1.0 - abar)
-  kl_terms = c0[1:] ** 2 * post_trace[1:] / (2.0 * var[1:])
-  v0 = (1.0 - abar[0]) / abar[0]  # the "gaussian" decoder's variance 1 / SNR_0
-  decoder = 0.5 * dim * np.log(2 * np.pi * v0) + post_trace[0] / (2.0 * v0)
-  prior = 0.5 * np.sum((1 - abar[-1]) + abar[-1] * (mu**2 + np.diag(cov)) - 1.0 - np.log(1 - abar[-1]))
-  entropy = 0.5 * (dim * np.log(2 * np.pi * np.e) + np.linalg.slogdet(cov)[1])
-  return (np.sum(kl_terms) + decoder + prior) / dim, entropy / dim
+from experiments.gaussian_reference import analytic_bound, exact_x0_model, gaussian_data
 
 
 def log_snr_linear(T):

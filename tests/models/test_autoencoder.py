@@ -182,6 +182,39 @@ def test_vq_encode_decode_consistency(vq):
   np.testing.assert_allclose(rec, b, atol=1e-5)
 
 
+def test_one_latent_interface_for_kl_and_vq(kl, vq):
+  """latents / decode / regularized_latents / decode_code / latent_channels: what the stages and
+  the pipeline call, checked against each kind's own encode path."""
+  rng = jax.random.key(3)
+  (km, kp, x), (vm, vp, _) = kl, vq
+  kl_apply, vq_apply = functools.partial(km.apply, {"params": kp}), functools.partial(vm.apply, {"params": vp})
+  mean, logvar = kl_apply(x, method="encode")
+  enc = vq_apply(x, method="encode")
+  assert (km.latent_channels, vm.latent_channels) == (km.z_channels, vm.code_dim)
+  assert kl_apply(x, method="latents").shape[-1] == km.latent_channels
+  assert vq_apply(x, method="latents").shape[-1] == vm.latent_channels
+  # KL: the mode without rng, a posterior sample with it (the same draw as DiagonalGaussian's).
+  np.testing.assert_array_equal(kl_apply(x, method="latents"), mean)
+  eps = jax.random.normal(rng, mean.shape)
+  np.testing.assert_allclose(kl_apply(x, rng, method="latents"), mean + jnp.exp(0.5 * logvar) * eps,
+                             rtol=1e-6, atol=1e-6)
+  # VQ: the pre-quantisation h whatever the rng; decode quantises it.
+  np.testing.assert_array_equal(vq_apply(x, rng, method="latents"), enc.latents)
+  np.testing.assert_array_equal(vq_apply(enc.latents, method="decode"),
+                                vq_apply(enc.quantized, method=lambda m, z: m.decode(z, quantize=False)))
+  # Training: (z, regulariser) per kind, named by `regularizer`; decode_code decodes that z.
+  z, kl_loss = kl_apply(x, rng, method="regularized_latents")
+  np.testing.assert_array_equal(z, kl_apply(x, rng, method="latents"))
+  kl_per_image = 0.5 * np.sum(mean ** 2 + np.exp(logvar) - 1 - logvar, axis=(1, 2, 3))
+  np.testing.assert_allclose(kl_loss, np.mean(kl_per_image), rtol=1e-5)  # LDM's: summed, batch mean
+  np.testing.assert_array_equal(kl_apply(z, method="decode_code"), kl_apply(z, method="decode"))
+  z_q, vq_loss = vq_apply(x, rng, method="regularized_latents")
+  np.testing.assert_array_equal(z_q, enc.quantized)
+  np.testing.assert_array_equal(vq_loss, enc.loss)
+  np.testing.assert_array_equal(vq_apply(z_q, method="decode_code"), vq_apply(x)[0])
+  assert (km.regularizer, vm.regularizer) == ("kl", "vq_loss")
+
+
 def test_bfloat16_compute_close_to_float32(kl):
   module, params, x = kl
   ref, ref_post = module.apply({"params": params}, x)

@@ -1,49 +1,28 @@
 """Closed form: driven by the exact denoiser of Gaussian data, every sampler converges to N(mu, S)."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from experiments import gaussian_reference as ref
 from ldm_jax import samplers, schedules
-from ldm_jax.diffusion.parameterization import target_from_x0_eps, x0_to_eps
 
 MU = np.array([1.0, -0.5], np.float32)
 COV = np.array([[0.5, 0.3], [0.3, 0.4]], np.float32)
 # Zero terminal SNR, so that x_T ~ N(0, I) is exactly the terminal marginal (Lin et al. 2023).
 SCHEDULE = schedules.rescale_zero_terminal_snr(schedules.get_schedule("linear", 1000))
-DETERMINISTIC = ("ddim", "dpmpp_2m", "euler", "heun")
 SAMPLES = 20000  # Monte Carlo error of the stochastic samplers' moments ~ 1e-2
 
 
 def gaussian_model_fn(prediction_type):
-  """Exact network output for x0 ~ N(MU, COV): E[x0|x_t] = mu + a S (a^2 S + s^2 I)^-1 (x_t - a mu)."""
-  mu, cov = jnp.asarray(MU), jnp.asarray(COV)
-
-  def model_fn(x_t, t):
-    a, s = schedules.alpha_sigma(SCHEDULE, t[0])  # the samplers call with one t for the whole batch
-    gain = a * cov @ jnp.linalg.inv(a**2 * cov + s**2 * jnp.eye(2))
-    x0 = mu + (x_t - a * mu) @ gain.T
-    return target_from_x0_eps(prediction_type, x0, x0_to_eps(x_t, x0, a, s), a, s)
-
-  return model_fn
+  return ref.exact_denoiser(SCHEDULE, MU, COV, prediction_type)
 
 
 def moment_errors(method, num_steps, prediction_type="v_prediction", **kw):
-  """(|mean - mu|, ||cov - S||_F / ||S||_F) of the sampler output; exact for deterministic samplers
-  (an affine map of x_T here: push 0 and the unit vectors through), Monte Carlo otherwise."""
-  deterministic = method in DETERMINISTIC and kw.get("eta", 0.0) == 0.0
-  rng = jax.random.key(0, impl="rbg")  # any key type works; rbg compiles faster on CPU
-  x_T = (jnp.concatenate([jnp.zeros((1, 2)), jnp.eye(2)]) if deterministic
-         else jax.random.normal(jax.random.key(1), (SAMPLES, 2)))
-  x0 = samplers.sample(gaussian_model_fn(prediction_type), SCHEDULE, x_T, rng, method=method, num_steps=num_steps,
-                       prediction_type=prediction_type, timestep_spacing="trailing", **kw)
-  x0 = np.asarray(x0, np.float64)
-  if deterministic:
-    A = (x0[1:] - x0[0]).T
-    mean, cov = x0[0], A @ A.T
-  else:
-    mean, cov = x0.mean(0), np.cov(x0.T)
+  """(|mean - mu|, ||cov - S||_F / ||S||_F) of the sampler output (`ref.sampler_moments`)."""
+  mean, cov = ref.sampler_moments(method, num_steps, SCHEDULE, MU, COV, samples=SAMPLES,
+                                  rng=jax.random.key(0, impl="rbg"),  # rbg compiles faster on CPU
+                                  x_rng=jax.random.key(1), prediction_type=prediction_type, **kw)
   return np.linalg.norm(mean - MU), np.linalg.norm(cov - COV) / np.linalg.norm(COV)
 
 

@@ -115,7 +115,7 @@ def test_preview_grids_are_written_for_tensorboard(runs):
 
 def test_autoencoder_preview_shows_inputs_over_reconstructions(runs):
   ae_dir = runs[0]
-  ae, params, _ = run.load_first_stage(ae_dir)
+  ae, params, _ = export.load_first_stage(ae_dir)
   images = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 1), dtype=np.uint8)
   state = types.SimpleNamespace(ema_params={"autoencoder": params})
   grid = previews.autoencoder_preview(ae, images)(0, state)["reconstructions"]
@@ -146,3 +146,15 @@ def test_bad_stage_and_missing_first_stage_raise(tmp_path):
     run.train(c, str(tmp_path / "x"))
   with pytest.raises(ValueError, match="first_stage.workdir=.*missing'.*trained autoencoder run"):
     run.train(_tiny_ldm_config(str(tmp_path / "missing"), 1), str(tmp_path / "y"))
+
+
+def test_export_load_unboxes_exports_written_with_logical_axis_boxes(tmp_path):
+  """Exports of 2026-11 hold nn.LogicallyPartitioned params as {"value": x} dicts; load returns
+  the plain arrays (what the ablation scripts once stripped by hand)."""
+  w = np.arange(6, dtype=np.float32).reshape(2, 3)
+  boxed = {"autoencoder": {"dense": {"kernel": {"value": w}, "bias": np.ones(3, np.float32)}}}
+  export.save(str(tmp_path), mnist_autoencoder.get_config(), boxed, boxed, {"stage": "autoencoder"})
+  _, params, metadata = export.load(str(tmp_path))
+  assert metadata == {"stage": "autoencoder"}
+  np.testing.assert_array_equal(params["autoencoder"]["dense"]["kernel"], w)
+  np.testing.assert_array_equal(params["autoencoder"]["dense"]["bias"], np.ones(3))

@@ -6,7 +6,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 import train_tiny
-from ldm_jax.train import loop, parallel
+from ldm_jax.train import parallel
 
 NUM_STEPS, BATCH = 4, 16
 
@@ -56,10 +56,8 @@ def test_fsdp_spec_rule():
 def test_bad_inputs_raise_value_errors():
   with pytest.raises(ValueError, match="pmap"):
     parallel.data_parallel(train_tiny.make_loss(), None, mode="shard_map")
-  config = loop.default_config()
-  config.parallel = "shard_map"
   with pytest.raises(ValueError, match=r"valid choices: \('pmap', 'mesh'\)"):
-    parallel.from_config(train_tiny.make_loss(), None, config)
+    parallel.data_parallel(train_tiny.make_loss(), None, mode="shard_map")
   with pytest.raises(ValueError, match="num_fsdp=3"):
     parallel.make_mesh(3)
   with pytest.raises(ValueError, match="multiple of the 8 local devices"):

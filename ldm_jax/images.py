@@ -1,4 +1,5 @@
-"""Image conversions of the pipeline: uint8 <-> float [-1, 1], pixel masks -> latent masks, grids."""
+"""Image conversions shared by the pipeline and the stages' previews: uint8 <-> float [-1, 1],
+pixel masks -> latent masks, grids."""
 
 import numpy as np
 
