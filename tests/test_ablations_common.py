@@ -1,38 +1,41 @@
-"""Flag parsing and run bookkeeping of the ablation scripts (experiments/ablations/common.py and the
-scripts' own flag parsers): bad values fail before anything trains, with the valid choices named."""
+"""Flag parsing and run bookkeeping of the ablation scripts (experiments/ablations/cli.py and
+training.py, and the scripts' own flag parsers): bad values fail before anything trains, with the
+valid choices named."""
 
 import json
 
 import pytest
 
 from experiments.ablations import autoencoders
-from experiments.ablations import common
+from experiments.ablations import cli
 from experiments.ablations import prediction_weighting
+from experiments.ablations import report
 from experiments.ablations import scale_factor
+from experiments.ablations import training
 from experiments.configs import mnist_autoencoder
 
 
 def test_pick_variants_all_subset_and_always():
   variants = prediction_weighting.VARIANTS
-  assert common.pick_variants("", variants) == list(variants)
-  assert common.pick_variants("4,1", variants) == [variants[1], variants[4]]  # index order
+  assert cli.pick_variants("", variants) == list(variants)
+  assert cli.pick_variants("4,1", variants) == [variants[1], variants[4]]  # index order
   sf = scale_factor.VARIANTS
-  assert common.pick_variants("2", sf, always=(0,)) == [sf[0], sf[2]]
+  assert cli.pick_variants("2", sf, always=(0,)) == [sf[0], sf[2]]
 
 
 @pytest.mark.parametrize("spec, match", [("6", r"no variant \[6\]"), ("-1", r"no variant \[-1\]"),
                                          ("x0", "not a comma-separated list")])
 def test_pick_variants_bad_index_lists_choices(spec, match):
   with pytest.raises(ValueError, match=match) as e:
-    common.pick_variants(spec, prediction_weighting.VARIANTS)
+    cli.pick_variants(spec, prediction_weighting.VARIANTS)
   assert "0: eps, simple" in str(e.value) and "5: v, min-SNR-5" in str(e.value)
 
 
 def test_int_list():
-  assert common.int_list("300,600,1200", "checkpoints") == (300, 600, 1200)
+  assert cli.int_list("300,600,1200", "checkpoints") == (300, 600, 1200)
   for bad in ("600,300", "0,1", "1,1", "1,a"):
     with pytest.raises(ValueError, match="--checkpoints="):
-      common.int_list(bad, "checkpoints")
+      cli.int_list(bad, "checkpoints")
 
 
 def test_parse_grid():
@@ -52,15 +55,15 @@ def test_train_run_refuses_a_run_past_the_requested_steps(tmp_path):
   silently scored as if it were the requested step."""
   (tmp_path / "eval.json").write_text(json.dumps({"steps": 1200, "train_seconds": 5.0}))
   with pytest.raises(ValueError, match="already trained to 1200 steps, past the 300"):
-    common.train_run(mnist_autoencoder.get_config, str(tmp_path), {"train.num_steps": 300})
-  reused = common.train_run(mnist_autoencoder.get_config, str(tmp_path), {"train.num_steps": 1200})
+    training.train_run(mnist_autoencoder.get_config, str(tmp_path), {"train.num_steps": 300})
+  reused = training.train_run(mnist_autoencoder.get_config, str(tmp_path), {"train.num_steps": 1200})
   assert reused["reused"] and reused["seconds"] == 5.0
 
 
 def test_train_run_reused_without_recorded_time_reports_none(tmp_path):
   (tmp_path / "eval.json").write_text(json.dumps({"steps": 7}))
-  reused = common.train_run(mnist_autoencoder.get_config, str(tmp_path), {"train.num_steps": 7})
-  assert reused["seconds"] is None and common.fmt(reused["seconds"]) == "n/a"
+  reused = training.train_run(mnist_autoencoder.get_config, str(tmp_path), {"train.num_steps": 7})
+  assert reused["seconds"] is None and report.fmt(reused["seconds"]) == "n/a"
 
 
 def test_autoencoder_verdict_separates_direction_and_size():
