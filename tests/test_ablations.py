@@ -17,6 +17,7 @@ from experiments.ablations import downsampling
 from experiments.ablations import guidance
 from experiments.ablations import prediction_weighting
 from experiments.ablations import samplers
+from experiments.ablations import sampling
 from experiments.ablations import scale_factor
 from experiments.ablations import schedules
 from experiments.ablations import training
@@ -77,6 +78,17 @@ def test_samplers(tiny):
   assert abs(fd["DDIM eta=0"] - fd["DDIM eta=1"]) > 1e-6  # eta matters
   for *_, s, _ in results:
     assert 0.0 <= s["acc"] <= 1.0 and s["fd"] > 0
+
+
+def test_sample_conditional_is_the_pipelines_unguided_sample(tiny):
+  """The samplers / schedules ablations' shortcut (the conditional model alone) draws what
+  `pipe.sample` draws at w = 1 (which also evaluates the unconditional half) from the same seed."""
+  pipe = sampling.load_pipeline(tiny["ldm"], use_ema=False)
+  ours, labels, _ = sampling.sample_conditional(pipe, 3, 1, method="ddim", num_steps=3)
+  ref, ref_labels, _ = sampling.sample_classes(pipe, 3, 1, method="ddim", num_steps=3,
+                                               guidance_scale=1.0)
+  np.testing.assert_array_equal(labels, ref_labels)
+  assert np.abs(ours.astype(int) - ref.astype(int)).max() <= 1  # float rounding only
 
 
 def test_guidance(tiny):
