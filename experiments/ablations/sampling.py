@@ -37,8 +37,10 @@ def sample_classes(pipe, seed, per_class, **sample_kw):
 def sample_conditional(pipe, seed, per_class, *, method, num_steps, eta=0.0, spacing="leading"):
   """Like `sample_classes` with guidance w = 1, but calls the conditional model once per step (the
   pipeline's guided program also evaluates the unconditional half, which w = 1 discards) and takes
-  the timestep grid `spacing`. Same initial noise as `pipe.sample(key(seed), ...)`; one jitted
-  program per (method, num_steps, spacing). Returns (uint8 images, labels, seconds)."""
+  the timestep grid `spacing`. Same initial noise as `pipe.sample(key(seed), ...)`; the step noise
+  of stochastic methods comes from `samplers.sample`'s batch key, not the pipeline's per-sample
+  keys. One jitted program per (method, num_steps, spacing). Returns (uint8 images, labels,
+  seconds)."""
   from ldm_jax import samplers  # pylint: disable=import-outside-toplevel
   labels = class_labels(per_class)
   rng = jax.random.key(seed)
