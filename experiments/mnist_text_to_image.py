@@ -30,7 +30,10 @@ import jax
 import numpy as np
 from PIL import Image
 
-from experiments.ablations import common
+from experiments.ablations import config_overrides
+from experiments.ablations import digit_judge
+from experiments.ablations import report
+from experiments.ablations import training
 from experiments.configs import mnist_autoencoder, mnist_text
 from ldm_jax import launch
 from ldm_jax.data import mnist_pairs
@@ -53,7 +56,7 @@ flags.DEFINE_bool("pooled", True, "Also train and evaluate the pooled-embedding 
 flags.DEFINE_string("report", "", "Markdown report ('': <workdir>/report.md).")
 FLAGS = flags.FLAGS
 
-_TINY_AE = {**common.tiny_autoencoder_overrides(f=4, z_channels=3), "train.num_steps": 2,
+_TINY_AE = {**config_overrides.tiny_autoencoder_overrides(f=4, z_channels=3), "train.num_steps": 2,
             "train.global_batch_size": 8, "train.image_every": 0, "train.save_every": 0}
 _TINY_LDM = {"model.block_out_channels": (8,), "model.layers_per_block": 1,
              "model.down_block_types": ("CrossAttnDownBlock2D",),
@@ -92,13 +95,14 @@ def main(_):
   launch.start()
   t0 = time.time()
   os.makedirs(FLAGS.workdir, exist_ok=True)
-  judge, _ = common.load_judge("", FLAGS.workdir)
+  judge, _ = digit_judge.load_judge("", FLAGS.workdir)
   ae_dir = FLAGS.ae_workdir or os.path.join(FLAGS.workdir, "autoencoder")
   ae = {"reused": True}
   if not FLAGS.ae_workdir:
     ae_overrides = _TINY_AE if FLAGS.scale == "tiny" else {}
-    ae = common.train_run(mnist_autoencoder.get_config, ae_dir,
-                          {**ae_overrides, **({"train.num_steps": FLAGS.ae_steps} if FLAGS.ae_steps else {})})
+    ae = training.train_run(mnist_autoencoder.get_config, ae_dir,
+                            {**ae_overrides,
+                             **({"train.num_steps": FLAGS.ae_steps} if FLAGS.ae_steps else {})})
   runs = {"cross_attention": os.path.join(FLAGS.workdir, "ldm")}
   if FLAGS.pooled:
     runs["pooled"] = os.path.join(FLAGS.workdir, "pooled")
@@ -113,7 +117,7 @@ def main(_):
     overrides = {"first_stage.workdir": ae_dir, "train.num_steps": steps,
                  "optim.decay_steps": FLAGS.ldm_steps, "train.global_batch_size": FLAGS.batch,
                  "text.pooled": name == "pooled", **(_TINY_LDM if FLAGS.scale == "tiny" else {})}
-    summary = common.train_run(mnist_text.get_config, workdir, overrides)
+    summary = training.train_run(mnist_text.get_config, workdir, overrides)
     print(f"{name}: {summary['steps']} steps, {summary['seconds']} s", flush=True)
     done = results["models"].get(name, {})
     if (done.get("steps") == summary["steps"]
@@ -122,7 +126,7 @@ def main(_):
       continue  # evaluated already
     if jax.process_index() == 0:
       results["models"][name] = _evaluate_run(name, workdir, judge, summary)
-      results.update(devices=common.devices_line(), commit=_commit(),
+      results.update(devices=report.devices_line(), commit=_commit(),
                      load_average=[round(x, 2) for x in os.getloadavg()],
                      ldm_steps=FLAGS.ldm_steps, batch=FLAGS.batch)
       with open(results_path, "w", encoding="utf-8") as f:

@@ -12,13 +12,15 @@ import numpy as np
 import pytest
 
 from experiments.ablations import autoencoders
-from experiments.ablations import common
+from experiments.ablations import digit_judge
 from experiments.ablations import downsampling
 from experiments.ablations import guidance
 from experiments.ablations import prediction_weighting
 from experiments.ablations import samplers
+from experiments.ablations import sampling
 from experiments.ablations import scale_factor
 from experiments.ablations import schedules
+from experiments.ablations import training
 from ldm_jax.metrics import classifier
 
 pytestmark = pytest.mark.slow  # end-to-end runs of every ablation script
@@ -29,13 +31,13 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory):
   root = tmp_path_factory.mktemp("ablations")
-  x, y = common.split(common.TRAIN)
+  x, y = digit_judge.split(digit_judge.TRAIN)
   clf = str(root / "classifier.msgpack")
   classifier.save_params(clf, classifier.train_classifier(x[:2000], y[:2000], steps=30, seed=0))
   ae = str(root / "ae")
-  common.autoencoder_run(ae, "tiny")
+  training.autoencoder_run(ae, "tiny")
   ldm = str(root / "ldm")
-  common.ldm_run(ldm, ae, "tiny")
+  training.ldm_run(ldm, ae, "tiny")
   return {"root": root, "classifier": clf, "ae": ae, "ldm": ldm}
 
 
@@ -76,6 +78,17 @@ def test_samplers(tiny):
   assert abs(fd["DDIM eta=0"] - fd["DDIM eta=1"]) > 1e-6  # eta matters
   for *_, s, _ in results:
     assert 0.0 <= s["acc"] <= 1.0 and s["fd"] > 0
+
+
+def test_sample_conditional_is_the_pipelines_unguided_sample(tiny):
+  """The samplers / schedules ablations' shortcut (the conditional model alone) draws what
+  `pipe.sample` draws at w = 1 (which also evaluates the unconditional half) from the same seed."""
+  pipe = sampling.load_pipeline(tiny["ldm"], use_ema=False)
+  ours, labels, _ = sampling.sample_conditional(pipe, 3, 1, method="ddim", num_steps=3)
+  ref, ref_labels, _ = sampling.sample_classes(pipe, 3, 1, method="ddim", num_steps=3,
+                                               guidance_scale=1.0)
+  np.testing.assert_array_equal(labels, ref_labels)
+  assert np.abs(ours.astype(int) - ref.astype(int)).max() <= 1  # float rounding only
 
 
 def test_guidance(tiny):
@@ -135,5 +148,5 @@ def test_autoencoders_then_downsampling(tiny):
   _check_report(md)
   assert _table_rows(md) == ["LDM-8", "real (floor)"]
   (r,) = results
-  assert r["throughput"] > 0 and r["steps"] == common.TRAIN_SCALES["tiny"]["ldm_steps"]
+  assert r["throughput"] > 0 and r["steps"] == training.TRAIN_SCALES["tiny"]["ldm_steps"]
   assert r["reused_autoencoder"] and r["psnr"] == psnr

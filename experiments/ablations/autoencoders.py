@@ -17,7 +17,10 @@ import jax  # pylint: disable=wrong-import-position
 import jax.numpy as jnp  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 
-from experiments.ablations import common  # pylint: disable=wrong-import-position
+from experiments.ablations import cli  # pylint: disable=wrong-import-position
+from experiments.ablations import digit_judge  # pylint: disable=wrong-import-position
+from experiments.ablations import report  # pylint: disable=wrong-import-position
+from experiments.ablations import training  # pylint: disable=wrong-import-position
 from ldm_jax import data as data_lib  # pylint: disable=wrong-import-position
 from ldm_jax.metrics import frechet  # pylint: disable=wrong-import-position
 from ldm_jax.metrics import rate as rate_lib  # pylint: disable=wrong-import-position
@@ -88,15 +91,15 @@ def parse_grid(spec):
 
 
 def main(argv=None):
-  args = common.parse_args(argv, __doc__, configs=("", "kind:f:c list, e.g. KL:4:3,VQ:4:3 (default: the scale's grid)."))
+  args = cli.parse_args(argv, __doc__, configs=("", "kind:f:c list, e.g. KL:4:3,VQ:4:3 (default: the scale's grid)."))
   t_start = time.time()
   grid = parse_grid(args.configs) if args.configs else GRID[args.scale]
-  judge, clf_path = common.load_judge(args.classifier, args.workdir)
-  x, y = common.split(common.HELD_OUT)
+  judge, clf_path = digit_judge.load_judge(args.classifier, args.workdir)
+  x, y = digit_judge.split(digit_judge.HELD_OUT)
   results = []
   for kind, f, c in grid:
-    ae_dir = common.autoencoder_dir(args.workdir, args.scale, kind, f, c)
-    run = common.autoencoder_run(ae_dir, args.scale, f=f, z_channels=c, kind=kind, seed=args.seed)
+    ae_dir = training.autoencoder_dir(args.workdir, args.scale, kind, f, c)
+    run = training.autoencoder_run(ae_dir, args.scale, f=f, z_channels=c, kind=kind, seed=args.seed)
     x_hat, z_std, rate = reconstruct(ae_dir, x)
     rfd = frechet.frechet_distance_from_stats(frechet.stats_from_features(judge.features(x_hat)),
                                               judge.real_stats)
@@ -105,11 +108,11 @@ def main(argv=None):
     print(f"{kind} f={f} c={c}: PSNR {run['psnr']:.2f} SSIM {run['ssim']:.3f} rFD {rfd:.3f}", flush=True)
 
   floor = judge.floor(x.shape[0], args.seed)
-  sc = common.TRAIN_SCALES[args.scale]
+  sc = training.TRAIN_SCALES[args.scale]
   rows = [[kind, f, c, f"{32 // f}x{32 // f}x{c}", psnr, ssim, rfd, acc, rate, z_std, secs]
           for kind, f, c, psnr, ssim, rfd, acc, z_std, secs, rate in results]
   wall = time.time() - t_start
-  common.write_report(
+  report.write_report(
       args.out, NAME, title="Ablation 2: autoencoder zoo (MNIST, held-out split)", claim=CLAIM,
       setup=[f"Each autoencoder: {sc['ae_steps']} steps, batch {sc['batch']}, seed {args.seed}, L1 "
              "reconstruction + KL 1e-6 (KL) or codebook loss (VQ, 256 codes at cpu scale), no "
@@ -122,7 +125,7 @@ def main(argv=None):
              "latent position (K codes). 8 bits would store the pixels themselves.",
              f"rFD scale: the real-vs-real FD at this N (train subset vs held-out) is "
              f"{floor['fd']:.3f}; a perfect autoencoder has rFD 0.",
-             f"Scale `{args.scale}`; wall time {wall:.0f} s on {common.devices_line()}."],
+             f"Scale `{args.scale}`; wall time {wall:.0f} s on {report.devices_line()}."],
       header=["kind", "f", "c", "latent", "PSNR dB", "SSIM", "rFD", "class acc of rec.",
               "rate bits/px", "latent std", "train s"],
       rows=rows, verdict=_verdict(results))
@@ -168,7 +171,7 @@ def _verdict(results):
 
 
 def _plot(out, results):
-  plt, fig, (ax1, ax2) = common.figure(2)
+  plt, fig, (ax1, ax2) = report.figure(2)
   names = [f"{k} f{f} c{c}" for k, f, c, *_ in results]
   ax1.bar(names, [r[3] for r in results])
   ax1.set_ylabel("PSNR (dB)")
@@ -176,7 +179,7 @@ def _plot(out, results):
   ax2.set_ylabel("rFD (classifier features)")
   for ax in (ax1, ax2):
     ax.tick_params(axis="x", labelrotation=45, labelsize=7)
-  common.save_figure(plt, fig, out, NAME)
+  report.save_figure(plt, fig, out, NAME)
 
 
 if __name__ == "__main__":

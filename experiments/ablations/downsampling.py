@@ -22,7 +22,12 @@ if __name__ == "__main__":
 
 import time  # pylint: disable=wrong-import-position
 
-from experiments.ablations import common  # pylint: disable=wrong-import-position
+from experiments.ablations import cli  # pylint: disable=wrong-import-position
+from experiments.ablations import digit_judge  # pylint: disable=wrong-import-position
+from experiments.ablations import evaluation  # pylint: disable=wrong-import-position
+from experiments.ablations import report  # pylint: disable=wrong-import-position
+from experiments.ablations import sampling  # pylint: disable=wrong-import-position
+from experiments.ablations import training  # pylint: disable=wrong-import-position
 
 NAME = "downsampling"
 FACTORS = {1: 1, 2: 2, 4: 3, 8: 4}  # f -> latent channels c: the paper's LDM-f z-shapes (tab. 13), c = 1 at f = 1 (gray)
@@ -34,37 +39,38 @@ CLAIM = ("LDM sec. 4.1: small f (LDM-1, -2) trains slowly, too large f stagnates
 
 
 def main(argv=None):
-  args = common.parse_args(argv, __doc__, budget_s=(-1.0, "LDM training seconds per f (-1: scale's)."),
-                           factors=("", "Comma-separated f values (default: 1,2,4,8)."))
+  args = cli.parse_args(argv, __doc__, budget_s=(-1.0, "LDM training seconds per f (-1: scale's)."),
+                        factors=("", "Comma-separated f values (default: 1,2,4,8)."))
   t_start = time.time()
-  sc = common.TRAIN_SCALES[args.scale]
+  sc = training.TRAIN_SCALES[args.scale]
   budget = BUDGETS[args.scale] if args.budget_s < 0 else args.budget_s
   factors = tuple(int(v) for v in args.factors.split(",")) if args.factors else tuple(FACTORS)
   root = os.path.join(args.workdir, NAME, args.scale)
-  judge, clf_path = common.load_judge(args.classifier, args.workdir)
+  judge, clf_path = digit_judge.load_judge(args.classifier, args.workdir)
 
   results = []
   for f in factors:
     c = FACTORS[f]
-    ae_dir = common.autoencoder_dir(args.workdir, args.scale, "KL", f, c)  # shared with autoencoders.py
-    ae = common.autoencoder_run(ae_dir, args.scale, f=f, z_channels=c, seed=args.seed)
+    ae_dir = training.autoencoder_dir(args.workdir, args.scale, "KL", f, c)  # shared with autoencoders.py
+    ae = training.autoencoder_run(ae_dir, args.scale, f=f, z_channels=c, seed=args.seed)
     steps = sc["ldm_steps"]
     if budget > 0:  # equal wall-clock: calibrate this f's steps/s first
       # steps/s of the last logging window: the first one includes compilation.
-      calib = common.ldm_run(os.path.join(root, f"calib_f{f}"), ae_dir, args.scale, seed=args.seed,
-                             steps=CALIBRATION_STEPS[args.scale],
-                             extra={"train.log_every": CALIBRATION_STEPS[args.scale] // 3})
+      calib = training.ldm_run(os.path.join(root, f"calib_f{f}"), ae_dir, args.scale,
+                               seed=args.seed, steps=CALIBRATION_STEPS[args.scale],
+                               extra={"train.log_every": CALIBRATION_STEPS[args.scale] // 3})
       steps = max(CALIBRATION_STEPS[args.scale], int(budget * float(calib["final_metrics"]["steps_per_sec"])))
     ldm_dir = os.path.join(root, f"ldm_f{f}")
-    run = common.ldm_run(ldm_dir, ae_dir, args.scale, seed=args.seed, steps=steps)
+    run = training.ldm_run(ldm_dir, ae_dir, args.scale, seed=args.seed, steps=steps)
     sps = float(run["final_metrics"]["steps_per_sec"])
-    ev = common.evaluate_ldm(judge, ldm_dir, args.scale, seed=args.seed)
+    ev = evaluation.evaluate_ldm(judge, ldm_dir, args.scale, seed=args.seed)
     # Throughput: a second call of the now compiled sampler.
-    pipe = common.load_pipeline(ldm_dir, use_ema=False, max_batch=500)
+    pipe = sampling.load_pipeline(ldm_dir, use_ema=False, max_batch=500)
     n = ev["images"].shape[0]
-    common.sample_classes(pipe, args.seed, sc["per_class"], method="ddim", num_steps=sc["sample_steps"])
-    _, _, secs = common.sample_classes(pipe, args.seed + 1, sc["per_class"], method="ddim",
-                                       num_steps=sc["sample_steps"])
+    sampling.sample_classes(pipe, args.seed, sc["per_class"], method="ddim",
+                            num_steps=sc["sample_steps"])
+    _, _, secs = sampling.sample_classes(pipe, args.seed + 1, sc["per_class"], method="ddim",
+                                         num_steps=sc["sample_steps"])
     train_s = steps / sps
     results.append(dict(f=f, c=c, psnr=ae["psnr"], reused_autoencoder=ae["reused"], sps=sps, steps=steps, train_s=train_s, ev=ev,
                         throughput=n / secs))
@@ -78,7 +84,7 @@ def main(argv=None):
           for r in results]
   rows.append(["real (floor)", "-", "-", "-", "-", "-", floor["fd"], floor["acc"], floor["recall"], "-"])
   wall = time.time() - t_start
-  common.write_report(
+  report.write_report(
       args.out, NAME, title="Ablation 1: downsampling factor at equal training wall-clock (MNIST)",
       claim=CLAIM,
       setup=[f"Training budget per f: {budget:.0f} s of LDM steps (0: no budget, fixed steps; else steps = budget x steps/s measured "
@@ -90,8 +96,8 @@ def main(argv=None):
              f"Evaluation: raw weights, {sc['per_class']} samples per digit, DDIM {sc['sample_steps']} "
              f"steps, w = 1; throughput = images/s of a second (compiled) sampling call incl. "
              f"decoding; classifier `{clf_path}`.",
-             common.floor_line(floor, n),
-             f"Scale `{args.scale}`; wall time {wall:.0f} s on {common.devices_line()}."],
+             report.floor_line(floor, n),
+             f"Scale `{args.scale}`; wall time {wall:.0f} s on {report.devices_line()}."],
       header=["model", "latent", "AE PSNR", "train steps/s", "train steps", "train s", "FD",
               "class acc", "recall", "sampling img/s"],
       rows=rows, verdict=_verdict(results))
@@ -117,7 +123,7 @@ def _verdict(results):
 
 
 def _plot(out, results, floor):
-  plt, fig, (ax1, ax2) = common.figure(2)
+  plt, fig, (ax1, ax2) = report.figure(2)
   fs = [r["f"] for r in results]
   ax1.plot(fs, [r["ev"]["fd"] for r in results], "o-", label="FD at equal wall-clock")
   ax1.axhline(floor["fd"], color="gray", ls="--", label="real floor")
@@ -128,7 +134,7 @@ def _plot(out, results, floor):
   ax2.bar([str(f) for f in fs], [r["throughput"] for r in results])
   ax2.set_xlabel("downsampling factor f")
   ax2.set_ylabel("sampling throughput (img/s)")
-  common.save_figure(plt, fig, out, NAME)
+  report.save_figure(plt, fig, out, NAME)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,10 @@ if __name__ == "__main__":
 
 import time  # pylint: disable=wrong-import-position
 
-from experiments.ablations import common  # pylint: disable=wrong-import-position
+from experiments.ablations import cli  # pylint: disable=wrong-import-position
+from experiments.ablations import digit_judge  # pylint: disable=wrong-import-position
+from experiments.ablations import report  # pylint: disable=wrong-import-position
+from experiments.ablations import sampling  # pylint: disable=wrong-import-position
 
 NAME = "guidance"
 SCALES = {"tiny": dict(per_class=2, num_steps=3, ws=(0.0, 1.0, 3.0)),
@@ -29,23 +32,23 @@ CLAIM = ("Classifier-free guidance trades diversity for fidelity (Ho & Salimans 
 
 
 def main(argv=None):
-  args = common.parse_args(argv, __doc__, ldm=("workdirs/mnist/ldm", "The LDM run's workdir."),
-                           per_class=(0, "Samples per class (0: the scale's)."),
-                           method=("dpmpp_2m", "Sampler."), num_steps=(0, "Steps (0: the scale's)."))
+  args = cli.parse_args(argv, __doc__, ldm=("workdirs/mnist/ldm", "The LDM run's workdir."),
+                        per_class=(0, "Samples per class (0: the scale's)."),
+                        method=("dpmpp_2m", "Sampler."), num_steps=(0, "Steps (0: the scale's)."))
   t_start = time.time()
   scale = SCALES[args.scale]
   per_class = args.per_class or scale["per_class"]
   num_steps = args.num_steps or scale["num_steps"]
   clf = args.classifier or os.path.join(os.path.dirname(os.path.abspath(args.ldm)), "classifier.msgpack")
-  judge, clf_path = common.load_judge(clf, args.workdir)
-  pipe = common.load_pipeline(args.ldm, max_batch=500)
+  judge, clf_path = digit_judge.load_judge(clf, args.workdir)
+  pipe = sampling.load_pipeline(args.ldm, max_batch=500)
   n = 10 * per_class
   floor = judge.floor(n, args.seed)
 
   results = []
   for w in scale["ws"]:
-    images, labels, secs = common.sample_classes(pipe, args.seed, per_class, method=args.method,
-                                                 num_steps=num_steps, guidance_scale=w)
+    images, labels, secs = sampling.sample_classes(pipe, args.seed, per_class, method=args.method,
+                                                   num_steps=num_steps, guidance_scale=w)
     s = judge.scores(images, labels)
     results.append((w, s, secs))
     print(f"w {w:4.1f}: acc {s['acc']:.3f} FD {s['fd']:.3f} recall {s['recall']:.3f} "
@@ -56,7 +59,7 @@ def main(argv=None):
   rows.append(["real (floor)", floor["acc"], floor["fd"], floor["precision"], floor["recall"],
                floor["diversity"], "-"])
   wall = time.time() - t_start
-  common.write_report(
+  report.write_report(
       args.out, NAME, title="Ablation 6: classifier-free guidance scale (MNIST LDM)", claim=CLAIM,
       setup=[f"Model: `{args.ldm}` (EMA weights; trained with label dropout for guidance), sampling "
              f"only; classifier `{clf_path}`.",
@@ -64,8 +67,8 @@ def main(argv=None):
              f"{args.seed} for every w (same initial noise).",
              "w: guided = uncond + w (cond - uncond); w = 0 unconditional, w = 1 conditional "
              "(the paper's s).",
-             common.floor_line(floor, n),
-             f"Scale `{args.scale}`; wall time {wall:.0f} s on {common.devices_line()}."],
+             report.floor_line(floor, n),
+             f"Scale `{args.scale}`; wall time {wall:.0f} s on {report.devices_line()}."],
       header=["w", "class acc", "FD", "precision", "recall", "diversity (within-class)",
               "sampling s"],
       rows=rows, verdict=_verdict(results),
@@ -100,7 +103,7 @@ def _verdict(results):
 
 
 def _plot(out, results, floor):
-  plt, fig, (ax1, ax2, ax3) = common.figure(3, width=4.2)
+  plt, fig, (ax1, ax2, ax3) = report.figure(3, width=4.2)
   ws = [w for w, _, _ in results]
   get = lambda key: [s[key] for _, s, _ in results]
   ax1.plot(ws, get("acc"), "o-")
@@ -119,7 +122,7 @@ def _plot(out, results, floor):
   for ax in (ax1, ax2, ax3):
     ax.set_xlabel("guidance scale w")
   ax1.legend(fontsize=7)
-  common.save_figure(plt, fig, out, NAME)
+  report.save_figure(plt, fig, out, NAME)
 
 
 if __name__ == "__main__":

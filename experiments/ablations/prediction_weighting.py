@@ -17,7 +17,10 @@ if __name__ == "__main__":
 import json  # pylint: disable=wrong-import-position
 import time  # pylint: disable=wrong-import-position
 
-from experiments.ablations import common  # pylint: disable=wrong-import-position
+from experiments.ablations import cli  # pylint: disable=wrong-import-position
+from experiments.ablations import evaluation  # pylint: disable=wrong-import-position
+from experiments.ablations import report  # pylint: disable=wrong-import-position
+from experiments.ablations import training  # pylint: disable=wrong-import-position
 
 NAME = "prediction_weighting"
 # (label, prediction_type, weighting)
@@ -31,13 +34,13 @@ CLAIM = ("DDPM (Ho et al. 2020, sec. 3.2/4.2): eps + L_simple gives the best sam
 
 
 def main(argv=None):
-  args = common.parse_args(argv, __doc__, **common.LATENT_ABLATION_FLAGS,
-                           checkpoints=("", "Comma-separated step counts (default: the scale's)."))
+  args = cli.parse_args(argv, __doc__, **cli.LATENT_ABLATION_FLAGS,
+                        checkpoints=("", "Comma-separated step counts (default: the scale's)."))
   t_start = time.time()
-  variants = common.pick_variants(args.variants, VARIANTS)
-  checkpoints = (common.int_list(args.checkpoints, "checkpoints") if args.checkpoints
+  variants = cli.pick_variants(args.variants, VARIANTS)
+  checkpoints = (cli.int_list(args.checkpoints, "checkpoints") if args.checkpoints
                  else CHECKPOINTS[args.scale])
-  sc, root, judge, clf_path, ae_dir = common.latent_ablation_setup(args, NAME)
+  sc, root, judge, clf_path, ae_dir = training.latent_ablation_setup(args, NAME)
 
   results = []  # (label, step, scores, train seconds so far, train loss)
   for label, pred, weighting in variants:
@@ -59,7 +62,7 @@ def main(argv=None):
   rows.append(["real (floor)", "-", "-", floor["fd"], floor["acc"], floor["precision"],
                floor["recall"], "-", "-"])
   wall = time.time() - t_start
-  common.write_report(
+  report.write_report(
       args.out, NAME, title="Ablation 5: prediction target and loss weighting (MNIST LDM)",
       claim=CLAIM,
       setup=[f"Autoencoder `{ae_dir}` (KL, f = 4, latents scaled to unit std) shared by all runs.",
@@ -75,8 +78,8 @@ def main(argv=None):
              "latent_bits_per_dim`). It is a bound on a density of the latents, not an image "
              "likelihood; lower is a better fit, comparable here because every run shares the "
              "autoencoder and the scale factor.",
-             common.floor_line(floor, n),
-             f"Scale `{args.scale}`; wall time {wall:.0f} s on {common.devices_line()}."],
+             report.floor_line(floor, n),
+             f"Scale `{args.scale}`; wall time {wall:.0f} s on {report.devices_line()}."],
       header=["target, weighting", "train steps", "train loss", "FD", "class acc", "precision",
               "recall", "latent bits/dim", "train s (cumulative)"],
       rows=rows, verdict=_verdict(results, checkpoints[-1]),
@@ -93,14 +96,14 @@ def _checkpoint(judge, workdir, ae_dir, args, step, last, extra):
   if os.path.exists(path):
     with open(path, encoding="utf-8") as f:
       return json.load(f)
-  run = common.ldm_run(workdir, ae_dir, args.scale, seed=args.seed, steps=step, decay_steps=last,
-                       extra=extra)
-  ev = common.evaluate_ldm(judge, workdir, args.scale, seed=args.seed)
+  run = training.ldm_run(workdir, ae_dir, args.scale, seed=args.seed, steps=step, decay_steps=last,
+                         extra=extra)
+  ev = evaluation.evaluate_ldm(judge, workdir, args.scale, seed=args.seed)
   ev = {**{k: v for k, v in ev.items() if k != "images"}, "train_seconds": run["seconds"],
         "loss": float(run["final_metrics"]["loss"]), "bpd": None, "bpd_se": None}
   if step == last:  # the likelihood costs T model calls per image: final checkpoint only
-    ev["bpd"], ev["bpd_se"] = common.latent_bits_per_dim(
-        workdir, common.TRAIN_SCALES[args.scale]["bpd_images"], seed=args.seed)
+    ev["bpd"], ev["bpd_se"] = evaluation.latent_bits_per_dim(
+        workdir, training.TRAIN_SCALES[args.scale]["bpd_images"], seed=args.seed)
   with open(path, "w", encoding="utf-8") as f:
     json.dump(ev, f, indent=1, default=float)
   return ev
@@ -134,7 +137,7 @@ def _verdict(results, last):
 
 
 def _plot(out, results, floor):
-  plt, fig, (ax1, ax2) = common.figure(2)
+  plt, fig, (ax1, ax2) = report.figure(2)
   for label in dict.fromkeys(r[0] for r in results):
     pts = [(step, ev["fd"], ev["acc"]) for lab, step, ev, _, _ in results if lab == label]
     style = "--" if "min-SNR" in label else "-"
@@ -146,7 +149,7 @@ def _plot(out, results, floor):
   for ax in (ax1, ax2):
     ax.set_xlabel("training steps")
   ax1.legend(fontsize=7)
-  common.save_figure(plt, fig, out, NAME)
+  report.save_figure(plt, fig, out, NAME)
 
 
 if __name__ == "__main__":

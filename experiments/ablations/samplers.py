@@ -5,8 +5,8 @@ trained class-conditional MNIST LDM; sampling only.
 
 For every sampler (DDPM ancestral, DDIM eta 0 and 1, DPM-Solver++ 2M, Heun) and NFE budget, draws
 per_class samples of every digit from the same seed (conditional model, guidance w = 1) and scores
-them with `common.Judge` (FD, class accuracy, precision / recall) beside the real-vs-real floor.
-Writes <out>/samplers.md and <out>/samplers.png.
+them with `digit_judge.Judge` (FD, class accuracy, precision / recall) beside the real-vs-real
+floor. Writes <out>/samplers.md and <out>/samplers.png.
 """
 
 import os
@@ -17,7 +17,10 @@ if __name__ == "__main__":
 
 import time  # pylint: disable=wrong-import-position
 
-from experiments.ablations import common  # pylint: disable=wrong-import-position
+from experiments.ablations import cli  # pylint: disable=wrong-import-position
+from experiments.ablations import digit_judge  # pylint: disable=wrong-import-position
+from experiments.ablations import report  # pylint: disable=wrong-import-position
+from experiments.ablations import sampling  # pylint: disable=wrong-import-position
 
 NAME = "samplers"
 # (label, pipeline method, eta)
@@ -41,16 +44,16 @@ def nfe_of(method, steps):
 
 
 def main(argv=None):
-  args = common.parse_args(argv, __doc__, ldm=("workdirs/mnist/ldm", "The LDM run's workdir."),
-                           per_class=(0, "Samples per class (0: the scale's)."),
-                           nfe=("", "Comma-separated NFE budgets (default: the scale's)."))
+  args = cli.parse_args(argv, __doc__, ldm=("workdirs/mnist/ldm", "The LDM run's workdir."),
+                        per_class=(0, "Samples per class (0: the scale's)."),
+                        nfe=("", "Comma-separated NFE budgets (default: the scale's)."))
   t_start = time.time()
   scale = SCALES[args.scale]
   per_class = args.per_class or scale["per_class"]
   budgets = tuple(int(v) for v in args.nfe.split(",")) if args.nfe else scale["nfe"]
   clf = args.classifier or os.path.join(os.path.dirname(os.path.abspath(args.ldm)), "classifier.msgpack")
-  judge, clf_path = common.load_judge(clf, args.workdir)
-  pipe = common.load_pipeline(args.ldm, max_batch=500)
+  judge, clf_path = digit_judge.load_judge(clf, args.workdir)
+  pipe = sampling.load_pipeline(args.ldm, max_batch=500)
   n = 10 * per_class
   floor = judge.floor(n, args.seed)
 
@@ -58,8 +61,8 @@ def main(argv=None):
   for label, method, eta in SAMPLERS:
     for budget in budgets:
       steps = num_steps_for(method, budget)
-      images, labels, secs = common.sample_conditional(pipe, args.seed, per_class, method=method,
-                                                       num_steps=steps, eta=eta)
+      images, labels, secs = sampling.sample_conditional(pipe, args.seed, per_class, method=method,
+                                                         num_steps=steps, eta=eta)
       s = judge.scores(images, labels)
       results.append((label, method, nfe_of(method, steps), steps, s, secs))
       print(f"{label:16s} NFE {nfe_of(method, steps):4d}: FD {s['fd']:.3f} acc {s['acc']:.3f} "
@@ -71,16 +74,16 @@ def main(argv=None):
                floor["recall"], "-"])
   verdict = _verdict(results)
   wall = time.time() - t_start
-  common.write_report(
+  report.write_report(
       args.out, NAME, title="Ablation 4: sampler and number of steps (MNIST LDM)", claim=CLAIM,
       setup=[f"Model: `{args.ldm}` (EMA weights), sampling only; classifier `{clf_path}`.",
              f"{per_class} samples per digit (N = {n}), labels 0-9, guidance w = 1 (conditional "
              f"model, no guidance), seed {args.seed} for every cell (same initial noise).",
              "NFE = model evaluations per sample (Heun: 2S - 1 for S steps); the conditional "
-             "model is called directly (`common.sample_conditional`, leading timestep grid as the "
+             "model is called directly (`sampling.sample_conditional`, leading timestep grid as the "
              "pipeline's samplers); sampling s includes compilation and decoding.",
-             common.floor_line(floor, n),
-             f"Scale `{args.scale}`; wall time {wall:.0f} s on {common.devices_line()}."],
+             report.floor_line(floor, n),
+             f"Scale `{args.scale}`; wall time {wall:.0f} s on {report.devices_line()}."],
       header=["sampler", "NFE", "steps S", "FD (lower better)", "class acc", "precision", "recall",
               "sampling s"],
       rows=rows, verdict=verdict,
@@ -119,7 +122,7 @@ def _verdict(results):
 
 
 def _plot(out, results, floor):
-  plt, fig, (ax1, ax2) = common.figure(2)
+  plt, fig, (ax1, ax2) = report.figure(2)
   labels = list(dict.fromkeys(r[0] for r in results))
   for lab in labels:
     pts = sorted((r[2], r[4]["fd"], r[4]["acc"]) for r in results if r[0] == lab)
@@ -135,7 +138,7 @@ def _plot(out, results, floor):
   ax1.legend(fontsize=7)
   ax1.set_title("FD vs NFE")
   ax2.set_title("class accuracy vs NFE")
-  common.save_figure(plt, fig, out, NAME)
+  report.save_figure(plt, fig, out, NAME)
 
 
 if __name__ == "__main__":

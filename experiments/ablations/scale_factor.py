@@ -15,7 +15,10 @@ if __name__ == "__main__":
 
 import time  # pylint: disable=wrong-import-position
 
-from experiments.ablations import common  # pylint: disable=wrong-import-position
+from experiments.ablations import cli  # pylint: disable=wrong-import-position
+from experiments.ablations import evaluation  # pylint: disable=wrong-import-position
+from experiments.ablations import report  # pylint: disable=wrong-import-position
+from experiments.ablations import training  # pylint: disable=wrong-import-position
 
 NAME = "scale_factor"
 # (label, multiple of 1/std; None: s = 1)
@@ -28,23 +31,23 @@ CLAIM = ("LDM sec. 4.3.2 / app. D.1: the signal-to-noise ratio induced by the la
 
 
 def main(argv=None):
-  args = common.parse_args(argv, __doc__, **{
-      **common.LATENT_ABLATION_FLAGS,
+  args = cli.parse_args(argv, __doc__, **{
+      **cli.LATENT_ABLATION_FLAGS,
       "variants": ("", "Comma-separated variant indices (default: all; 0 always runs).")})
   t_start = time.time()
-  variants = common.pick_variants(args.variants, VARIANTS, always=(0,))
-  sc, root, judge, clf_path, ae_dir = common.latent_ablation_setup(args, NAME)
+  variants = cli.pick_variants(args.variants, VARIANTS, always=(0,))
+  sc, root, judge, clf_path, ae_dir = training.latent_ablation_setup(args, NAME)
 
-  base = common.ldm_run(os.path.join(root, "inv_std"), ae_dir, args.scale, seed=args.seed)
+  base = training.ldm_run(os.path.join(root, "inv_std"), ae_dir, args.scale, seed=args.seed)
   inv_std = base["latent_scale_factor"]
   results = []
   for label, mult in variants:
     s = inv_std if mult == 1.0 else (1.0 if mult is None else mult * inv_std)
     tag = "inv_std" if mult == 1.0 else ("none" if mult is None else f"x{mult:g}")
-    run = base if mult == 1.0 else common.ldm_run(
+    run = base if mult == 1.0 else training.ldm_run(
         os.path.join(root, tag), ae_dir, args.scale, seed=args.seed,
         extra={"first_stage.scale_factor": float(s)})
-    ev = common.evaluate_ldm(judge, os.path.join(root, tag), args.scale, seed=args.seed)
+    ev = evaluation.evaluate_ldm(judge, os.path.join(root, tag), args.scale, seed=args.seed)
     results.append((label, s, s / inv_std, run, ev))
     print(f"{label:22s} s={s:.4f} FD {ev['fd']:.3f} acc {ev['acc']:.3f}", flush=True)
 
@@ -68,21 +71,21 @@ def main(argv=None):
   verdict = (f"Lowest FD: {best[0]} ({best[4]['fd']:.3f}); 1/std {results[0][4]['fd']:.3f}, "
              + ", ".join(f"{r[0]} {r[4]['fd']:.3f}" for r in results[1:]) + ". " + judgement)
   wall = time.time() - t_start
-  common.write_report(
+  report.write_report(
       args.out, NAME, title="Ablation 3: latent scale factor (MNIST LDM)", claim=CLAIM,
       setup=[f"Autoencoder `{ae_dir}` (KL, f = 4) shared by all runs; 1/std = {inv_std:.4f} "
              "(estimated from the first training batch by the stage code).",
              f"Each LDM: {sc['ldm_steps']} steps, batch {sc['batch']}, seed {args.seed}, same UNet; "
              f"evaluated with raw (not EMA) weights, {sc['per_class']} samples per digit, DDIM "
              f"{sc['sample_steps']} steps, w = 1; classifier `{clf_path}`.",
-             common.floor_line(floor, n),
-             f"Scale `{args.scale}`; wall time {wall:.0f} s on {common.devices_line()}."],
+             report.floor_line(floor, n),
+             f"Scale `{args.scale}`; wall time {wall:.0f} s on {report.devices_line()}."],
       header=["latent scaling", "s", "latent std (s x std)", "final train loss", "FD", "class acc",
               "precision", "recall", "train s"],
       rows=rows, verdict=verdict,
       notes=["The train loss is not comparable across rows: the target eps is the same, but the "
              "signal-to-noise ratio of z_t differs with s (SNR_s(t) = s^2 Var(z) abar / (1 - abar))."])
-  plt, fig, (ax1, ax2) = common.figure(2)
+  plt, fig, (ax1, ax2) = report.figure(2)
   names = [r[0] for r in results]
   ax1.bar(names, [r[4]["fd"] for r in results])
   ax1.axhline(floor["fd"], color="gray", ls="--", label="real floor")
@@ -92,7 +95,7 @@ def main(argv=None):
   ax2.set_ylabel("class accuracy")
   for ax in (ax1, ax2):
     ax.tick_params(axis="x", labelrotation=20, labelsize=7)
-  common.save_figure(plt, fig, args.out, NAME)
+  report.save_figure(plt, fig, args.out, NAME)
   return results
 
 

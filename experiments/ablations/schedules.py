@@ -19,7 +19,11 @@ import time  # pylint: disable=wrong-import-position
 
 import numpy as np  # pylint: disable=wrong-import-position
 
-from experiments.ablations import common  # pylint: disable=wrong-import-position
+from experiments.ablations import cli  # pylint: disable=wrong-import-position
+from experiments.ablations import digit_judge  # pylint: disable=wrong-import-position
+from experiments.ablations import report  # pylint: disable=wrong-import-position
+from experiments.ablations import sampling  # pylint: disable=wrong-import-position
+from experiments.ablations import training  # pylint: disable=wrong-import-position
 
 NAME = "schedules"
 # (label, tag, diffusion-config overrides)
@@ -49,35 +53,36 @@ def brightness(images_uint8):
 
 
 def main(argv=None):
-  args = common.parse_args(argv, __doc__, **common.LATENT_ABLATION_FLAGS)
+  args = cli.parse_args(argv, __doc__, **cli.LATENT_ABLATION_FLAGS)
   t_start = time.time()
-  variants = common.pick_variants(args.variants, VARIANTS)
-  sc, root, judge, clf_path, ae_dir = common.latent_ablation_setup(args, NAME)
+  variants = cli.pick_variants(args.variants, VARIANTS)
+  sc, root, judge, clf_path, ae_dir = training.latent_ablation_setup(args, NAME)
 
   results = []
   for label, tag, diff in variants:
     workdir = os.path.join(root, tag)
-    run = common.ldm_run(workdir, ae_dir, args.scale, seed=args.seed,
-                         extra={f"diffusion.{k}": v for k, v in diff.items()})
-    pipe = common.load_pipeline(workdir, use_ema=False, max_batch=500)
+    run = training.ldm_run(workdir, ae_dir, args.scale, seed=args.seed,
+                           extra={f"diffusion.{k}": v for k, v in diff.items()})
+    pipe = sampling.load_pipeline(workdir, use_ema=False, max_batch=500)
     abar_T = float(np.asarray(pipe.schedule.alphas_cumprod, np.float64)[-1])
     for spacing in SPACINGS:
-      images, labels, _ = common.sample_conditional(pipe, args.seed, sc["per_class"], method="ddim",
-                                                     num_steps=sc["sample_steps"], spacing=spacing)
+      images, labels, _ = sampling.sample_conditional(pipe, args.seed, sc["per_class"],
+                                                       method="ddim", num_steps=sc["sample_steps"],
+                                                       spacing=spacing)
       ev = judge.scores(images, labels)
       results.append((label, spacing, abar_T, ev, brightness(images), run["seconds"]))
       print(f"{label:42s} {spacing:8s}: FD {ev['fd']:.3f} acc {ev['acc']:.3f}", flush=True)
 
   n = 10 * sc["per_class"]
   floor = judge.floor(n, args.seed)
-  data_b = brightness(common.split(common.HELD_OUT)[0])
+  data_b = brightness(digit_judge.split(digit_judge.HELD_OUT)[0])
   rows = [[label, spacing, f"{np.sqrt(ab):.2g}", ev["fd"], ev["acc"], ev["recall"],
            f"{b[0]:.3f} +- {b[1]:.3f}", secs]
           for label, spacing, ab, ev, b, secs in results]
   rows.append(["real (floor)", "-", "-", floor["fd"], floor["acc"], floor["recall"],
                f"{data_b[0]:.3f} +- {data_b[1]:.3f}", "-"])
   wall = time.time() - t_start
-  common.write_report(
+  report.write_report(
       args.out, NAME, title="Ablation 7: noise schedules and zero terminal SNR (MNIST LDM)",
       claim=CLAIM,
       setup=[f"Autoencoder `{ae_dir}` (KL, f = 4, latents scaled to unit std) shared by all runs.",
@@ -86,8 +91,8 @@ def main(argv=None):
              f"eta 0, {sc['sample_steps']} steps, w = 1; classifier `{clf_path}`.",
              "Brightness: mean over images of the per-image mean intensity in [0, 1] (+- its std); "
              "the floor row gives the held-out data's.",
-             common.floor_line(floor, n),
-             f"Scale `{args.scale}`; wall time {wall:.0f} s on {common.devices_line()}."],
+             report.floor_line(floor, n),
+             f"Scale `{args.scale}`; wall time {wall:.0f} s on {report.devices_line()}."],
       header=["schedule, target", "timestep grid", "sqrt(abar_T)", "FD", "class acc", "recall",
               "brightness", "train s"],
       rows=rows, verdict=_verdict(results, data_b),
@@ -118,7 +123,7 @@ def _verdict(results, data_b):
 
 
 def _plot(out, results, floor):
-  plt, fig, (ax1, ax2) = common.figure(2, width=5.5)
+  plt, fig, (ax1, ax2) = report.figure(2, width=5.5)
   labels = list(dict.fromkeys(r[0] for r in results))
   x = np.arange(len(labels))
   for k, spacing in enumerate(SPACINGS):
@@ -134,7 +139,7 @@ def _plot(out, results, floor):
     ax.set_xticks(x)
     ax.set_xticklabels([l.split(",")[0] for l in labels], rotation=25, fontsize=6, ha="right")
     ax.legend(fontsize=7)
-  common.save_figure(plt, fig, out, NAME)
+  report.save_figure(plt, fig, out, NAME)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,26 @@
+"""Run bookkeeping of the ablations' short training runs (experiments/ablations/training.py): a
+finished run is reused, one trained past the requested steps is refused."""
+
+import json
+
+import pytest
+
+from experiments.ablations import report
+from experiments.ablations import training
+from experiments.configs import mnist_autoencoder
+
+
+def test_train_run_refuses_a_run_past_the_requested_steps(tmp_path):
+  """A workdir trained further than asked (e.g. an earlier run to a later checkpoint) is not
+  silently scored as if it were the requested step."""
+  (tmp_path / "eval.json").write_text(json.dumps({"steps": 1200, "train_seconds": 5.0}))
+  with pytest.raises(ValueError, match="already trained to 1200 steps, past the 300"):
+    training.train_run(mnist_autoencoder.get_config, str(tmp_path), {"train.num_steps": 300})
+  reused = training.train_run(mnist_autoencoder.get_config, str(tmp_path), {"train.num_steps": 1200})
+  assert reused["reused"] and reused["seconds"] == 5.0
+
+
+def test_train_run_reused_without_recorded_time_reports_none(tmp_path):
+  (tmp_path / "eval.json").write_text(json.dumps({"steps": 7}))
+  reused = training.train_run(mnist_autoencoder.get_config, str(tmp_path), {"train.num_steps": 7})
+  assert reused["seconds"] is None and report.fmt(reused["seconds"]) == "n/a"
