@@ -40,7 +40,8 @@ from ldm_jax.data import mnist_pairs
 from ldm_jax.pipeline import LatentDiffusionPipeline, image_grid
 
 flags.DEFINE_enum("scale", "cpu", ["cpu", "tiny"], "cpu: the configs as they are; tiny: a tiny "
-                  "autoencoder, UNet and text encoder and a 30-step judge (seconds per step; for tests).")
+                  "autoencoder, UNet and text encoder and a 30-step judge (seconds per step; "
+                  "for tests).")
 flags.DEFINE_string("workdir", "workdirs/mnist_text", "Directory of the runs.")
 flags.DEFINE_string("ae_workdir", "", "An MNIST autoencoder run to reuse ('': train "
                     "<workdir>/autoencoder).")
