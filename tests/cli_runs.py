@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from ldm_jax.host_devices import FAST_COMPILE_FLAGS
 from ldm_jax.pipeline import random_params
 from ldm_jax.stages import builders, export
 from tests.configs import tiny
@@ -24,7 +25,8 @@ TINY = os.path.join(ROOT, "tests", "configs", "tiny.py")
 TIMEOUT = 300
 # Runs share compiled programs through JAX's persistent cache (keyed on the program and the device
 # topology, so a reused entry is the same program): a rerun of a configuration skips its compile.
-CACHE = os.path.join(tempfile.gettempdir(), "ldm_jax_cli_test_cache")
+CACHE = os.environ.get("JAX_COMPILATION_CACHE_DIR",  # the session's cache (tests/conftest.py)
+                       os.path.join(tempfile.gettempdir(), "ldm_jax_test_cache"))
 
 
 def free_port():
@@ -34,10 +36,10 @@ def free_port():
 
 
 def env(**extra):
-  """This environment without distributed settings or XLA_FLAGS, plus `extra`."""
+  """This environment without distributed settings, XLA_FLAGS only the fast-compile flags, plus `extra`."""
   e = {k: v for k, v in os.environ.items()
        if not k.startswith(("LDM_JAX_", "JAX_COORDINATOR", "JAX_NUM_PROC", "JAX_PROCESS"))}
-  e.pop("XLA_FLAGS", None)
+  e["XLA_FLAGS"] = FAST_COMPILE_FLAGS  # no device count: the CLI chooses its own layout
   e.update(JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=CACHE,
            JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
            **extra)
@@ -49,7 +51,7 @@ def start(*args, processes=1):
   simulated CPU devices; N > 1: N processes on 127.0.0.1, one CPU device each)."""
   cmd = [sys.executable, "-m", "ldm_jax.main", *args]
   if processes == 1:
-    envs = [env(XLA_FLAGS="--xla_force_host_platform_device_count=2")]
+    envs = [env(XLA_FLAGS=f"--xla_force_host_platform_device_count=2 {FAST_COMPILE_FLAGS}")]
   else:
     port = free_port()
     envs = [env(LDM_JAX_COORDINATOR=f"127.0.0.1:{port}", LDM_JAX_NUM_PROCESSES=str(processes),

@@ -5,6 +5,8 @@ import re
 import subprocess
 import sys
 
+from ldm_jax.host_devices import FAST_COMPILE_FLAGS
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COLUMNS = 12
 
@@ -20,7 +22,7 @@ def _table_rows(text):
 
 def test_quick_run_prints_expected_rows():
   env = dict(os.environ, JAX_PLATFORMS="cpu",
-             XLA_FLAGS="--xla_force_host_platform_device_count=2")  # the script's own layout
+             XLA_FLAGS=f"--xla_force_host_platform_device_count=2 {FAST_COMPILE_FLAGS}")  # the script's own layout
   # --quick: a tiny 1-level UNet on 4x4x4 latents, batch 4, 64x64 peak matmuls, torch 2 and 1 threads.
   cmd = [sys.executable, "-m", "experiments.benchmarks.train_throughput", "--quick"]
   out = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -57,7 +59,7 @@ def test_pod_compile_reports_sharded_memory_and_collectives(tmp_path):
   """experiments/benchmarks/pod_compile.py on the tiny test LDM: 4 and 8 simulated devices, fsdp 2."""
   out_json = tmp_path / "pod.json"
   env = dict(os.environ, JAX_PLATFORMS="cpu")
-  env.pop("XLA_FLAGS", None)  # the script sets its own device count
+  env["XLA_FLAGS"] = FAST_COMPILE_FLAGS  # the script sets its own device count
   tiny = os.path.join(ROOT, "tests", "configs", "tiny.py")
   cmd = [sys.executable, "-m", "experiments.benchmarks.pod_compile",
          f"--models={tiny}:latent_diffusion", f"--first_stage={tiny}:autoencoder",
