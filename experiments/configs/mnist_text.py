@@ -38,7 +38,12 @@ def get_config() -> ml_collections.ConfigDict:
   model.update(down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
                up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
                mid_block_type="UNetMidBlock2DCrossAttn",
-               cross_attention_dim=config_dict.placeholder(int))  # None: the encoder's width
+               cross_attention_dim=config_dict.placeholder(int),  # None: the encoder's width
+               # Each cross-attention query knows its position (fixed 2-D sin-cos features),
+               # so the left half can attend to the left digit's words: without them, the 3,000-
+               # step model drew each half's digit right only 38-41% of the time and often
+               # repeated one digit on both halves.
+               attention_position_embedding="sincos_2d")
   c.model = ml_collections.ConfigDict(model)
 
   c.diffusion.conditioning = "text"

@@ -127,6 +127,9 @@ def unet_config_from_module(module):
   if module.class_context:
     raise ValueError("class_embed_type='context' (LDM's ClassEmbedder as cross-attention context) "
                      "has no diffusers UNet equivalent; valid for conversion: 'timestep'")
+  if module.attention_position_embedding != "none":
+    raise ValueError(f"attention_position_embedding={module.attention_position_embedding!r} has "
+                     "no diffusers UNet equivalent; valid for conversion: 'none'")
   levels = module.levels
   boc = tuple(module.block_out_channels)
   heads = [module.heads_at(l, boc[l]) for l in range(levels)]

@@ -39,6 +39,26 @@ def timestep_embedding(t, dim, *, flip_sin_to_cos=True, downscale_freq_shift=1.0
   return emb
 
 
+def sincos_2d(height: int, width: int, dim: int, *, max_period: float = 10000.0):
+  """Fixed 2-D sinusoidal position features (the ViT / MAE form), float32 [height * width, dim].
+
+  The first half of the channels encode the row, the second half the column, each as
+  [sin(p w), cos(p w)] with w_i = max_period ** (-i / (dim / 4)), i = 0 .. dim / 4 - 1, p the
+  integer row or column index; rows are flattened row-major (the order of x.reshape(b, -1, c)).
+  ``dim`` must be a multiple of 4.
+  """
+  if dim % 4:
+    raise ValueError(f"sincos_2d needs a width divisible by 4, got {dim}")
+  quarter = dim // 4
+  freqs = max_period ** (-jnp.arange(quarter, dtype=jnp.float32) / quarter)
+  def axis_features(n):
+    args = jnp.arange(n, dtype=jnp.float32)[:, None] * freqs[None, :]
+    return jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=-1)  # [n, dim / 2]
+  rows = jnp.repeat(axis_features(height), width, axis=0)
+  cols = jnp.tile(axis_features(width), (height, 1))
+  return jnp.concatenate([rows, cols], axis=-1)
+
+
 def logical_dense(features, axes, *, name, dtype, param_dtype, use_bias=True):
   """nn.Dense whose kernel carries logical axis names ``axes`` (bias: the output axis)."""
   return nn.Dense(

@@ -18,10 +18,15 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from ldm_jax.models.attention import Attention
-from ldm_jax.models.embeddings import logical_dense
+from ldm_jax.models.embeddings import logical_dense, sincos_2d
 from ldm_jax.models.resnet import conv, group_norm
 
 Dtype = Any
+# Position features added to the tokens after proj_in: "none" (diffusers / CompVis: the image side
+# knows positions only through the convolutions' zero padding) or "sincos_2d" (fixed 2-D sin-cos
+# features, `embeddings.sincos_2d`, as ViT / DiT add to patch tokens), so that each query of the
+# cross-attention knows where it is, e.g. on which half of a two-digit canvas.
+POSITION_EMBEDDINGS = ("none", "sincos_2d")
 
 
 def layer_norm(x, *, name, epsilon, dtype, param_dtype):
@@ -94,11 +99,15 @@ class SpatialTransformer(nn.Module):
   use_linear_projection: bool = False
   dropout: float = 0.0
   attention_impl: str | None = None  # jax.nn.dot_product_attention implementation
+  position_embedding: str = "none"  # POSITION_EMBEDDINGS
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x, context, *, train=False):
+    if self.position_embedding not in POSITION_EMBEDDINGS:
+      raise ValueError(f"position_embedding {self.position_embedding!r}; valid choices: "
+                       f"{POSITION_EMBEDDINGS}")
     b, hgt, wid, c = x.shape
     inner = self.heads * self.head_dim
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
@@ -108,6 +117,8 @@ class SpatialTransformer(nn.Module):
       h = logical_dense(inner, ("embed", "embed"), name="proj_in", **kw)(h.reshape(b, -1, c))
     else:
       h = conv(inner, 1, name="proj_in", **kw)(h).reshape(b, -1, inner)
+    if self.position_embedding == "sincos_2d":
+      h = h + sincos_2d(hgt, wid, inner).astype(h.dtype)[None]
     context = context.astype(self.dtype)
     for i in range(self.depth):
       h = BasicTransformerBlock(self.heads, self.head_dim, dropout=self.dropout,

@@ -39,7 +39,7 @@ from ldm_jax.models import precision
 from ldm_jax.models.attention import AttentionBlock
 from ldm_jax.models.embeddings import TimestepEmbedding, class_embedding, timestep_embedding
 from ldm_jax.models.resnet import Downsample, ResnetBlock, Upsample, conv, group_norm
-from ldm_jax.models.transformer import SpatialTransformer
+from ldm_jax.models.transformer import POSITION_EMBEDDINGS, SpatialTransformer
 
 Dtype = Any
 DOWN_BLOCK_TYPES = ("DownBlock2D", "AttnDownBlock2D", "CrossAttnDownBlock2D")
@@ -91,6 +91,7 @@ class _Block(nn.Module):
   output_scale_factor: float = 1.0
   downsample_padding: int = 1
   attention_impl: str | None = None
+  position_embedding: str = "none"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -112,7 +113,8 @@ def _attend(blk, x, context, i, train):
   if blk.attention == "cross":
     return SpatialTransformer(blk.heads, blk.head_dim, depth=blk.transformer_depth,
                               groups=blk.groups, use_linear_projection=blk.use_linear_projection,
-                              attention_impl=blk.attention_impl, **kw)(x, context, train=train)
+                              attention_impl=blk.attention_impl,
+                              position_embedding=blk.position_embedding, **kw)(x, context, train=train)
   return x
 
 
@@ -213,6 +215,9 @@ class UNet(nn.Module):
   downsample_padding: int = 1
   remat: bool | str = False  # or a policy name of ldm_jax.models.precision ("full", "dots", ...)
   attention_impl: str | None = None  # None/"xla", or "cudnn" (fused GPU kernel, bf16/fp16)
+  # Position features of the cross-attention tokens (`transformer.POSITION_EMBEDDINGS`): "none"
+  # as diffusers / CompVis; "sincos_2d" adds fixed 2-D sin-cos features after proj_in.
+  attention_position_embedding: str = "none"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -245,6 +250,9 @@ class UNet(nn.Module):
       raise ValueError(f"mid_block_type {self.mid_block_type!r} not in {MID_BLOCK_TYPES}")
     if self.attention_impl not in ATTENTION_IMPLS:
       raise ValueError(f"attention_impl {self.attention_impl!r} not in {ATTENTION_IMPLS}")
+    if self.attention_position_embedding not in POSITION_EMBEDDINGS:
+      raise ValueError(f"attention_position_embedding {self.attention_position_embedding!r}; "
+                       f"valid choices: {POSITION_EMBEDDINGS}")
     precision.attention_impl(self.attention_impl)  # "cudnn" off a GPU: a clear error, not XLA's
     if self.has_cross_attention and self.cross_attention_dim is None:
       raise ValueError("cross-attention blocks need cross_attention_dim (the context width)")
@@ -306,7 +314,8 @@ class UNet(nn.Module):
                 attn_groups=self.norm_num_groups, epsilon=self.norm_eps, dropout=self.dropout,
                 time_embedding_norm=self.resnet_time_scale_shift,
                 downsample_padding=self.downsample_padding,
-                attention_impl=self.attention_impl, dtype=self.dtype,
+                attention_impl=self.attention_impl,
+                position_embedding=self.attention_position_embedding, dtype=self.dtype,
                 param_dtype=self.param_dtype)
 
   def _mid_block(self):

@@ -22,6 +22,7 @@ from ldm_jax.diffusion import losses
 from ldm_jax.diffusion import parameterization
 from ldm_jax.models import discriminator
 from ldm_jax.models import precision
+from ldm_jax.models import transformer
 from ldm_jax.stages import autoencoder as ae_stage
 from ldm_jax.stages import builders
 from ldm_jax.stages import gan
@@ -219,6 +220,7 @@ def _latent_diffusion(c):
   _groups_divide(c, "model.norm_num_groups", "model.block_out_channels")
   _int(c, "model.layers_per_block", 1)
   _real(c, "model.dropout", 0.0, 1.0, hi_open=True)
+  _choice(c, "model.attention_position_embedding", transformer.POSITION_EMBEDDINGS)
   name = _choice(c, "diffusion.schedule", schedules.SCHEDULE_NAMES)
   zero_snr = _get(c, "diffusion.zero_terminal_snr")
   _bool(c, "diffusion.zero_terminal_snr")

@@ -196,3 +196,21 @@ def test_class_context_embeds_labels_as_cross_attention_context():
         jax.random.key(0), x, t, y=y, context=jnp.zeros((3, 1, 32)))
   with pytest.raises(ValueError, match="no diffusers UNet equivalent"):
     diffusers_unet.unet_config_from_module(module)
+
+
+def test_attention_position_embedding_reaches_every_cross_attention_block():
+  """"sincos_2d" changes the output of a cross-attention UNet (same params), is refused by the
+  diffusers conversion, and an unknown value is named with the valid choices."""
+  module = unet_lib.UNET_TINY_COND()
+  placed = module.clone(attention_position_embedding="sincos_2d")
+  x = jax.random.normal(jax.random.key(0), (1, 8, 8, module.in_channels))
+  t, ctx = jnp.array([10]), jax.random.normal(jax.random.key(1), (1, 3, module.cross_attention_dim))
+  params = nn.meta.unbox(module.init(jax.random.key(2), x, t, context=ctx)["params"])
+  params = jax.tree.map(lambda a: a + 0.1 * jax.random.normal(jax.random.key(3), a.shape), params)
+  out = module.apply({"params": params}, x, t, context=ctx)
+  out_placed = placed.apply({"params": params}, x, t, context=ctx)
+  assert float(jnp.abs(out - out_placed).max()) > 1e-3
+  with pytest.raises(ValueError, match="no diffusers UNet equivalent; valid for conversion: 'none'"):
+    diffusers_unet.unet_config_from_module(placed)
+  with pytest.raises(ValueError, match="valid choices: \\('none', 'sincos_2d'\\)"):
+    module.clone(attention_position_embedding="learned").init(jax.random.key(2), x, t, context=ctx)

@@ -11,6 +11,7 @@ from diffusers.models.transformers.transformer_2d import Transformer2DModel
 
 from ldm_jax.convert import torch_layout
 from ldm_jax.models.attention import Attention, AttentionBlock
+from ldm_jax.models.embeddings import sincos_2d
 from ldm_jax.models.transformer import SpatialTransformer
 
 
@@ -110,3 +111,38 @@ def test_spatial_transformer_matches_diffusers(linear, depth):
   ref = ref.permute(0, 2, 3, 1).numpy()
   out = jax.jit(lambda p: module.apply({"params": p}, x, context))(params)
   assert float(np.abs(out - ref).max() / np.abs(ref).max()) < 1e-5
+
+
+def test_sincos_2d_matches_float64_formula():
+  h, w, d = 3, 5, 8
+  got = np.asarray(sincos_2d(h, w, d))
+  freqs = 10000.0 ** (-np.arange(d // 4, dtype=np.float64) / (d // 4))
+  for r in range(h):
+    for c in range(w):
+      ref = np.concatenate([np.sin(r * freqs), np.cos(r * freqs), np.sin(c * freqs), np.cos(c * freqs)])
+      np.testing.assert_allclose(got[r * w + c], ref, atol=1e-6)
+  assert len({tuple(np.round(v, 5)) for v in got}) == h * w  # every position distinct
+  with pytest.raises(ValueError, match="divisible by 4"):
+    sincos_2d(2, 2, 6)
+
+
+def test_position_embedding_breaks_the_translation_symmetry_of_cross_attention():
+  """A spatially constant feature map stays constant through the spatial transformer without
+  positions (every query is the same), and varies by position with "sincos_2d": each query then
+  knows where it is. The parameters (names, shapes, init) are the same either way."""
+  x = jnp.ones((1, 4, 8, 16)) * jnp.linspace(-1.0, 1.0, 16)
+  context = jax.random.normal(jax.random.key(1), (1, 5, 12))
+  plain = SpatialTransformer(heads=2, head_dim=8, groups=4)
+  placed = SpatialTransformer(heads=2, head_dim=8, groups=4, position_embedding="sincos_2d")
+  params = plain.init(jax.random.key(0), x, context)["params"]
+  params_placed = placed.init(jax.random.key(0), x, context)["params"]
+  jax.tree.map(np.testing.assert_array_equal, nn.meta.unbox(params), nn.meta.unbox(params_placed))
+  # proj_out is zero-initialised in neither (diffusers' layout); randomise all to see the effect
+  params = jax.tree.map(lambda a: a + 0.3 * jax.random.normal(jax.random.key(2), a.shape),
+                        nn.meta.unbox(params))
+  spread = lambda m: float(jnp.ptp(m.apply({"params": params}, x, context).reshape(-1, 16), axis=0).max())
+  assert spread(plain) < 1e-5
+  assert spread(placed) > 1e-2
+  with pytest.raises(ValueError, match="valid choices"):
+    SpatialTransformer(heads=2, head_dim=8, groups=4, position_embedding="rope").init(
+        jax.random.key(0), x, context)

@@ -103,6 +103,7 @@ TEXT_CASES = [
     ("text.pooled", "yes", "True or False"), ("text.encoder.dtype", "float64", "valid choices"),
     ("data.crop", "center", "'none' for mnist_pairs"), ("data.image_size", (32, 0), "pair (H, W)"),
     ("data.split", "val", "valid choices: train, test, heldout"),
+    ("model.attention_position_embedding", "learned", "valid choices: none, sincos_2d"),
 ]
 CONFIGS = {"ae": mnist_autoencoder, "ldm": mnist_ldm, "text": mnist_text}
 
