@@ -7,8 +7,8 @@
           state and the extra collections are sharded by their logical axis names and the
           rules of `axis_rules` (unnamed arrays: over "fsdp" along their largest divisible
           dimension, replicated where none divides); the batch's leading dim is sharded over
-          both axes. The loss sees the
-          global batch, so no explicit gradient reduction is written (XLA inserts it).
+          both axes. The loss sees the global batch, so no explicit gradient reduction is
+          written (XLA inserts it).
           Do not swap jit for `shard_map` here without care: under shard_map's default checks
           the gradient of a replicated parameter is already summed over devices.
 
