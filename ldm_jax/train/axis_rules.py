@@ -102,11 +102,14 @@ def logical_names(boxed_tree: PyTree) -> PyTree:
   return jax.tree.map(lambda x: tuple(x.names) if is_box(x) else None, boxed_tree, is_leaf=is_box)
 
 
-def _key(entry) -> str:
-  for attr in ("key", "name", "idx"):
-    if hasattr(entry, attr):
-      return str(getattr(entry, attr))
-  return str(entry)
+def path_keys(path) -> tuple[str, ...]:
+  """A jax key path as plain strings: dict keys, attribute names (optax states), indices."""
+  def key(entry):
+    for attr in ("key", "name", "idx"):
+      if hasattr(entry, attr):
+        return str(getattr(entry, attr))
+    return str(entry)
+  return tuple(key(e) for e in path)
 
 
 def names_by_path(names_tree: PyTree | None) -> dict:
@@ -115,14 +118,14 @@ def names_by_path(names_tree: PyTree | None) -> dict:
     return {}
   is_names = lambda x: x is None or isinstance(x, tuple)
   flat = jax.tree_util.tree_flatten_with_path(names_tree, is_leaf=is_names)[0]
-  return {tuple(_key(e) for e in path): names for path, names in flat}
+  return {path_keys(path): names for path, names in flat}
 
 
 def leaf_spec(path, shape: tuple[int, ...], table: dict, rules, mesh_shape: Mapping[str, int]) -> P:
   """`mesh_spec` of a state leaf at `path` (a jax key path) under the names of the param whose
   path (a key of `table`, see `names_by_path`) is the longest suffix of it: a param itself, its
   EMA, or its Adam moments (opt_state[...].mu[<param path>]); no match: unannotated."""
-  keys = tuple(_key(e) for e in path)
+  keys = path_keys(path)
   names = None
   for k in range(len(keys), 0, -1):
     found = table.get(keys[-k:], _NOT_FOUND)

@@ -94,9 +94,8 @@ def _names(module, *args, **kwargs):
   boxed = jax.eval_shape(lambda: module.init(jax.random.key(0), *args, **kwargs))["params"]
   names = axis_rules.logical_names(boxed)
   shapes = nn.meta.unbox(boxed)
-  return ({k: v for k, v in axis_rules.names_by_path(names).items()},
-          {tuple(axis_rules._key(e) for e in p): x.shape  # pylint: disable=protected-access
-           for p, x in jax.tree_util.tree_flatten_with_path(shapes)[0]})
+  return (axis_rules.names_by_path(names),
+          {axis_rules.path_keys(p): x.shape for p, x in jax.tree_util.tree_flatten_with_path(shapes)[0]})
 
 
 def _models():
@@ -199,7 +198,7 @@ def _create(dp, extra=None):
 def _mirrors(tree, param_path):
   """The leaves of `tree` (an opt_state) whose key path ends with `param_path`."""
   flat = jax.tree_util.tree_flatten_with_path(tree)[0]
-  return [x for p, x in flat if tuple(axis_rules._key(e) for e in p)[-len(param_path):] == param_path]  # pylint: disable=protected-access
+  return [x for p, x in flat if axis_rules.path_keys(p)[-len(param_path):] == param_path]
 
 
 # (param path, spec) under RULES on the 2 x 4 mesh (data x fsdp).
