@@ -150,3 +150,28 @@ def test_frozen_pretrained_encoder_is_loaded_kept_and_exported(ae_dir, tmp_path)
   assert pipe.prompt_encoder.tokenizer.padding["length"] == 12  # text.max_length of the tiny config
   x = pipe.sample(jax.random.key(0), 1, prompts="a photo of a cat", method="ddim", num_steps=2)
   assert x.shape == (1, 32, 64, 1)
+
+
+def test_frozen_random_encoder_is_exported_as_plain_arrays(ae_dir, tmp_path):
+  """A frozen encoder of random init (the ablation) rides in the train state's `extra`, sharded by
+  its logical axis names, and is exported without its nn.LogicallyPartitioned boxes (an export
+  once held them as {"value": x} dicts), equal to the init the run made."""
+  import flax.linen as nn  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  from ldm_jax.stages import builders  # pylint: disable=import-outside-toplevel
+  from tests.configs import tiny  # pylint: disable=import-outside-toplevel
+  workdir = str(tmp_path / "frozen_random")
+  cli_runs.run(*_args(workdir, ae_dir, "--config.text.train_encoder=False",
+                      "--config.train.num_steps=2", "--config.parallel.num_fsdp=2"))
+  config = tiny.get_config("text")
+  tokenizer, encoder, _ = builders.text_conditioner(config.text)
+  ids = jnp.zeros((1, tokenizer.padding["length"]), jnp.int32)
+  init = nn.meta.unbox(encoder.init(jax.random.key(config.seed + 1), ids)["params"])  # as run.py
+  want = {"['text_encoder']" + jax.tree_util.keystr(k): np.asarray(v)
+          for k, v in jax.tree_util.tree_leaves_with_path(init)}
+  for name in ("params", "ema_params"):
+    got = cli_runs.exported_params(workdir, name)
+    assert not [k for k in got if "['value']" in k or "names" in k], name
+    assert {k for k in got if k.startswith("['text_encoder']")} == set(want), name
+    for k, v in want.items():
+      np.testing.assert_array_equal(got[k], v)  # never updated

@@ -9,8 +9,9 @@
 For every model, mesh ("data" x "fsdp" over N simulated CPU devices), per-device batch and remat
 policy, the project's own train step (`ldm_jax.train.step.train_step` around the stage's loss:
 frozen encoder, label dropout, EMA, clipping, AdamW) is lowered on abstract inputs (nothing is
-allocated) with the mesh-mode shardings (`ldm_jax.train.parallel.state_shardings`: params, EMA and
-optimizer state sharded over "fsdp", the batch over both axes) and compiled by XLA's SPMD
+allocated) with the mesh-mode shardings of a training run (`ldm_jax.train.parallel.state_shardings`
+under the config's `parallel.axis_rules`: params, EMA and optimizer state sharded by their logical
+axis names, unnamed ones by size over "fsdp"; the batch over both axes) and compiled by XLA's SPMD
 partitioner. A sharding error fails the run. Reported per device, from the compiled program's
 `memory_analysis()`: arguments (state + batch shard), temporaries, and their sum less the donated
 aliases (the peak estimate); and the number of collectives in the partitioned HLO.
@@ -55,6 +56,7 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import flax.linen as nn  # pylint: disable=wrong-import-position
 import jax  # pylint: disable=wrong-import-position
 import jax.numpy as jnp  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
@@ -65,6 +67,7 @@ from ldm_jax import diffusion  # pylint: disable=wrong-import-position
 from ldm_jax.stages import autoencoder as ae_stage  # pylint: disable=wrong-import-position
 from ldm_jax.stages import builders  # pylint: disable=wrong-import-position
 from ldm_jax.stages import latent_diffusion as ldm_stage  # pylint: disable=wrong-import-position
+from ldm_jax.train import axis_rules  # pylint: disable=wrong-import-position
 from ldm_jax.train import parallel  # pylint: disable=wrong-import-position
 from ldm_jax.train import state as state_lib  # pylint: disable=wrong-import-position
 from ldm_jax.train.step import train_step  # pylint: disable=wrong-import-position
@@ -112,8 +115,16 @@ def configs(name: str, first_stage: str = ""):
 
 
 def stage_step(name: str, dtype: str, remat: str, first_stage: str = ""):
-  """(loss_fn, init_params_fn, extra ShapeDtypeStructs, optimizer, batch dict of (shape, dtype))."""
+  """(loss_fn, init_params_fn, extra ShapeDtypeStructs, optimizer, batch dict of (shape, dtype),
+  axis rules). init_params_fn returns the params with their logical-axis boxes, as module.init."""
   c, ae_config = configs(name, first_stage) if name != "sd1_unet" else (None, None)
+  step = _stage_step(c, ae_config, name, dtype, remat)
+  # sd1_unet: the churches config's optimizer and diffusion sections, the default rules
+  rules = axis_rules.DEFAULT_RULES if c is None else c.parallel.get("axis_rules", axis_rules.DEFAULT_RULES)
+  return (*step, rules)
+
+
+def _stage_step(c, ae_config, name, dtype, remat):
   if c is not None and c.stage == "autoencoder":
     _precision(c.model, dtype, remat)
     ae, disc = builders.autoencoder(c.model), builders.discriminator(c.disc)
@@ -159,13 +170,18 @@ def stage_step(name: str, dtype: str, remat: str, first_stage: str = ""):
   return loss_fn, init, {"frozen": ae_params}, tx, batch
 
 
-def lower_step(loss_fn, init, extra, tx, batch_spec, n, fsdp, per_device):
+def lower_step(loss_fn, init, extra, tx, batch_spec, n, fsdp, per_device, rules=axis_rules.DEFAULT_RULES):
   """(the step lowered on abstract inputs over a data x fsdp mesh of n devices, the abstract train
-  state, its shardings, seconds the lowering took); sharding errors raise here."""
+  state, its shardings, seconds the lowering took); sharding errors raise here. The layout is a
+  run's (`ldm_jax.stages.run`): logical-axis names of the boxed init and `rules`, plain arrays."""
   mesh = parallel.make_mesh(fsdp, jax.devices()[:n])
-  abstract = jax.eval_shape(lambda r: state_lib.init_train_state(init(r), tx, r, extra=extra),
-                            jax.random.key(0))
-  shardings = parallel.state_shardings(abstract, mesh)
+  param_names = axis_rules.logical_names(jax.eval_shape(init, jax.random.key(0)))
+  extra_names, extra = axis_rules.logical_names(extra), nn.meta.unbox(extra)
+  abstract = jax.eval_shape(
+      lambda r: state_lib.init_train_state(nn.meta.unbox(init(r)), tx, r, extra=extra),
+      jax.random.key(0))
+  shardings = parallel.state_shardings(abstract, mesh, param_names=param_names,
+                                       extra_names=extra_names, rules=rules)
   state = parallel.with_shardings(abstract, shardings)
   data = NamedSharding(mesh, parallel.BATCH_SPEC)
   batch = {k: jax.ShapeDtypeStruct((n * per_device, *s), dt, sharding=data) for k, (s, dt) in batch_spec.items()}
@@ -178,9 +194,9 @@ def lower_step(loss_fn, init, extra, tx, batch_spec, n, fsdp, per_device):
 
 
 def compile_step(name, n, fsdp, per_device, dtype, remat, first_stage=""):
-  loss_fn, init, extra, tx, batch_spec = stage_step(name, dtype, remat, first_stage)
+  loss_fn, init, extra, tx, batch_spec, rules = stage_step(name, dtype, remat, first_stage)
   lowered, abstract, _, seconds = lower_step(loss_fn, init, extra, tx, batch_spec, n, fsdp,
-                                                per_device)
+                                             per_device, rules)
   t0 = time.time()
   compiled = lowered.compile()
   seconds += time.time() - t0
@@ -225,8 +241,10 @@ def estimate_step(name, n, fsdp, per_device, dtype, remat, first_stage=""):
   sharded copy), the parameters all-gathered for compute (upper bound: every layer at once, in
   float32) and the activations the backward pass keeps (`activation_bytes`). The SPMD
   partitioner's own errors and XLA's buffer reuse are only seen by a compile (`compile_step`)."""
-  loss_fn, init, extra, tx, batch_spec = stage_step(name, dtype, remat, first_stage)
-  _, abstract, shardings, seconds = lower_step(loss_fn, init, extra, tx, batch_spec, n, fsdp, per_device)
+  loss_fn, init, extra, tx, batch_spec, rules = stage_step(name, dtype, remat, first_stage)
+  _, abstract, shardings, seconds = lower_step(loss_fn, init, extra, tx, batch_spec, n, fsdp,
+                                               per_device, rules)
+  extra = nn.meta.unbox(extra)
   leaves, specs = jax.tree.leaves(abstract), jax.tree.leaves(shardings)
   state_b = sum(_bytes(sh.shard_shape(x.shape), x.dtype) for x, sh in zip(leaves, specs))
   param_leaves = jax.tree.leaves(abstract.params)

@@ -44,6 +44,7 @@ if "jax" not in sys.modules and "xla_force_host_platform_device_count" not in os
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import flax.linen as nn  # pylint: disable=wrong-import-position
 import jax  # pylint: disable=wrong-import-position
 import jax.numpy as jnp  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
@@ -305,15 +306,16 @@ def time_stage_step(unet, batch, num_devices, steps):
   ae = builders.autoencoder(ae_cfg.model)
   size = ldm.data.image_size
   images = np.random.default_rng(0).integers(0, 256, (batch, size, size, ldm.data.channels), np.uint8)
-  ae_params = ae.init(jax.random.key(1), jnp.zeros((1, size, size, ldm.data.channels)))["params"]
+  # Plain arrays in the state, as a training run holds them (`ldm_jax.stages.run`).
+  ae_params = nn.meta.unbox(ae.init(jax.random.key(1), jnp.zeros((1, size, size, ldm.data.channels)))["params"])
   loss_fn = ldm_stage.make_loss_fn(unet, ae, make_schedule(), ldm.diffusion, scale_factor=1.0)
   tx, lr = builders.optimizer(ldm)
   mesh = parallel.make_mesh(1, devices=jax.devices()[:num_devices])
   dp = parallel.data_parallel(loss_fn, tx, mode="mesh", mesh=mesh, ema_decay=ldm.train.ema_decay,
                               lr_schedule=lr)
   latent = (size // 4, size // 4, ae_cfg.model.z_channels)
-  init = lambda r: unet.init(r, jnp.zeros((1,) + latent), jnp.zeros((1,)),
-                             y=jnp.zeros((1,), jnp.int32))["params"]
+  init = lambda r: nn.meta.unbox(unet.init(r, jnp.zeros((1,) + latent), jnp.zeros((1,)),
+                                           y=jnp.zeros((1,), jnp.int32))["params"])
   state = [dp.create_state(init, jax.random.key(0), extra={"frozen": ae_params})]
   device_batch = dp.put_batch({"image": images, "label": np.arange(batch, dtype=np.int32) % 10})
 

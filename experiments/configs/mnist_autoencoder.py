@@ -8,6 +8,7 @@ Override any key, e.g. --config.train.num_steps=100 --config.parallel.mode=mesh.
 import ml_collections
 from ml_collections import config_dict
 
+from ldm_jax.train import axis_rules
 from ldm_jax.train import distributed
 from ldm_jax.train import optim
 
@@ -92,6 +93,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.parallel.mode = "pmap"            # "pmap" or "mesh"
   c.parallel.num_devices = 0          # 0: all devices
   c.parallel.num_fsdp = 1             # mesh mode: size of the "fsdp" axis
+  # mesh mode: (logical axis name, mesh axis) pairs in priority order (README "Sharding by
+  # logical axes"); arrays no rule shards fall back to their largest fsdp-divisible dimension
+  c.parallel.axis_rules = axis_rules.DEFAULT_RULES
 
   c.distributed = distributed.default_config()  # multi-process runs (README: pods and clusters)
   c.lock()

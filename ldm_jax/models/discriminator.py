@@ -4,7 +4,8 @@ Rombach et al. 2022 (app. G) train their first stages with "a patch-based advers
 the taming-transformers NLayerDiscriminator, a stack of 4x4 convolutions whose output is a grid of
 real/fake logits, one per receptive-field patch. Normalisation is batch statistics only (the
 reference runs its BatchNorm in training mode throughout and never uses running averages), so the
-module is stateless: no `batch_stats` collection to carry, shard or checkpoint.
+module is stateless: no `batch_stats` collection to carry, shard or checkpoint. Conv kernels carry
+the logical axis names `resnet.CONV_AXES` (biases ("conv_out",)); norms are unnamed.
 """
 
 import functools
@@ -12,6 +13,8 @@ import functools
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from ldm_jax.models import resnet
 
 NORMS = ("batch", "group", "none")
 
@@ -69,19 +72,19 @@ class PatchDiscriminator(nn.Module):
       raise ValueError(f"Unknown discriminator norm {self.norm!r}; valid choices: {', '.join(NORMS)}.")
     if x.ndim != 4:
       raise ValueError(f"PatchDiscriminator expects images [B, H, W, C], got shape {x.shape}.")
-    conv = functools.partial(nn.Conv, kernel_size=(4, 4), padding=((1, 1), (1, 1)), dtype=self.dtype,
-                             param_dtype=self.param_dtype,
-                             kernel_init=nn.initializers.normal(0.02))
-    h = conv(self.base_channels, strides=(2, 2), name="conv_0")(x.astype(self.dtype))
+    # 4x4 kernels (named CONV_AXES like every conv), padding 1 on each side, init N(0, 0.02).
+    conv = functools.partial(resnet.conv, kernel=4, padding=1, dtype=self.dtype,
+                             param_dtype=self.param_dtype, kernel_init=nn.initializers.normal(0.02))
+    h = conv(self.base_channels, stride=2, name="conv_0")(x.astype(self.dtype))
     h = nn.leaky_relu(h, 0.2)
     for n in range(1, self.num_layers + 1):
       # The last of these keeps the resolution (stride 1), as in the reference.
       mult = min(2**n, 8)
       stride = 2 if n < self.num_layers else 1
-      h = conv(self.base_channels * mult, strides=(stride, stride), use_bias=self.norm == "none",
+      h = conv(self.base_channels * mult, stride=stride, use_bias=self.norm == "none",
                name=f"conv_{n}")(h)
       h = nn.leaky_relu(self._norm(f"norm_{n}")(h), 0.2)
-    return conv(1, strides=(1, 1), name="conv_out")(h).astype(jnp.float32)
+    return conv(1, stride=1, name="conv_out")(h).astype(jnp.float32)
 
 
 PATCHGAN = functools.partial(PatchDiscriminator, base_channels=64, num_layers=3)

@@ -14,6 +14,8 @@ Stable fields (checkpoint-relevant names in parentheses are the diffusers equiva
   Upsample: out_channels, use_conv, dtype, param_dtype.
 
 GroupNorm always runs in float32 (whatever ``dtype``) and is cast back to ``dtype``.
+Logical axis names: conv kernels ``CONV_AXES`` (None, None, "conv_in", "conv_out"), conv biases
+("conv_out",), ``time_emb_proj`` ("mlp", "conv_out"); norms are unnamed.
 """
 
 from typing import Any
@@ -21,7 +23,12 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from ldm_jax.models.embeddings import logical_dense
+
 Dtype = Any
+# Logical axis names of a conv kernel [kh, kw, C_in, C_out] (``ldm_jax.train.axis_rules`` maps
+# them to mesh axes); the spatial taps are never sharded.
+CONV_AXES = (None, None, "conv_in", "conv_out")
 TIME_EMBEDDING_NORMS = ("default", "scale_shift")
 RESAMPLES = ("none", "up", "down")
 
@@ -39,12 +46,21 @@ def group_norm(x, *, name, groups, epsilon, dtype, param_dtype=jnp.float32):
   return norm(x.astype(jnp.float32)).astype(dtype)
 
 
-def conv(features, kernel, *, name, dtype, param_dtype, stride=1, padding=None, use_bias=True):
-  """A square ``kernel`` x ``kernel`` convolution with torch-like symmetric padding kernel // 2."""
+def conv(features, kernel, *, name, dtype, param_dtype, stride=1, padding=None, use_bias=True,
+         kernel_init=nn.initializers.lecun_normal()):
+  """A square ``kernel`` x ``kernel`` convolution with torch-like symmetric padding kernel // 2.
+
+  ``padding``: an int (every side) or nn.Conv's ((top, bottom), (left, right)). The kernel
+  [k, k, C_in, C_out] carries the logical axis names ``CONV_AXES``, the bias ("conv_out",);
+  the initialisers are nn.Conv's defaults (lecun normal, zeros) unless ``kernel_init`` is given.
+  """
   pad = kernel // 2 if padding is None else padding
   pads = ((pad, pad), (pad, pad)) if isinstance(pad, int) else pad
   return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding=pads,
-                 use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, name=name)
+                 use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, name=name,
+                 kernel_init=nn.with_logical_partitioning(kernel_init, CONV_AXES),
+                 bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(),
+                                                        CONV_AXES[-1:]))
 
 
 def upsample_nearest(x, output_hw=None):
@@ -167,7 +183,8 @@ class ResnetBlock(nn.Module):
       t = temb.astype(self.dtype)
       t = t if self.skip_time_act else nn.silu(t)
       width = out_ch * (2 if self.time_embedding_norm == "scale_shift" else 1)
-      t = nn.Dense(width, name="time_emb_proj", **kw)(t)[:, None, None, :]
+      # [temb_channels, width]: from the time-embedding MLP's width to this block's channels.
+      t = logical_dense(width, ("mlp", "conv_out"), name="time_emb_proj", **kw)(t)[:, None, None, :]
       if self.time_embedding_norm == "default":
         h = h + t
       else:

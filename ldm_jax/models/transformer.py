@@ -9,7 +9,8 @@ context, and a GEGLU feed-forward (Shazeer 2020) of width 4 * C, each with a res
 Submodule names mirror diffusers (``norm``, ``proj_in``, ``transformer_blocks_0``, ``norm1``,
 ``attn1``, ``norm2``, ``attn2``, ``norm3``, ``ff/net_0/proj``, ``ff/net_2``, ``proj_out``).
 Logical axis names: feed-forward kernels ("embed", "mlp") and ("mlp", "embed"); linear
-projections ("embed", "embed"); attention as in ``ldm_jax.models.attention``.
+projections ("embed", "embed"), 1x1 conv projections ``resnet.CONV_AXES``; attention as in
+``ldm_jax.models.attention``.
 """
 
 from typing import Any

@@ -23,7 +23,8 @@ Conditioning modes of the LDM paper: class labels ``y`` ("adm", ``num_class_embe
 sequence through cross-attention (``cross_attention_dim`` = context_dim), a spatial map
 concatenated to x by the caller (``concat_conditioning``; set ``in_channels`` to the sum), and
 "hybrid" = concat + context.  Logical axis names of parameters: see ``attention``,
-``transformer`` and ``embeddings``; convolutions and norms are not annotated (replicated).
+``transformer``, ``embeddings`` and ``resnet`` (convolutions (None, None, "conv_in", "conv_out"));
+norms are unnamed (``ldm_jax.train.axis_rules`` shards them by size).
 
 Presets (end of file): UNET_SD1, LDM_CELEBAHQ, LDM_CIN_F8, and UNET_TINY / UNET_TINY_CLASS /
 UNET_TINY_COND (2 levels, 32 channels) for tests and CPU runs.

@@ -8,6 +8,8 @@ Common fields: block_out_channels = ch * ch_mult (one entry per resolution, f = 
 layers_per_block (ResNet blocks per resolution; the decoder uses one more, as the reference),
 norm_groups, epsilon (GroupNorm eps, 1e-6 in the reference), mid_attention, remat (rematerialise
 each down / mid / up block in the backward pass), dtype, param_dtype.
+Logical axis names: every conv ``resnet.CONV_AXES`` (via ``resnet.conv``), the mid attention as
+``vae_attention``; norms are unnamed.
 """
 
 from typing import Any

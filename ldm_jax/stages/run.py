@@ -26,6 +26,7 @@ from ldm_jax.stages import export
 from ldm_jax.stages import latent_diffusion as ldm_stage
 from ldm_jax.stages import previews
 from ldm_jax.stages import validate
+from ldm_jax.train import axis_rules
 from ldm_jax.train import checkpoint as ckpt_lib
 from ldm_jax.train import loop
 from ldm_jax.train import metrics as metrics_lib
@@ -54,8 +55,16 @@ def _fit(config, workdir, loss_fn, init_params_fn, metadata, extra=None, images_
   devices = builders.devices(config)
   tx, lr_schedule = builders.optimizer(config)
   mesh = parallel.make_mesh(config.parallel.num_fsdp, devices)
+  # Logical-axis boxes (nn.LogicallyPartitioned) are metadata for the sharding rules: their names
+  # choose the mesh layout; the state, the checkpoints and the export hold plain arrays.
+  rng = jax.random.key(config.seed)
+  param_names = axis_rules.logical_names(jax.eval_shape(init_params_fn, rng))
+  extra_names = axis_rules.logical_names(extra or {})
+  extra = nn.meta.unbox(extra) if extra is not None else None
   dp = parallel.data_parallel(loss_fn, tx, mode=config.parallel.mode, mesh=mesh,
-                              ema_decay=config.train.ema_decay, lr_schedule=lr_schedule)
+                              ema_decay=config.train.ema_decay, lr_schedule=lr_schedule,
+                              param_names=param_names, extra_names=extra_names,
+                              rules=config.parallel.get("axis_rules", axis_rules.DEFAULT_RULES))
   data = _data(config, num_devices=len(devices), transform=transform)
   if check_data is not None:
     try:
@@ -63,10 +72,8 @@ def _fit(config, workdir, loss_fn, init_params_fn, metadata, extra=None, images_
     except ValueError:
       data.close()
       raise
-  # Logical-axis boxes (nn.LogicallyPartitioned) are metadata for sharding rules; the state, the
-  # checkpoints and the export hold plain arrays (the mesh layout uses `parallel.fsdp_spec`).
-  init_plain = lambda rng: nn.meta.unbox(init_params_fn(rng))
-  state = dp.create_state(init_plain, jax.random.key(config.seed), extra=extra)
+  init_plain = lambda r: nn.meta.unbox(init_params_fn(r))
+  state = dp.create_state(init_plain, rng, extra=extra)
   checkpoints = ckpt_lib.Checkpoints(os.path.join(workdir, "checkpoints"))
   writer = metrics_lib.MetricWriter(workdir)
   try:

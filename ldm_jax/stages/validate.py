@@ -27,6 +27,7 @@ from ldm_jax.stages import autoencoder as ae_stage
 from ldm_jax.stages import builders
 from ldm_jax.stages import gan
 from ldm_jax.stages import latent_diffusion as ldm_stage
+from ldm_jax.train import axis_rules
 from ldm_jax.train import distributed
 from ldm_jax.train import optim
 from ldm_jax.train import parallel
@@ -289,6 +290,9 @@ def _parallel(c, batch):
     _bad("parallel.num_fsdp", fsdp, f"a divisor of the {n} devices used")
   if batch is not None and batch % n:
     _bad("train.global_batch_size", batch, f"a multiple of the {n} devices used (parallel.num_devices)")
+  rules = _get(c, "parallel.axis_rules")
+  if rules is not _MISSING:
+    axis_rules.check_rules(rules, key="parallel.axis_rules")  # names the bad entry
   _choice(c, "distributed.auto", distributed.AUTO)
   _real(c, "distributed.initialization_timeout", 0.0, lo_open=True)
   _real(c, "distributed.heartbeat_timeout", 0.0, lo_open=True)

@@ -3,10 +3,12 @@
   "pmap": the state is replicated with a leading local-device axis [n_local, ...]; each device
           gets [n_local, b / n_local, ...] of the process's batch; gradients, loss and metrics
           are averaged with `lax.pmean` over the axis "data" (all devices of all processes).
-  "mesh": one `jax.jit` program on a Mesh with axes ("data", "fsdp"); params, EMA and optimizer
-          state are sharded over "fsdp" along their largest divisible dimension (replicated where
-          none divides); the batch's leading dim is sharded over both axes. The loss sees the
-          global batch, so no explicit gradient reduction is written (XLA inserts it).
+  "mesh": one `jax.jit` program on a Mesh with axes ("data", "fsdp"); params, EMA, optimizer
+          state and the extra collections are sharded by their logical axis names and the
+          rules of `axis_rules` (unnamed arrays: over "fsdp" along their largest divisible
+          dimension, replicated where none divides); the batch's leading dim is sharded over
+          both axes. The loss sees the global batch, so no explicit gradient reduction is
+          written (XLA inserts it).
           Do not swap jit for `shard_map` here without care: under shard_map's default checks
           the gradient of a replicated parameter is already summed over devices.
 
@@ -23,11 +25,13 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from ldm_jax.train import axis_rules
 from ldm_jax.train import state as state_lib
+from ldm_jax.train.axis_rules import fsdp_spec  # noqa: F401  (the fallback, as parallel.fsdp_spec)
 from ldm_jax.train.step import LossFn, train_step
 
 MODES = ("pmap", "mesh")
-MESH_AXES = ("data", "fsdp")
+MESH_AXES = axis_rules.MESH_AXES
 BATCH_SPEC = P(MESH_AXES)
 PyTree = Any
 
@@ -43,27 +47,29 @@ def make_mesh(num_fsdp: int = 1, devices=None) -> Mesh:
                        devices=devices)
 
 
-def fsdp_spec(shape: tuple[int, ...], fsdp_size: int) -> P:
-  """Shard the largest dim divisible by `fsdp_size` over "fsdp"; replicate if none divides."""
-  if fsdp_size <= 1:
-    return P()
-  dims = [i for i, d in enumerate(shape) if d % fsdp_size == 0 and d >= fsdp_size]
-  if not dims:
-    return P()
-  best = max(dims, key=lambda i: (shape[i], -i))
-  return P(*[("fsdp" if i == best else None) for i in range(len(shape))])
+def state_shardings(abstract_state: state_lib.TrainState, mesh: Mesh, fsdp: bool = True, *,
+                    param_names: PyTree | None = None, extra_names: PyTree | None = None,
+                    rules=axis_rules.DEFAULT_RULES) -> PyTree:
+  """NamedShardings of the global layout (fsdp=False: all replicated, the pmap layout).
 
+  params, EMA and opt_state by `axis_rules.leaf_spec` under `param_names` (the
+  `axis_rules.logical_names` of the params; EMA and Adam moments take their param's names by path
+  suffix), extra by `extra_names` (its collections' names), under `rules`; unnamed leaves (all of
+  them when the names are None) by the size rule `axis_rules.fsdp_spec`; step, rng, counters P()."""
+  mesh_shape = dict(mesh.shape) if fsdp else {a: 1 for a in mesh.axis_names}
+  rules = axis_rules.check_rules(rules)
+  tables = {"params": axis_rules.names_by_path(param_names),
+            "extra": axis_rules.names_by_path(extra_names)}
+  tables["ema_params"] = tables["opt_state"] = tables["params"]
 
-def state_shardings(abstract_state: state_lib.TrainState, mesh: Mesh,
-                    fsdp: bool = True) -> PyTree:
-  """NamedShardings of the global layout: params/EMA/opt_state/extra by `fsdp_spec`, rest P()."""
-  size = mesh.shape["fsdp"] if fsdp else 1
-  rule = lambda a: NamedSharding(mesh, fsdp_spec(a.shape, size))
-  repl = lambda a: NamedSharding(mesh, P())
-  sharded = ("params", "ema_params", "opt_state", "extra")
-  return state_lib.TrainState(**{
-      f: jax.tree.map(rule if f in sharded else repl, getattr(abstract_state, f))
-      for f in abstract_state.__dataclass_fields__})
+  def shardings(field, tree):
+    if field not in tables:
+      return jax.tree.map(lambda a: NamedSharding(mesh, P()), tree)
+    specs = axis_rules.tree_specs(tree, tables[field], rules, mesh_shape)
+    return jax.tree.map(lambda s: NamedSharding(mesh, s), specs,
+                        is_leaf=lambda x: isinstance(x, P))
+  return state_lib.TrainState(**{f: shardings(f, getattr(abstract_state, f))
+                                 for f in abstract_state.__dataclass_fields__})
 
 
 def with_shardings(abstract: PyTree, shardings: PyTree) -> PyTree:
@@ -112,8 +118,11 @@ class DataParallel(NamedTuple):
 def data_parallel(loss_fn: LossFn, tx: optax.GradientTransformation, *, mode: str,
                   mesh: Mesh | None = None, ema_decay: float = 0.9999,
                   ema_warmup: bool = True, lr_schedule: optax.Schedule | None = None,
-                  donate: bool = True) -> DataParallel:
-  """Builds the step of `mode` ("pmap" or "mesh") around `train_step(loss_fn, tx, ...)`."""
+                  donate: bool = True, param_names: PyTree | None = None,
+                  extra_names: PyTree | None = None,
+                  rules=axis_rules.DEFAULT_RULES) -> DataParallel:
+  """Builds the step of `mode` ("pmap" or "mesh") around `train_step(loss_fn, tx, ...)`.
+  param_names / extra_names / rules: the mesh layout (see `state_shardings`); pmap replicates."""
   if mode not in MODES:
     raise ValueError(f"parallel mode {mode!r}; valid choices: {MODES}")
   mesh = make_mesh() if mesh is None else mesh
@@ -123,11 +132,13 @@ def data_parallel(loss_fn: LossFn, tx: optax.GradientTransformation, *, mode: st
             lr_schedule=lr_schedule)
   if mode == "pmap":
     return _pmap_parallel(mesh, kw, donate)
-  return _mesh_parallel(mesh, kw, donate)
+  layout = dict(param_names=param_names, extra_names=extra_names,
+                rules=axis_rules.check_rules(rules))
+  return _mesh_parallel(mesh, kw, donate, layout)
 
 
-def _mesh_parallel(mesh: Mesh, kw: dict, donate: bool) -> DataParallel:
-  shardings_of = lambda abstract: state_shardings(abstract, mesh)
+def _mesh_parallel(mesh: Mesh, kw: dict, donate: bool, layout: dict) -> DataParallel:
+  shardings_of = lambda abstract: state_shardings(abstract, mesh, **layout)
   replicated = NamedSharding(mesh, P())
   cache = {}
 

@@ -286,11 +286,16 @@ def test_tile_weights_partition_unity():
 
 @pytest.mark.parametrize("preset", ["KL_TINY", "VQ_TINY"])
 def test_logical_axis_names_for_sharding_rules(preset):
-  # Attention projections and the codebook carry the UNet's logical axis names, so
-  # nn.logical_to_mesh_sharding maps them with the same rules; convs stay unnamed (replicated).
+  # Attention projections, the codebook and every conv carry the UNet's logical axis names, so
+  # nn.logical_to_mesh_sharding (and ldm_jax.train.axis_rules) map them with the same rules.
   module = getattr(autoencoder, preset)()
   boxed = jax.eval_shape(module.init, jax.random.key(0), jnp.zeros(X_SHAPE))["params"]
   specs = nn.get_partition_spec(boxed)
+  conv = jax.sharding.PartitionSpec(None, None, "conv_in", "conv_out")
+  assert specs["encoder"]["conv_in"]["kernel"] == conv
+  assert specs["decoder"]["up_blocks_0"]["resnets_0"]["conv2"]["kernel"] == conv
+  assert specs["post_quant_conv"]["kernel"] == conv
+  assert specs["decoder"]["conv_out"]["bias"] == jax.sharding.PartitionSpec("conv_out")
   attn = specs["encoder"]["mid_block"]["attentions_0"]
   assert attn["to_q"]["kernel"] == jax.sharding.PartitionSpec("embed", "heads")
   assert attn["to_out_0"]["kernel"] == jax.sharding.PartitionSpec("heads", "embed")

@@ -1,5 +1,6 @@
 """PatchGAN discriminator: architecture and numerics against a torch NLayerDiscriminator."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -35,7 +36,7 @@ def test_outputs_match_torch_in_train_mode(n_layers):
   ref = _torch_nlayer(3, 8, n_layers).train()
   module = PatchDiscriminator(base_channels=8, num_layers=n_layers)
   x = np.random.default_rng(0).uniform(-1, 1, (4, 32, 32, 3)).astype(np.float32)
-  params = module.init(jax.random.key(0), x)["params"]
+  params = nn.meta.unbox(module.init(jax.random.key(0), x)["params"])  # conv kernels are boxed
   convs = [m for m in ref if isinstance(m, tnn.Conv2d)]
   norms = [m for m in ref if isinstance(m, tnn.BatchNorm2d)]
   names = [f"conv_{i}" for i in range(n_layers + 1)] + ["conv_out"]

@@ -121,6 +121,11 @@ def test_param_dtype_and_logical_axis_names():
   assert block["ff"]["net_0"]["proj"]["kernel"] == P("embed", "mlp")
   assert block["ff"]["net_2"]["kernel"] == P("mlp", "embed")
   assert specs["time_embedding"]["linear_1"]["kernel"] == P("embed", "mlp")
+  resnet = specs["down_blocks_1"]["resnets_0"]
+  assert resnet["conv1"]["kernel"] == P(None, None, "conv_in", "conv_out")
+  assert resnet["conv1"]["bias"] == P("conv_out")
+  assert resnet["time_emb_proj"]["kernel"] == P("mlp", "conv_out")
+  assert specs["down_blocks_1"]["attentions_0"]["proj_in"]["kernel"] == P(None, None, "conv_in", "conv_out")
 
 
 def test_hybrid_remat_and_dropout(hybrid):

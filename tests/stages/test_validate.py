@@ -173,3 +173,38 @@ def test_cli_bad_config_one_line_and_no_workdir(tmp_path):
   lines = out.stderr.strip().splitlines()
   assert lines == ["ldm_jax.main train: error: train.num_steps=-5: expected an integer >= 1."], out.stderr
   assert not workdir.exists()
+
+
+@pytest.mark.parametrize("rules,words", [
+    ((("embed", "fsdp"), ("emb", "fsdp")),
+     "parallel.axis_rules entry 1 ('emb', 'fsdp'): unknown logical axis 'emb'; valid logical axes: "
+     "conv_in, conv_out, embed, heads, kv, mlp, vocab."),
+    ((("embed", "tensor"),), "parallel.axis_rules entry 0 ('embed', 'tensor'): unknown mesh axis "
+                             "'tensor'; valid mesh axes: data, fsdp."),
+    (("embed",), "parallel.axis_rules entry 0 'embed': expected a (logical axis name, mesh axis) pair"),
+])
+def test_bad_axis_rules_name_the_entry_and_the_valid_choices(rules, words, tmp_path):
+  for get in (mnist_autoencoder.get_config, mnist_ldm.get_config):
+    c = _with_first_stage(get(), tmp_path)
+    _set(c, "parallel.axis_rules", rules)
+    with pytest.raises(ValueError) as err:
+      validate.config(c)
+    assert str(err.value).startswith(words), str(err.value)
+  c = mnist_ldm.get_config()
+  _set(c, "parallel.axis_rules", [list(r) for r in c.parallel.axis_rules])  # as in config.json
+  validate.config(_with_first_stage(c, tmp_path))
+
+
+def test_cli_bad_axis_rule_one_line_and_no_workdir(tmp_path):
+  workdir = tmp_path / "w"
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  out = subprocess.run([sys.executable, "-m", "ldm_jax.main", "train",
+                        "--config=experiments/configs/mnist_autoencoder.py", "--config.parallel.mode=mesh",
+                        "--config.parallel.axis_rules=(('conv_out', 'fsdp'), ('embed', 'model'))",
+                        f"--workdir={workdir}"],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert out.returncode != 0
+  lines = out.stderr.strip().splitlines()
+  assert lines == ["ldm_jax.main train: error: parallel.axis_rules entry 1 ('embed', 'model'): unknown "
+                   "mesh axis 'model'; valid mesh axes: data, fsdp."], out.stderr
+  assert not workdir.exists()

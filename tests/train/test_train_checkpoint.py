@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import train_tiny
-from ldm_jax.train import checkpoint, optim, parallel
+from ldm_jax.train import axis_rules, checkpoint, optim, parallel
 
 STEPS = 3
 
@@ -135,7 +135,7 @@ def test_no_checkpoint_and_all_bad(saved, tmp_path):
 def test_fingerprint_is_layout_independent_and_content_sensitive():
   x = np.arange(16, dtype=np.float32).reshape(4, 4)
   mesh = parallel.make_mesh(4)
-  sharded = jax.device_put(x, jax.sharding.NamedSharding(mesh, parallel.fsdp_spec((4, 4), 4)))
+  sharded = jax.device_put(x, jax.sharding.NamedSharding(mesh, axis_rules.fsdp_spec((4, 4), 4)))
   assert checkpoint.fingerprint({"a": sharded}) == checkpoint.fingerprint({"a": x})
   y = x.copy()
   y[3, 3] = np.nextafter(y[3, 3], np.float32(100))

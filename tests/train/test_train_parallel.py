@@ -45,14 +45,6 @@ def test_eight_devices_match_one(reference, mode, num_fsdp):
     assert mu.sharding.spec == want
 
 
-def test_fsdp_spec_rule():
-  assert parallel.fsdp_spec((3, 3, 4, 8), 4) == P(None, None, None, "fsdp")
-  assert parallel.fsdp_spec((16, 8), 8) == P("fsdp", None)
-  assert parallel.fsdp_spec((3, 5), 2) == P()       # nothing divides: replicated
-  assert parallel.fsdp_spec((), 2) == P()
-  assert parallel.fsdp_spec((64, 64), 1) == P()
-
-
 def test_bad_inputs_raise_value_errors():
   with pytest.raises(ValueError, match="pmap"):
     parallel.data_parallel(train_tiny.make_loss(), None, mode="shard_map")
