@@ -67,19 +67,9 @@ def parse_args(argv=None):
 
 
 def _timed(call, steps):
-  """(first-call seconds, median of `steps` calls after one warm-up)."""
-  import jax  # pylint: disable=import-outside-toplevel
-  import numpy as np  # pylint: disable=import-outside-toplevel
-  t0 = time.perf_counter()
-  jax.block_until_ready(call())
-  first = time.perf_counter() - t0
-  jax.block_until_ready(call())
-  times = []
-  for _ in range(steps):
-    t0 = time.perf_counter()
-    jax.block_until_ready(call())
-    times.append(time.perf_counter() - t0)
-  return first, float(np.median(times))
+  """(first-call seconds, median of `steps` calls after one warm-up): train_throughput's timer."""
+  from experiments.benchmarks.train_throughput import _time_loop  # pylint: disable=import-outside-toplevel,protected-access
+  return _time_loop(call, call, steps)
 
 
 def _stage_step(config, loss_fn, init_fn, batch, steps, extra=None):
