@@ -13,6 +13,7 @@ from PIL import Image
 
 from experiments.configs import mnist_autoencoder, mnist_ldm, paper_autoencoder, paper_ldm
 from ldm_jax import data
+from ldm_jax import xla_cpu
 from tests import cli_runs
 
 CLASSES, PER_CLASS = ("circles", "squares"), 8
@@ -88,6 +89,10 @@ def test_readme_own_images_commands_train_both_stages_and_sample(own_runs):
   assert summary["num_images"] == len(CLASSES) and np.isfinite(summary["psnr"])
   assert "2 of 16 images, split by file hash with holdout_fraction=0.1" in summary["eval_data"]
   assert "'eval_data': " in outs[0].splitlines()[-1]  # the printed summary names it too
+  # Each stage's step compiles with its own CPU convolution back end (ldm_jax/xla_cpu.py; the
+  # runs have 2 simulated devices and no convolution flags in XLA_FLAGS).
+  assert f"| convolutions: {xla_cpu.resolve('auto', 'autoencoder', local_devices=2)} |" in outs[0]
+  assert "| convolutions: ynnpack |" in outs[2]
   assert "conditioning: none" in outs[1] and not (tmp / "runs" / "ldm").exists()
   with open(tmp / "runs" / "ldm_classes" / "export" / "config.json", encoding="utf-8") as f:
     assert json.load(f)["data"]["channels"] == 3

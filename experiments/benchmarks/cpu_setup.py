@@ -1,6 +1,6 @@
 """Which XLA:CPU setup runs this project fastest here: device count, convolution back end, threads.
 
-  python -m experiments.benchmarks.cpu_setup [--setups=all] [--steps=5] [--quick]
+  python -m experiments.benchmarks.cpu_setup [--setups=all] [--programs=ae,ldm,sample] [--steps=5] [--quick]
 
 Each setup is a fresh process (XLA reads its flags once, at start) that times the main job's own
 three programs with random weights and random uint8 digits, exactly as `ldm_jax.main` builds them:
@@ -21,10 +21,12 @@ median of --steps further calls after a warm-up. The setups:
   ynn_1dev      (none)                                                     1
   ynn_2dev_O0   --xla_backend_optimization_level=0                        2
   eigen_1dev_O0 eigen_1dev's flag + --xla_backend_optimization_level=0      1
+  auto_2dev     (none; each step compiles with the CLI's per-stage choice,    2
+                `ldm_jax.xla_cpu` with parallel.cpu_convolutions="auto")
 
 The table gives each figure and its ratio to "ynn_2dev" (what the CLI used before this script
-chose); the machine's load average is printed beside it. `ldm_jax.host_devices.CPU_SETUP` holds
-the choice these measurements support.
+chose); the machine's load average is printed beside it. `ldm_jax.xla_cpu` holds the per-stage
+choice these measurements support (auto_2dev is what the CLI runs).
 """
 
 import argparse
@@ -43,7 +45,12 @@ SETUPS = {
     "ynn_1dev": ("", 1),
     "ynn_2dev_O0": ("--xla_backend_optimization_level=0", 2),
     "eigen_1dev_O0": (YNN_OFF + " --xla_backend_optimization_level=0", 1),
+    "auto_2dev": ("", 2),
 }
+# Setups whose steps compile with `ldm_jax.xla_cpu.compiler_options(choice, stage)`.
+PER_STAGE = {"auto_2dev": "auto"}
+PROGRAMS = {"ae": ("ae_compile", "ae_step"), "ldm": ("ldm_compile", "ldm_step"),
+            "sample": ("sample_compile", "sample")}
 BASELINE = "ynn_2dev"
 FIGURES = ("ae_compile", "ae_step", "ldm_compile", "ldm_step", "sample_compile", "sample")
 
@@ -51,6 +58,8 @@ FIGURES = ("ae_compile", "ae_step", "ldm_compile", "ldm_step", "sample_compile",
 def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--setups", default="all", help=f"comma list of {sorted(SETUPS)} or 'all'")
+  p.add_argument("--programs", default="ae,ldm,sample",
+                 help=f"comma list of the programs to time, of {sorted(PROGRAMS)}")
   p.add_argument("--steps", type=int, default=5, help="timed calls per program (median)")
   p.add_argument("--quick", action="store_true",
                  help="tiny batches and 2 sampling steps (a smoke run of this script)")
@@ -62,6 +71,10 @@ def parse_args(argv=None):
     p.error(f"unknown setup(s) {bad}; valid choices: {sorted(SETUPS)} or 'all'")
   if args.steps < 1:
     p.error(f"--steps={args.steps}; must be >= 1")
+  args.program_list = args.programs.split(",")
+  bad = [n for n in args.program_list if n not in PROGRAMS]
+  if bad or not args.program_list:
+    p.error(f"unknown program(s) {bad}; valid choices: {sorted(PROGRAMS)}")
   args.names = [n for n in SETUPS if n in names]
   return args
 
@@ -72,7 +85,7 @@ def _timed(call, steps):
   return _time_loop(call, call, steps)
 
 
-def _stage_step(config, loss_fn, init_fn, batch, steps, extra=None):
+def _stage_step(config, loss_fn, init_fn, batch, steps, extra=None, compiler_options=None):
   """The stage's step as `stages.run._fit` builds it, timed on one fixed batch."""
   import flax.linen as nn  # pylint: disable=import-outside-toplevel
   import jax  # pylint: disable=import-outside-toplevel
@@ -82,7 +95,8 @@ def _stage_step(config, loss_fn, init_fn, batch, steps, extra=None):
   tx, lr = builders.optimizer(config)
   dp = parallel.data_parallel(loss_fn, tx, mode=config.parallel.mode,
                               mesh=parallel.make_mesh(1, devices),
-                              ema_decay=config.train.ema_decay, lr_schedule=lr)
+                              ema_decay=config.train.ema_decay, lr_schedule=lr,
+                              compiler_options=compiler_options)
   state = [dp.create_state(lambda r: nn.meta.unbox(init_fn(r)), jax.random.key(0), extra=extra)]
   device_batch = dp.put_batch(batch)
 
@@ -103,7 +117,10 @@ def worker(args) -> dict:
   from ldm_jax.stages import autoencoder as ae_stage  # pylint: disable=import-outside-toplevel
   from ldm_jax.stages import builders  # pylint: disable=import-outside-toplevel
   from ldm_jax.stages import latent_diffusion as ldm_stage  # pylint: disable=import-outside-toplevel
+  from ldm_jax import xla_cpu  # pylint: disable=import-outside-toplevel
 
+  choice = PER_STAGE.get(args.worker)
+  options = lambda stage: xla_cpu.compiler_options(choice, stage) if choice else None
   out = {"devices": jax.device_count()}
   rng = np.random.default_rng(0)
   ae_cfg, ldm_cfg = mnist_autoencoder.get_config(), mnist_ldm.get_config()
@@ -115,9 +132,10 @@ def worker(args) -> dict:
   b = ae_cfg.train.global_batch_size
   loss_fn = ae_stage.make_loss_fn(ae, disc, ae_cfg.loss, ae_stage.perceptual_from_config(ae_cfg.loss))
   images = rng.integers(0, 256, (b, size, size, ch), np.uint8)
-  out["ae_compile"], out["ae_step"] = _stage_step(
-      ae_cfg, loss_fn, lambda r: ae_stage.init_params(ae, disc, r, (1, size, size, ch)),
-      {"image": images}, args.steps)
+  if "ae" in args.program_list:
+    out["ae_compile"], out["ae_step"] = _stage_step(
+        ae_cfg, loss_fn, lambda r: ae_stage.init_params(ae, disc, r, (1, size, size, ch)),
+        {"image": images}, args.steps, compiler_options=options("autoencoder"))
 
   b = ldm_cfg.train.global_batch_size
   d = ldm_cfg.diffusion
@@ -131,8 +149,12 @@ def worker(args) -> dict:
   init_fn = lambda r: unet.init(r, jnp.zeros((1,) + latent), jnp.zeros((1,)), y=y0)["params"]
   batch = {"image": rng.integers(0, 256, (b, size, size, ch), np.uint8),
            "label": (np.arange(b) % d.num_classes).astype(np.int32)}
-  out["ldm_compile"], out["ldm_step"] = _stage_step(ldm_cfg, loss_fn, init_fn, batch, args.steps,
-                                                    extra={"frozen": ae_params})
+  if "ldm" in args.program_list:
+    out["ldm_compile"], out["ldm_step"] = _stage_step(
+        ldm_cfg, loss_fn, init_fn, batch, args.steps, extra={"frozen": ae_params},
+        compiler_options=options("latent_diffusion"))
+  if "sample" not in args.program_list:
+    return out
 
   unet_params = random_params(unet, jnp.zeros((1,) + latent), jnp.zeros((1,)), y=y0, seed=2)
   pipe = LatentDiffusionPipeline(unet, unet_params, ae, ae_params, schedule, scale_factor=1.0,
@@ -153,7 +175,7 @@ def run_setup(name, args) -> dict:
              XLA_FLAGS=f"{flags} --xla_force_host_platform_device_count={n}".strip())
   env.pop("JAX_COMPILATION_CACHE_DIR", None)  # every setup compiles from scratch
   cmd = [sys.executable, "-m", "experiments.benchmarks.cpu_setup", "--worker", name,
-         f"--steps={args.steps}"] + (["--quick"] if args.quick else [])
+         f"--steps={args.steps}", f"--programs={args.programs}"] + (["--quick"] if args.quick else [])
   proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
   lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
   if proc.returncode or not lines:
@@ -163,12 +185,19 @@ def run_setup(name, args) -> dict:
 
 def table(results: dict) -> str:
   base = results.get(BASELINE)
-  head = ["setup", "devices", "XLA_FLAGS"] + [f"{f} (s)" for f in FIGURES]
+  figures = [f for f in FIGURES if any(f in r for r in results.values())]
+  head = ["setup", "devices", "XLA_FLAGS"] + [f"{f} (s)" for f in figures]
   rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for name, r in results.items():
-    cells = [name, str(r["devices"]), SETUPS[name][0] or "(default)"]
-    for f in FIGURES:
-      ratio = f" ({r[f] / base[f]:.2f}x)" if base and name != BASELINE else ""
+    flags = SETUPS[name][0] or "(default)"
+    if name in PER_STAGE:
+      flags += f"; per-stage compiler options ({PER_STAGE[name]})"
+    cells = [name, str(r["devices"]), flags]
+    for f in figures:
+      if f not in r:
+        cells.append("-")
+        continue
+      ratio = f" ({r[f] / base[f]:.2f}x)" if base and f in base and name != BASELINE else ""
       cells.append(f"{r[f]:.3f}{ratio}")
     rows.append("| " + " | ".join(cells) + " |")
   return "\n".join(rows)

@@ -17,6 +17,7 @@ import ml_collections
 import numpy as np
 
 from ldm_jax import data as data_lib
+from ldm_jax import xla_cpu
 from ldm_jax.data import preprocess
 from ldm_jax.metrics import image as image_metrics
 from ldm_jax.text.prompts import split_prompts
@@ -64,7 +65,8 @@ def _fit(config, workdir, loss_fn, init_params_fn, metadata, extra=None, images_
   dp = parallel.data_parallel(loss_fn, tx, mode=config.parallel.mode, mesh=mesh,
                               ema_decay=config.train.ema_decay, lr_schedule=lr_schedule,
                               param_names=param_names, extra_names=extra_names,
-                              rules=config.parallel.get("axis_rules", axis_rules.DEFAULT_RULES))
+                              rules=config.parallel.get("axis_rules", axis_rules.DEFAULT_RULES),
+                              compiler_options=_cpu_options(config, metadata["stage"]))
   data = _data(config, num_devices=len(devices), transform=transform)
   if check_data is not None:
     try:
@@ -95,6 +97,11 @@ def _fit(config, workdir, loss_fn, init_params_fn, metadata, extra=None, images_
     params, ema_params = ({**p, "text_encoder": frozen} for p in (params, ema_params))
   export.save(workdir, config, params, ema_params, metadata, files=export_files)
   return ema_params, result
+
+
+def _cpu_options(config, stage):
+  """The step's XLA:CPU convolution back end (`ldm_jax.xla_cpu`; None off CPU or under XLA_FLAGS)."""
+  return xla_cpu.compiler_options(config.parallel.get("cpu_convolutions", "auto"), stage)
 
 
 # ---------------------------------------------------------------------------------------------

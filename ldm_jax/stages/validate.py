@@ -17,6 +17,7 @@ import jax
 
 from ldm_jax import samplers
 from ldm_jax import schedules
+from ldm_jax import xla_cpu
 from ldm_jax.data import preprocess
 from ldm_jax.diffusion import losses
 from ldm_jax.diffusion import parameterization
@@ -293,6 +294,7 @@ def _parallel(c, batch):
   rules = _get(c, "parallel.axis_rules")
   if rules is not _MISSING:
     axis_rules.check_rules(rules, key="parallel.axis_rules")  # names the bad entry
+  _choice(c, "parallel.cpu_convolutions", xla_cpu.CHOICES)
   _choice(c, "distributed.auto", distributed.AUTO)
   _real(c, "distributed.initialization_timeout", 0.0, lo_open=True)
   _real(c, "distributed.heartbeat_timeout", 0.0, lo_open=True)

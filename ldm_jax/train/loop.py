@@ -22,6 +22,7 @@ from typing import Any, NamedTuple, Protocol
 import jax
 import numpy as np
 
+from ldm_jax import xla_cpu
 from ldm_jax.train import guard
 from ldm_jax.train import preemption
 from ldm_jax.train.parallel import DataParallel
@@ -65,9 +66,12 @@ def summary(dp: DataParallel, state) -> str:
   """Parameter count, devices and layout, printed at the start of `fit`."""
   g = dp.to_global(state)
   devices = jax.devices()
-  return (f"params: {count_params(g.params):,} | mode: {dp.mode} | mesh: "
+  line = (f"params: {count_params(g.params):,} | mode: {dp.mode} | mesh: "
           f"{dict(dp.mesh.shape)} | devices: {len(devices)} x {devices[0].device_kind} "
           f"({devices[0].platform}) on {jax.process_count()} process(es)")
+  if devices[0].platform == "cpu":
+    line += f" | convolutions: {xla_cpu.name(dp.compiler_options)}"
+  return line
 
 
 def fit(dp: DataParallel, state, data, *, num_steps: int, checkpoints=None,

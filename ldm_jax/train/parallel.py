@@ -103,6 +103,7 @@ class DataParallel(NamedTuple):
   to_global(state) / from_global(global_state)           layout <-> checkpoint layout.
   global_shardings(abstract_state) -> shardings          of the checkpoint layout.
   fetch_metrics(device_metrics) -> dict[str, float]      one host copy.
+  compiler_options: the XLA options the step compiles with (None: the defaults).
   """
   mode: str
   mesh: Mesh
@@ -113,6 +114,7 @@ class DataParallel(NamedTuple):
   from_global: Callable
   global_shardings: Callable
   fetch_metrics: Callable
+  compiler_options: dict | None = None
 
 
 def data_parallel(loss_fn: LossFn, tx: optax.GradientTransformation, *, mode: str,
@@ -120,9 +122,11 @@ def data_parallel(loss_fn: LossFn, tx: optax.GradientTransformation, *, mode: st
                   ema_warmup: bool = True, lr_schedule: optax.Schedule | None = None,
                   donate: bool = True, param_names: PyTree | None = None,
                   extra_names: PyTree | None = None,
-                  rules=axis_rules.DEFAULT_RULES) -> DataParallel:
+                  rules=axis_rules.DEFAULT_RULES,
+                  compiler_options: dict | None = None) -> DataParallel:
   """Builds the step of `mode` ("pmap" or "mesh") around `train_step(loss_fn, tx, ...)`.
-  param_names / extra_names / rules: the mesh layout (see `state_shardings`); pmap replicates."""
+  param_names / extra_names / rules: the mesh layout (see `state_shardings`); pmap replicates.
+  compiler_options: XLA options of the step's program (`ldm_jax.xla_cpu.compiler_options`)."""
   if mode not in MODES:
     raise ValueError(f"parallel mode {mode!r}; valid choices: {MODES}")
   mesh = make_mesh() if mesh is None else mesh
@@ -131,13 +135,14 @@ def data_parallel(loss_fn: LossFn, tx: optax.GradientTransformation, *, mode: st
   kw = dict(loss_fn=loss_fn, tx=tx, ema_decay=ema_decay, ema_warmup=ema_warmup,
             lr_schedule=lr_schedule)
   if mode == "pmap":
-    return _pmap_parallel(mesh, kw, donate)
+    return _pmap_parallel(mesh, kw, donate, compiler_options)
   layout = dict(param_names=param_names, extra_names=extra_names,
                 rules=axis_rules.check_rules(rules))
-  return _mesh_parallel(mesh, kw, donate, layout)
+  return _mesh_parallel(mesh, kw, donate, layout, compiler_options)
 
 
-def _mesh_parallel(mesh: Mesh, kw: dict, donate: bool, layout: dict) -> DataParallel:
+def _mesh_parallel(mesh: Mesh, kw: dict, donate: bool, layout: dict,
+                   compiler_options: dict | None) -> DataParallel:
   shardings_of = lambda abstract: state_shardings(abstract, mesh, **layout)
   replicated = NamedSharding(mesh, P())
   cache = {}
@@ -148,7 +153,8 @@ def _mesh_parallel(mesh: Mesh, kw: dict, donate: bool, layout: dict) -> DataPara
       s = shardings_of(state)
       cache[key] = jax.jit(lambda st, b: train_step(st, b, **kw), in_shardings=(s, None),
                            out_shardings=(s, replicated),
-                           donate_argnums=(0,) if donate else ())
+                           donate_argnums=(0,) if donate else (),
+                           compiler_options=compiler_options)
     return cache[key](state, batch)
 
   create_state = state_lib.state_creator(kw["tx"], shardings_of)
@@ -156,10 +162,28 @@ def _mesh_parallel(mesh: Mesh, kw: dict, donate: bool, layout: dict) -> DataPara
       mode="mesh", mesh=mesh, step=step, put_batch=lambda b: global_batch(b, mesh),
       create_state=create_state, to_global=lambda s: s, from_global=lambda s: s,
       global_shardings=shardings_of,
-      fetch_metrics=lambda m: {k: float(v) for k, v in jax.device_get(m).items()})
+      fetch_metrics=lambda m: {k: float(v) for k, v in jax.device_get(m).items()},
+      compiler_options=compiler_options)
 
 
-def _pmap_parallel(mesh: Mesh, kw: dict, donate: bool) -> DataParallel:
+def _compiled_with(fn, compiler_options: dict | None):
+  """`fn` (a pmapped function) compiled with `compiler_options`, once per argument layout
+  (`jax.pmap` takes no compiler options; its lowering's `compile` does)."""
+  if not compiler_options:
+    return fn
+  cache = {}
+
+  def call(*args):
+    leaves, treedef = jax.tree.flatten(args)
+    key = (treedef, tuple((x.shape, x.dtype) for x in leaves))
+    if key not in cache:
+      cache[key] = fn.lower(*args).compile(compiler_options)
+    return cache[key](*args)
+  return call
+
+
+def _pmap_parallel(mesh: Mesh, kw: dict, donate: bool,
+                   compiler_options: dict | None) -> DataParallel:
   local = [d for d in mesh.devices.flat if d.process_index == jax.process_index()]
   n_local = len(local)
   subset = sorted(d.id for d in local) != sorted(d.id for d in jax.local_devices())
@@ -172,6 +196,7 @@ def _pmap_parallel(mesh: Mesh, kw: dict, donate: bool) -> DataParallel:
   shardings_of = lambda abstract: state_shardings(abstract, mesh, fsdp=False)
   pstep = jax.pmap(lambda st, b: train_step(st, b, axis_name="data", **kw), axis_name="data",
                    donate_argnums=(0,) if donate else (), devices=local if subset else None)
+  pstep = _compiled_with(pstep, compiler_options)
 
   def to_global(state):
     def leaf(x):
@@ -204,4 +229,4 @@ def _pmap_parallel(mesh: Mesh, kw: dict, donate: bool) -> DataParallel:
       mode="pmap", mesh=mesh, step=pstep, put_batch=put_batch,
       create_state=lambda f, rng, extra=None: from_global(create_global(f, rng, extra)),
       to_global=to_global, from_global=from_global, global_shardings=shardings_of,
-      fetch_metrics=fetch_metrics)
+      fetch_metrics=fetch_metrics, compiler_options=compiler_options)

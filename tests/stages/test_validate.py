@@ -71,6 +71,7 @@ AE_CASES = [
     ("loss.disc_loss", "wgan", "valid choices: hinge, vanilla"), ("loss.kl_weight", -1.0, "[0.0, inf)"),
     ("loss.perceptual_weight", -1.0, "[0.0, inf)"), ("disc.norm", "layer", "valid choices: batch, group, none"),
     ("parallel.mode", "tp", "valid choices: pmap, mesh"), ("parallel.num_devices", 99, "<= "),
+    ("parallel.cpu_convolutions", "mkl", "valid choices: auto, ynnpack, eigen, eigen_1thread"),
     ("distributed.auto", "maybe", "valid choices: detect, always, never"), ("stage", "vae", "valid choices: autoencoder, latent_diffusion"),
 ]
 LDM_CASES = [

@@ -6,13 +6,14 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 import train_tiny
+from ldm_jax import xla_cpu
 from ldm_jax.train import parallel
 
 NUM_STEPS, BATCH = 4, 16
 
 
-def _train(mode, num_fsdp=1, num_devices=None):
-  dp = train_tiny.data_parallel(mode, num_fsdp, num_devices)
+def _train(mode, num_fsdp=1, num_devices=None, compiler_options=None):
+  dp = train_tiny.data_parallel(mode, num_fsdp, num_devices, compiler_options=compiler_options)
   state = dp.create_state(train_tiny.init_params, jax.random.key(0))
   losses = []
   for i in range(NUM_STEPS):
@@ -43,6 +44,20 @@ def test_eight_devices_match_one(reference, mode, num_fsdp):
   if num_fsdp == 8:  # Adam moments are sharded like the params
     mu = got.opt_state[1][0].mu["conv_down"]["kernel"]
     assert mu.sharding.spec == want
+
+
+@pytest.mark.parametrize("mode", parallel.MODES)
+def test_compiler_options_reach_the_step_and_keep_its_numbers(reference, mode):
+  """Single-threaded Eigen convolutions (the autoencoder stage's CPU choice) change the program,
+  not the result; an option XLA rejects fails the step, so the options reach the compile."""
+  ref, ref_losses = reference
+  got, losses = _train(mode, compiler_options=tuple(xla_cpu.OPTIONS["eigen_1thread"].items()))
+  np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(got.params), jax.tree.leaves(ref.params)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+  bad = (("xla_cpu_experimental_ynn_fusion_type", "LIBRARY_FUSION_TYPE_NONSENSE"),)
+  with pytest.raises(Exception, match="xla_cpu_experimental_ynn_fusion_type"):
+    _train(mode, compiler_options=bad)
 
 
 def test_bad_inputs_raise_value_errors():

@@ -85,11 +85,13 @@ def optimizer_config():
 
 
 @functools.lru_cache(maxsize=None)
-def data_parallel(mode="mesh", num_fsdp=1, num_devices=None, noise=0.0):
-  """One DataParallel per layout for the whole session, so each step compiles once."""
+def data_parallel(mode="mesh", num_fsdp=1, num_devices=None, noise=0.0, compiler_options=None):
+  """One DataParallel per layout for the whole session, so each step compiles once.
+  compiler_options: a tuple of (option, value) pairs (hashable, for the cache)."""
   from ldm_jax.train import optim, parallel  # pylint: disable=import-outside-toplevel
   c = optimizer_config()
   devices = jax.devices()[:num_devices] if num_devices else None
   return parallel.data_parallel(make_loss(noise), optim.make_optimizer(c), mode=mode,
                                 mesh=parallel.make_mesh(num_fsdp, devices), ema_decay=0.9,
-                                lr_schedule=optim.learning_rate_schedule(c))
+                                lr_schedule=optim.learning_rate_schedule(c),
+                                compiler_options=dict(compiler_options or ()) or None)

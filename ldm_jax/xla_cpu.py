@@ -1,0 +1,78 @@
+"""Per-program XLA:CPU convolution back end: which library runs a stage's convolutions on a CPU host.
+
+  compiler_options(choice, stage)  -> {option: value} for jax.jit(..., compiler_options=...) or None
+
+jaxlib 0.10 sends CPU convolutions to YNNPACK, which runs a convolution's weight gradient as a
+direct convolution with a window the size of the whole activation. Eigen's convolutions (the
+back end before YNNPACK) do it as a matrix product. Which is faster depends on the program
+(`experiments/benchmarks/cpu_setup.py`, README "CPU setup"; 2 cores, 2 simulated devices, ratio of
+step time to YNNPACK's): the MNIST autoencoder stage step 0.50x with single-threaded Eigen
+convolutions (its weight gradients at 32 x 32 dominate), but the LDM stage step 1.09x and sampling
+1.19x (YNNPACK's fused small convolutions win at 8 x 8 latents). Both are compile-time options of
+one program (`DebugOptions`), so a stage chooses its own without restarting the process:
+
+  choice          convolutions                    compiler options
+  "ynnpack"       YNNPACK (jaxlib's default)      none
+  "eigen"         Eigen, multi-threaded           ynn fusions: individual dots only
+  "eigen_1thread" Eigen, one thread per device    the same + xla_cpu_multi_thread_eigen=False
+  "auto"          the measured choice: "eigen_1thread" for the autoencoder stage when each core
+                  has its own simulated device ("eigen" on one device), "ynnpack" otherwise
+
+Nothing changes on GPU/TPU backends, and an XLA_FLAGS that sets either option is the user's
+choice: it is left to apply (XLA_FLAGS are the defaults that compiler options override).
+"""
+
+import os
+
+import jax
+
+CHOICES = ("auto", "ynnpack", "eigen", "eigen_1thread")
+STAGES = ("autoencoder", "latent_diffusion")
+_YNN = "xla_cpu_experimental_ynn_fusion_type"
+_THREADS = "xla_cpu_multi_thread_eigen"
+# YNNPACK keeps the dots (jaxlib's default set minus LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION: the
+# same compiled program as XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=-individual_convolution).
+_EIGEN = {_YNN: "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
+OPTIONS = {"ynnpack": None, "eigen": _EIGEN, "eigen_1thread": {**_EIGEN, _THREADS: False}}
+
+
+def name(options: dict | None) -> str:
+  """What a step compiled with `options` runs its convolutions with, for the run's summary line."""
+  if not options and user_flags():
+    return "as XLA_FLAGS set (" + ", ".join(user_flags()) + ")"
+  matches = [k for k, v in OPTIONS.items() if (v or {}) == (options or {})]
+  return matches[0] if matches else f"compiler options {options}"
+
+
+def check_choice(choice: str, key: str = "parallel.cpu_convolutions") -> str:
+  if choice not in CHOICES:
+    raise ValueError(f"{key}={choice!r}; valid choices: {', '.join(CHOICES)}")
+  return choice
+
+
+def resolve(choice: str, stage: str, local_devices: int, cores: int | None = None) -> str:
+  """The concrete back end of `choice` ("auto" resolved for `stage` and the device layout)."""
+  check_choice(choice)
+  if stage not in STAGES:
+    raise ValueError(f"stage {stage!r}; valid choices: {', '.join(STAGES)}")
+  if choice != "auto":
+    return choice
+  if stage != "autoencoder":
+    return "ynnpack"
+  cores = (os.cpu_count() or 1) if cores is None else cores
+  # One device per core: each device's convolution on one thread; one device: Eigen's threads.
+  return "eigen_1thread" if local_devices > 1 and local_devices >= cores else "eigen"
+
+
+def user_flags(xla_flags: str | None = None) -> list[str]:
+  """The convolution options XLA_FLAGS already sets (the user's choice, never overridden)."""
+  flags = os.environ.get("XLA_FLAGS", "") if xla_flags is None else xla_flags
+  return [o for o in (_YNN, _THREADS) if o in flags]
+
+
+def compiler_options(choice: str, stage: str) -> dict | None:
+  """Compiler options for the train step of `stage` on this process's backend, or None."""
+  check_choice(choice)
+  if jax.default_backend() != "cpu" or user_flags():
+    return None
+  return OPTIONS[resolve(choice, stage, jax.local_device_count())]
