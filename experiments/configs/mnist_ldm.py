@@ -3,6 +3,11 @@
 Launch (after the autoencoder run):
   python -m ldm_jax.main --config=experiments/configs/mnist_ldm.py --workdir=workdirs/mnist_ldm \
       --config.first_stage.workdir=workdirs/mnist_ae
+
+Super-resolution x4 (LDM-SR: the bicubic 8x8 image concatenated to the 8x8 latent; then
+`LatentDiffusionPipeline.from_workdir("workdirs/mnist_sr").upscale(rng, low_res_images)`):
+  python -m ldm_jax.main --config=experiments/configs/mnist_ldm.py --workdir=workdirs/mnist_sr \
+      --config.first_stage.workdir=workdirs/mnist_ae --config.diffusion.conditioning=concat
 """
 
 import ml_collections
@@ -66,9 +71,13 @@ def get_config() -> ml_collections.ConfigDict:
   c.diffusion.weighting = "simple"
   c.diffusion.loss_type = "l2"             # "l2" or "l1" (LDM's LSUN-Churches model)
   c.diffusion.min_snr_gamma = 5.0
-  c.diffusion.conditioning = "class"      # "class" or "none"
+  c.diffusion.conditioning = "class"      # "class", "none", "text" (mnist_text.py) or "concat"
   c.diffusion.num_classes = 10
   c.diffusion.p_uncond = 0.1              # label dropout for classifier-free guidance
+
+  c.concat = ml_collections.ConfigDict()  # diffusion.conditioning="concat" (LDM-SR, sec. 4.4)
+  c.concat.degradation = "bicubic_x4"     # c = D(x): ldm_jax.diffusion.concat.DEGRADATIONS
+  c.concat.p_drop = 0.0                   # c -> zeros with this probability (for guidance)
 
   c.optim = optim.default_config()
   c.optim.unlock()

@@ -55,15 +55,18 @@ def discriminator(disc: ml_collections.ConfigDict):
 
 
 def unet(model: ml_collections.ConfigDict, *, in_channels: int, num_class_embeds: int | None,
-         context_dim: int | None = None):
+         context_dim: int | None = None, concat_channels: int = 0):
   """A `ldm_jax.models.unet.UNet` (or preset) on latents with `in_channels` channels.
 
   context_dim: a text run's encoder width; model.cross_attention_dim None takes it, any other
   value must equal it.
+  concat_channels: channels of a concat conditioning map c (LDM-SR: the image channels); the UNet
+  then reads [z_t, c] (in_channels + concat_channels) and predicts in_channels.
   """
   valid = ("UNet",) + tuple(n for n in dir(unet_lib) if n.isupper())
   fields = _fields(model)
-  fields.update(in_channels=in_channels, out_channels=in_channels, num_class_embeds=num_class_embeds)
+  fields.update(in_channels=in_channels + concat_channels, out_channels=in_channels,
+                num_class_embeds=num_class_embeds)
   if context_dim is not None:
     given = fields.get("cross_attention_dim")
     if given is not None and given != context_dim:

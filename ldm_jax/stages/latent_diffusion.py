@@ -13,6 +13,11 @@ jointly with the UNet (params {"unet", "text_encoder"}, LDM's BERT) or frozen (i
 extra["text_encoder"], as SD fine-tuning keeps CLIP); for guidance a caption is replaced by the
 empty prompt's ids with probability `p_uncond` (diffusers' and SD's unconditional branch).
 
+Concat conditioning (LDM-SR, sec. 4.4): c = D(x), a named degradation of the batch's images (bicubic
+x4 downsampling), resized to the latent grid, is concatenated to z_t along channels
+(`ldm_jax.diffusion.concat`): eps_theta([z_t, c], t), the UNet reading latent + image channels.
+For guidance c is replaced by zeros with probability `concat.p_drop`.
+
 The frozen autoencoder parameters travel in the train state's `extra["frozen"]` (sharded and
 checkpointed with it, never updated); `loss_fn(params, batch, rng, extra)` reads them there.
 Latents may be cached: a batch with "latent_mean" and "latent_logvar" skips the encoder.
@@ -25,9 +30,11 @@ import numpy as np
 
 from ldm_jax import diffusion
 from ldm_jax.data import to_float
+from ldm_jax.diffusion import concat as concat_lib
 from ldm_jax.models.autoencoder import AutoencoderKL, VQModel
+from ldm_jax.models.unet import concat_conditioning
 
-CONDITIONINGS = ("none", "class", "text")
+CONDITIONINGS = ("none", "class", "text", "concat")
 
 
 def encode_latents(ae: nn.Module, ae_params, images, rng):
@@ -57,7 +64,8 @@ def drop_captions(rng, ids, p_uncond: float, null_ids):
 
 
 def make_loss_fn(unet: nn.Module, ae: nn.Module, schedule, config, scale_factor: float, *,
-                 text_encoder: nn.Module | None = None, null_ids=None, train_encoder: bool = True):
+                 text_encoder: nn.Module | None = None, null_ids=None, train_encoder: bool = True,
+                 concat=None):
   """Builds `loss_fn(params, batch, rng, extra) -> (loss, metrics)` for the train step.
 
   Args:
@@ -72,6 +80,9 @@ def make_loss_fn(unet: nn.Module, ae: nn.Module, schedule, config, scale_factor:
       prompt's token ids [L] (caption dropout), and whether tau_theta is trained (params
       {"unet", "text_encoder"}) or frozen (params {"unet"}, tau_theta's in extra["text_encoder"]).
       The batch then carries "tokens" int32 [B, L].
+    concat: "concat" conditioning only: the `concat` section (degradation, p_drop). The UNet's
+      in_channels must be the latent channels + the image channels. c is computed from
+      batch["image"] (also when the latents are cached).
   """
   diffusion.parameterization.check_prediction_type(config.prediction_type)
   loss_type = config.get("loss_type", "l2")
@@ -92,6 +103,8 @@ def make_loss_fn(unet: nn.Module, ae: nn.Module, schedule, config, scale_factor:
                      "(model.cross_attention_dim and CrossAttn* block types).")
   if not isinstance(ae, (AutoencoderKL, VQModel)):
     raise ValueError(f"First stage must be an AutoencoderKL or VQModel, got {type(ae).__name__}.")
+  if config.conditioning == "concat":
+    _check_concat(unet, ae, concat)
 
   def loss_fn(params, batch, rng, extra):
     z_rng, drop_rng, diff_rng, dropout_rng = jax.random.split(rng, 4)
@@ -101,7 +114,7 @@ def make_loss_fn(unet: nn.Module, ae: nn.Module, schedule, config, scale_factor:
     else:
       z = encode_latents(ae, jax.lax.stop_gradient(extra["frozen"]), batch["image"], z_rng)
     z = z * scale_factor
-    y, context, unet_params = None, None, params
+    y, context, c, unet_params = None, None, None, params
     if config.conditioning == "class":
       y = drop_labels(drop_rng, batch["label"], config.p_uncond, config.num_classes)
     elif text:
@@ -111,8 +124,16 @@ def make_loss_fn(unet: nn.Module, ae: nn.Module, schedule, config, scale_factor:
       context = text_encoder.apply({"params": text_params}, ids, train=train_encoder,
                                    rngs={"dropout": jax.random.fold_in(dropout_rng, 1)})
       unet_params = params["unet"]
-    model_fn = lambda x_t, t: unet.apply({"params": unet_params}, x_t, t, y=y, context=context,
-                                         train=True, rngs={"dropout": dropout_rng})
+    elif config.conditioning == "concat":  # c = D(x) on the latent grid, zeros with prob. p_drop
+      c = concat_lib.conditioning_map(concat.degradation, jax.random.fold_in(drop_rng, 1),
+                                      to_float(batch["image"]), z.shape[1:3])
+      c = concat_lib.drop(drop_rng, c, concat.p_drop)
+
+    def model_fn(x_t, t):
+      x_in = x_t if c is None else concat_conditioning(x_t, c)
+      return unet.apply({"params": unet_params}, x_in, t, y=y, context=context, train=True,
+                        rngs={"dropout": dropout_rng})
+
     per_example = diffusion.training_loss(
         model_fn, schedule, z, diff_rng, prediction_type=config.prediction_type,
         weighting=config.weighting, min_snr_gamma=config.min_snr_gamma, loss_type=loss_type)
@@ -120,3 +141,17 @@ def make_loss_fn(unet: nn.Module, ae: nn.Module, schedule, config, scale_factor:
     return loss, {"latent_std": jnp.std(z)}
 
   return loss_fn
+
+
+def _check_concat(unet, ae, concat) -> None:
+  """The `concat` section names a known degradation; the UNet reads z_t and c and predicts z."""
+  if concat is None:
+    raise ValueError("diffusion.conditioning='concat' needs a `concat` section (degradation, "
+                     "p_drop): start from experiments/configs/mnist_ldm.py.")
+  concat_lib.get_degradation(concat.degradation)
+  want = ae.latent_channels + ae.in_channels
+  if unet.in_channels != want or unet.out_channels != ae.latent_channels:
+    raise ValueError(f"diffusion.conditioning='concat': the UNet must read latent + image channels "
+                     f"= {ae.latent_channels} + {ae.in_channels} = {want} and predict "
+                     f"{ae.latent_channels}, got in_channels={unet.in_channels}, "
+                     f"out_channels={unet.out_channels}.")

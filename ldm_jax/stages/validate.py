@@ -9,16 +9,19 @@ value and the valid range or choices. Keys a config does not have are skipped (o
 hand-made configs); the builders and data code keep their own checks for what only they can see.
 """
 
+import json
 import math
 import numbers
 import os
 
 import jax
+import ml_collections
 
 from ldm_jax import samplers
 from ldm_jax import schedules
 from ldm_jax import xla_cpu
 from ldm_jax.data import preprocess
+from ldm_jax.diffusion import concat as concat_lib
 from ldm_jax.diffusion import losses
 from ldm_jax.diffusion import parameterization
 from ldm_jax.models import discriminator
@@ -26,6 +29,7 @@ from ldm_jax.models import precision
 from ldm_jax.models import transformer
 from ldm_jax.stages import autoencoder as ae_stage
 from ldm_jax.stages import builders
+from ldm_jax.stages import export
 from ldm_jax.stages import gan
 from ldm_jax.stages import latent_diffusion as ldm_stage
 from ldm_jax.train import axis_rules
@@ -241,6 +245,8 @@ def _latent_diffusion(c):
     _int(c, "diffusion.num_classes", 1)
   if conditioning == "text":
     _text(c)
+  if conditioning == "concat":
+    _concat(c)
   _real(c, "diffusion.p_uncond", 0.0, 1.0)
   _choice(c, "sample.method", tuple(samplers.METHODS))
   _int(c, "sample.num_steps", 1)
@@ -272,14 +278,61 @@ def _text(c):
       _int(c, f"text.encoder.{key}", 1)
     _real(c, "text.encoder.dropout", 0.0, 1.0, hi_open=True)
     _precision(c, "text.encoder")
-  blocks = []
-  for key in ("down_block_types", "up_block_types", "mid_block_type"):
-    v = _get(c, f"model.{key}")
-    blocks += [b for b in (v if isinstance(v, (tuple, list)) else [v]) if isinstance(b, str)]
+  blocks = _block_types(c)
   if blocks and not any("CrossAttn" in b for b in blocks):
     _bad("model.down_block_types", _get(c, "model.down_block_types"),
          "cross-attention blocks (CrossAttnDownBlock2D / CrossAttnUpBlock2D / "
          "UNetMidBlock2DCrossAttn) for diffusion.conditioning='text'")
+
+
+def _block_types(c):
+  """The UNet's block type names (down, up, mid) given in the config."""
+  blocks = []
+  for key in ("down_block_types", "up_block_types", "mid_block_type"):
+    v = _get(c, f"model.{key}")
+    blocks += [b for b in (v if isinstance(v, (tuple, list)) else [v]) if isinstance(b, str)]
+  return blocks
+
+
+def _concat(c):
+  """The `concat` section of a concat-conditioned run (LDM-SR): a known degradation whose factor
+  divides the image size, p_drop in [0, 1], a UNet without cross-attention (hybrid concat + text
+  is not implemented), and, where the config sets model.in_channels, latent + image channels."""
+  if _get(c, "concat") is _MISSING:
+    raise ValueError("diffusion.conditioning='concat' needs a `concat` section (degradation, "
+                     "p_drop): start from experiments/configs/mnist_ldm.py.")
+  name = _choice(c, "concat.degradation", tuple(concat_lib.DEGRADATIONS))
+  _real(c, "concat.p_drop", 0.0, 1.0)
+  size = _get(c, "data.image_size")
+  if name is not None and size is not _MISSING:
+    f = concat_lib.DEGRADATIONS[name].factor
+    hw = preprocess.image_hw(list(size) if isinstance(size, tuple) else size)
+    if hw[0] % f or hw[1] % f:
+      _bad("data.image_size", size, f"a multiple of {f} for concat.degradation={name!r}")
+  cross = [b for b in _block_types(c) if "CrossAttn" in b]
+  if cross:
+    _bad("model.down_block_types", _get(c, "model.down_block_types"),
+         f"no cross-attention blocks (got {', '.join(cross)}) for diffusion.conditioning='concat' "
+         "(hybrid concat + text is not implemented)")
+  given = _get(c, "model.in_channels")
+  channels = _first_stage_channels(_get(c, "first_stage.workdir"))
+  if given is not _MISSING and channels is not None and given != sum(channels):
+    _bad("model.in_channels", given, f"the latent + image channels {channels[0]} + {channels[1]} "
+         f"= {sum(channels)} of the first stage for diffusion.conditioning='concat' (or leave "
+         "it out: it is derived)")
+
+
+def _first_stage_channels(workdir):
+  """(latent channels, image channels) of the autoencoder run's export, None where unreadable."""
+  if not isinstance(workdir, str) or not workdir:
+    return None
+  path = os.path.join(workdir, export.EXPORT_DIR, "config.json")
+  if not os.path.exists(path):
+    return None
+  with open(path, encoding="utf-8") as f:
+    model = ml_collections.ConfigDict(json.load(f)).model
+  ae = builders.autoencoder(model)  # a module definition: nothing runs
+  return ae.latent_channels, ae.in_channels
 
 
 def _parallel(c, batch):

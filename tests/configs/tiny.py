@@ -5,14 +5,18 @@
       --config.first_stage.workdir=<autoencoder run>
   python -m ldm_jax.main --config=tests/configs/tiny.py:text --workdir=W \
       --config.first_stage.workdir=<autoencoder run>
+  python -m ldm_jax.main --config=tests/configs/tiny.py:sr --workdir=W \
+      --config.first_stage.workdir=<autoencoder run>
 The autoencoder is one level (f = 1, 32x32x1 -> 32x32x2) without attention; the UNet one level of
 one ResNet block without attention or mid block: the smallest networks that still exercise every
-part of both stages (GAN, KL, EMA, frozen first stage, label dropout, scale factor).
+part of both stages (GAN, KL, EMA, frozen first stage, label dropout, scale factor). "sr": the
+latent_diffusion UNet with concat conditioning (LDM-SR: the 8x8 bicubic image resized to the
+32x32 latent grid and concatenated, 2 + 1 input channels).
 """
 
 from experiments.configs import mnist_autoencoder, mnist_ldm, mnist_text
 
-STAGES = ("autoencoder", "latent_diffusion", "text")
+STAGES = ("autoencoder", "latent_diffusion", "text", "sr")
 
 
 def get_config(stage: str = "autoencoder"):
@@ -39,6 +43,8 @@ def get_config(stage: str = "autoencoder"):
     c.model.norm_num_groups = 4
     c.diffusion.num_timesteps = 100
     c.sample.method, c.sample.num_steps, c.sample.per_class = "ddim", 2, 2
+    if stage == "sr":
+      c.diffusion.conditioning = "concat"
     if text:  # MNIST pairs (32 x 64)
       c.model.attention_head_dim = 8
       c.text.encoder.width, c.text.encoder.layers, c.text.encoder.heads = 16, 1, 2

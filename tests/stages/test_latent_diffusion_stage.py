@@ -1,5 +1,7 @@
-"""The latent diffusion objective: latent scale factor, guidance label dropout, frozen first stage."""
+"""The latent diffusion objective: latent scale factor, guidance label dropout, frozen first stage,
+text conditioning, and concat conditioning (LDM-SR)."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -186,3 +188,77 @@ def test_pooled_text_is_the_mean_of_the_encoder_context():
   assert out.shape == (16, 1, 16)
   np.testing.assert_allclose(out[:, 0], np.asarray(full, np.float64).mean(axis=1), rtol=1e-5, atol=1e-6)
   assert (pooled.vocab_size, pooled.max_length, pooled.width) == (20, 6, 16)
+
+
+# ---------------------------------------------------------------------------------------------
+# Concat conditioning (LDM-SR): c = bicubic_x4(x) on the latent grid, concatenated to z_t
+
+
+def _concat_parts(first_stage):
+  """A UNet reading [z_t, c] (4 latent + 1 image channels) built as run.py builds it, its params,
+  and cached latents of the images (so c can change while z, hence z_t, stays fixed)."""
+  from ldm_jax.stages import builders  # pylint: disable=import-outside-toplevel
+  ae, ae_params, images = first_stage
+  model = ml_collections.ConfigDict(dict(
+      preset="UNet", block_out_channels=(16,), layers_per_block=1, down_block_types=("DownBlock2D",),
+      up_block_types=("UpBlock2D",), mid_block_type=None, norm_num_groups=8))
+  unet = builders.unet(model, in_channels=ae.latent_channels, num_class_embeds=None,
+                       concat_channels=ae.in_channels)
+  params = nn.meta.unbox(unet.init(jax.random.key(1), jnp.zeros((1, 8, 8, 5)), jnp.zeros((1,)))["params"])
+  mean, logvar = ae.apply({"params": ae_params}, to_float(images), method="encode")
+  return unet, params, mean, logvar
+
+
+def test_concat_unet_reads_latent_plus_image_channels(first_stage):
+  unet, params, _, _ = _concat_parts(first_stage)
+  assert (unet.in_channels, unet.out_channels) == (4 + 1, 4)
+  assert params["conv_in"]["kernel"].shape[2] == 5  # the first conv sees [z_t, c]
+  assert params["conv_out"]["kernel"].shape[3] == 4  # and predicts eps of z only
+
+
+def test_concat_loss_feeds_the_low_res_image_and_p_drop_1_feeds_zeros(first_stage):
+  from ldm_jax.diffusion import concat  # pylint: disable=import-outside-toplevel
+  from ldm_jax.models.unet import concat_conditioning  # pylint: disable=import-outside-toplevel
+  ae, _, images = first_stage
+  unet, params, mean, logvar = _concat_parts(first_stage)
+  schedule = schedules.get_schedule("linear", 100)
+  other = images[::-1].copy()  # other images, the same latents: only c changes
+  rng = jax.random.key(5)
+
+  def loss(p_drop, imgs):
+    cfg = _diffusion_config(conditioning="concat")
+    section = ml_collections.ConfigDict(dict(degradation="bicubic_x4", p_drop=p_drop))
+    loss_fn = ldm_stage.make_loss_fn(unet, ae, schedule, cfg, 0.7, concat=section)
+    batch = {"latent_mean": mean, "latent_logvar": logvar, "image": imgs}
+    return float(jax.jit(loss_fn)(params, batch, rng, {})[0])
+
+  # The same computation by hand (the documented key split): eps_theta([z_t, c], t) with
+  # c = bicubic_x4(x) resized from 4x4 to the 8x8 latent grid, or zeros.
+  z_rng, _, diff_rng, _ = jax.random.split(rng, 4)
+  z = 0.7 * (mean + jnp.exp(0.5 * logvar) * jax.random.normal(z_rng, mean.shape))
+
+  def want(c):
+    model_fn = lambda x, t: unet.apply({"params": params}, concat_conditioning(x, c), t)
+    return float(jnp.mean(diffusion.training_loss(model_fn, schedule, z, diff_rng)))
+
+  c = concat.to_latent_grid(concat.bicubic_x4(None, to_float(images)), (8, 8))
+  assert c.shape == (16, 8, 8, 1)
+  np.testing.assert_allclose(loss(0.0, images), want(c), rtol=1e-5)
+  np.testing.assert_allclose(loss(1.0, images), want(jnp.zeros_like(c)), rtol=1e-5)
+  assert abs(loss(0.0, other) - loss(0.0, images)) > 1e-4  # the low-res image reaches the UNet
+  assert loss(1.0, other) == loss(1.0, images)  # dropped: c is zeros whatever the images
+
+
+def test_concat_loss_needs_its_section_and_matching_channels(first_stage):
+  ae, _, _ = first_stage
+  schedule = schedules.get_schedule("linear", 10)
+  cfg = _diffusion_config(conditioning="concat")
+  section = ml_collections.ConfigDict(dict(degradation="bicubic_x4", p_drop=0.0))
+  with pytest.raises(ValueError, match="in_channels=4"):  # a UNet on z only
+    ldm_stage.make_loss_fn(_unet(None), ae, schedule, cfg, 1.0, concat=section)
+  unet, _, _, _ = _concat_parts(first_stage)
+  with pytest.raises(ValueError, match="needs a `concat` section"):
+    ldm_stage.make_loss_fn(unet, ae, schedule, cfg, 1.0)
+  section.degradation = "nearest_x4"
+  with pytest.raises(ValueError, match="valid choices: bicubic_x4"):
+    ldm_stage.make_loss_fn(unet, ae, schedule, cfg, 1.0, concat=section)

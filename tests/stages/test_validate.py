@@ -78,7 +78,7 @@ LDM_CASES = [
     ("diffusion.beta_start", 0.0, "(0.0, 1.0)"), ("diffusion.beta_end", 0.001, ">= diffusion.beta_start"),
     ("diffusion.schedule", "quadratic", "valid choices: linear, scaled_linear, cosine, sigmoid"), ("diffusion.num_timesteps", 0, ">= 1"),
     ("diffusion.prediction_type", "x0", "valid choices: epsilon, sample, v_prediction"), ("diffusion.p_uncond", 1.5, "[0.0, 1.0]"),
-    ("diffusion.conditioning", "caption", "valid choices: none, class, text"), ("diffusion.num_classes", 0, ">= 1"),
+    ("diffusion.conditioning", "caption", "valid choices: none, class, text, concat"), ("diffusion.num_classes", 0, ">= 1"),
     ("diffusion.min_snr_gamma", 0.0, "(0.0, inf)"), ("model.dropout", -0.1, "[0.0, 1.0)"),
     ("model.norm_num_groups", 3, "divisor"), ("sample.method", "plms", "valid choices: ddpm, ddim, dpmpp_2m"),
     ("sample.num_steps", 0, ">= 1"), ("sample.guidance_scale", float("inf"), "finite"),
@@ -106,12 +106,30 @@ TEXT_CASES = [
     ("data.split", "val", "valid choices: train, test, heldout"),
     ("model.attention_position_embedding", "learned", "valid choices: none, sincos_2d"),
 ]
-CONFIGS = {"ae": mnist_autoencoder, "ldm": mnist_ldm, "text": mnist_text}
+SR_CASES = [  # mnist_ldm with diffusion.conditioning="concat"
+    ("concat.degradation", "bicubic_x8", "valid choices: bicubic_x4"),
+    ("concat.p_drop", 1.5, "[0.0, 1.0]"), ("concat.p_drop", -0.1, "[0.0, 1.0]"),
+    ("data.image_size", 30, "a multiple of 4 for concat.degradation='bicubic_x4'"),
+    ("data.image_size", (32, 18), "a multiple of 4 for concat.degradation='bicubic_x4'"),
+    ("model.down_block_types", ("CrossAttnDownBlock2D", "AttnDownBlock2D"),
+     "no cross-attention blocks (got CrossAttnDownBlock2D)"),
+]
+
+
+def _sr_config():
+  c = mnist_ldm.get_config()
+  c.diffusion.conditioning = "concat"
+  return c
+
+
+CONFIGS = {"ae": mnist_autoencoder, "ldm": mnist_ldm, "text": mnist_text,
+           "sr": type("SR", (), {"get_config": staticmethod(_sr_config)})}
 
 
 @pytest.mark.parametrize("key,value,words", [("ae:" + k, v, w) for k, v, w in AE_CASES] +
                          [("ldm:" + k, v, w) for k, v, w in LDM_CASES] +
-                         [("text:" + k, v, w) for k, v, w in TEXT_CASES])
+                         [("text:" + k, v, w) for k, v, w in TEXT_CASES] +
+                         [("sr:" + k, v, w) for k, v, w in SR_CASES])
 def test_bad_values_name_key_value_and_range(key, value, words, tmp_path):
   kind, key = key.split(":")
   c = _with_first_stage(CONFIGS[kind].get_config(), tmp_path)
@@ -130,6 +148,31 @@ def test_text_model_needs_cross_attention_blocks(tmp_path):
   validate.config(c)  # the mid block still cross-attends
   c.model.mid_block_type = "UNetMidBlock2D"
   with pytest.raises(ValueError, match="model.down_block_types=.*cross-attention blocks"):
+    validate.config(c)
+
+
+def test_concat_in_channels_must_be_latent_plus_image_channels(tmp_path):
+  """A config that sets model.in_channels (the shipped ones derive it) must give the first stage's
+  latent + image channels: the tiny autoencoder has 2 latent channels on 1-channel images."""
+  from tests import cli_runs  # pylint: disable=import-outside-toplevel
+  ae_dir = cli_runs.tiny_autoencoder_export(str(tmp_path / "ae"))
+  c = _with_first_stage(_sr_config(), ae_dir)
+  validate.config(c)
+  with c.model.unlocked():
+    c.model.in_channels = 2
+  with pytest.raises(ValueError, match=r"^model.in_channels=2: expected the latent \+ image "
+                     r"channels 2 \+ 1 = 3 .*diffusion.conditioning='concat'"):
+    validate.config(c)
+  c.model.in_channels = 3
+  validate.config(c)
+
+
+def test_concat_conditioning_without_a_concat_section(tmp_path):
+  c = _with_first_stage(mnist_text.get_config(), tmp_path)
+  with c.unlocked():
+    del c["concat"]
+  c.diffusion.conditioning = "concat"
+  with pytest.raises(ValueError, match="needs a `concat` section .* experiments/configs/mnist_ldm.py"):
     validate.config(c)
 
 
