@@ -91,6 +91,11 @@ def _sample():
     raise ValueError("give --labels (a class-conditional model) or --prompts (a text model), "
                      "not both.")
   pipe = LatentDiffusionPipeline.from_workdir(FLAGS.workdir)
+  if pipe.conditioning == "concat":
+    raise ValueError(f"{FLAGS.workdir} is a super-resolution model (diffusion.conditioning="
+                     f"'concat', {pipe.concat_degradation!r} inputs): the sample command does not "
+                     "run it; in Python: LatentDiffusionPipeline.from_workdir(...).upscale(rng, "
+                     f"low_res_images) with uint8 [N, {', '.join(map(str, pipe.low_res_shape))}].")
   if prompts and not pipe.text_conditioned:
     raise ValueError(f"--prompts={FLAGS.prompts!r}: {FLAGS.workdir} is not a text-conditioned "
                      f"model ({'give --labels' if pipe.num_classes else 'unconditional'}).")

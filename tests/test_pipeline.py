@@ -131,6 +131,14 @@ def test_no_recompilation_when_traced_arguments_change(pipe, images):
   assert np.abs(outs[2].astype(int) - outs[3].astype(int)).max() > 0  # strength mattered
 
 
+def test_upscale_needs_a_concat_conditioned_model(pipe):
+  traces = dict(pipe.trace_counts)
+  assert pipe.low_res_shape is None
+  with pytest.raises(ValueError, match="upscale needs a concat-conditioned .* this one is 'class'-"):
+    pipe.upscale(jax.random.key(0), np.zeros((2, 4, 4, 1), np.uint8), num_steps=STEPS)
+  assert dict(pipe.trace_counts) == traces
+
+
 def test_ddim_eta_is_traced_and_deterministic(pipe):
   before = pipe.trace_counts["denoise"]
   a = pipe.sample(jax.random.key(2), 4, 5, method="ddim", num_steps=STEPS, eta=1.0, output="float")

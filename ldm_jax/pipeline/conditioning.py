@@ -1,5 +1,6 @@
-"""Conditioning of the pipeline's denoiser: none, class labels (mixable) or a context sequence,
-always through classifier-free guidance (Ho & Salimans 2022) for conditional models.
+"""Conditioning of the pipeline's denoiser: none, class labels (mixable), a context sequence or a
+concatenated map (LDM-SR's low-resolution image on the latent grid, `diffusion.concat`), always
+through classifier-free guidance (Ho & Salimans 2022) for conditional models.
 
 Class conditioning is a *label mixture* (y_a [B], y_b [B], w [B]): the UNet's class embedding is
 replaced by (1 - w) E[y_a] + w E[y_b], which is E[y_a] for w = 0. This is what `interpolate` lerps
@@ -13,8 +14,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from ldm_jax import samplers
+from ldm_jax.models.unet import concat_conditioning
 
-KINDS = ("none", "class", "context")
+KINDS = ("none", "class", "context", "concat")
 CLASS_EMBEDDING = "class_embedding"
 
 
@@ -36,7 +38,9 @@ def model_fn(unet, params, kind, cond, null_cond, guidance_scale):
   """model_fn(x_t, t) for the samplers.
 
   kind "none": cond is None. "class": cond = (y_a, y_b, w), null_cond the same with the null
-  label. "context": cond, null_cond [B, L, D]. guidance_scale: [B] (traced) for conditional kinds.
+  label. "context": cond, null_cond [B, L, D]. "concat": cond, null_cond maps [B, h, w, Cc]
+  (the null map is zeros), the UNet reading [x_t, c]. guidance_scale: [B] (traced) for
+  conditional kinds.
   """
   if kind == "none":
     return lambda x, t: unet.apply({"params": params}, x, t)
@@ -44,6 +48,8 @@ def model_fn(unet, params, kind, cond, null_cond, guidance_scale):
     cond_fn = lambda x, t, c: _mixed_class_apply(unet, params, x, t, c)
   elif kind == "context":
     cond_fn = lambda x, t, c: unet.apply({"params": params}, x, t, context=c)
+  elif kind == "concat":
+    cond_fn = lambda x, t, c: unet.apply({"params": params}, concat_conditioning(x, c), t)
   else:
     raise ValueError(f"Unknown conditioning kind {kind!r}; valid choices: {', '.join(KINDS)}.")
   return samplers.classifier_free_guidance(cond_fn, cond, null_cond, guidance_scale)
@@ -63,6 +69,8 @@ def conditional_model_fn(unet, params, kind, cond):
     tiled = jax.tree.map(lambda a: jnp.tile(a, (reps,) + (1,) * (a.ndim - 1)), cond)
     if kind == "class":
       return _mixed_class_apply(unet, params, x, t, tiled)
+    if kind == "concat":
+      return unet.apply({"params": params}, concat_conditioning(x, tiled), t)
     return unet.apply({"params": params}, x, t, context=tiled)
 
   return fn

@@ -5,6 +5,9 @@
   edited = pipe.img2img(jax.random.key(1), images, strength=0.6, labels=5)
   filled = pipe.inpaint(jax.random.key(2), images, mask, labels=3, resample=4)
 
+  sr = LatentDiffusionPipeline.from_workdir("workdirs/mnist_sr")  # diffusion.conditioning="concat"
+  upscaled = sr.upscale(jax.random.key(3), low_res)    # uint8 [N, 8, 8, 1] -> [N, 32, 32, 1]
+
   sd = LatentDiffusionPipeline.from_pretrained("stable-diffusion-v1-5")  # a diffusers folder
   images = sd.sample(jax.random.key(0), 2, prompts="a photo of a cat", negative_prompts="blurry")
 
@@ -31,6 +34,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from ldm_jax import diffusion
 from ldm_jax import images as images_lib
+from ldm_jax.diffusion import concat
 from ldm_jax import samplers
 from ldm_jax.models import precision
 from ldm_jax.models.pooled_text import PooledText
@@ -88,6 +92,8 @@ class LatentDiffusionPipeline:
       modules' own). Floating parameters are cast to it once, here; the sampler arithmetic, the
       diffusion math and the networks' outputs stay float32 (`ldm_jax.models.precision`).
     prompt_encoder: `ldm_jax.text.PromptEncoder` of a text-conditioned model (None: no prompts).
+    concat_degradation: a concat-conditioned (super-resolution) model's degradation name
+      (`diffusion.concat.DEGRADATIONS`); its UNet reads [z_t, c] and only `upscale` runs it.
     sampler_grid: timestep grid keywords of `samplers.make_tables` for every method
       (`scheduler_config.GRID_KEYS`: timestep_spacing, steps_offset, set_alpha_to_one, ...).
     defaults: the sampling settings used where a call leaves them None (`DEFAULTS` keys).
@@ -99,7 +105,7 @@ class LatentDiffusionPipeline:
   def __init__(self, unet, unet_params, autoencoder, ae_params, schedule, *, scale_factor,
                latent_shape, shift_factor=0.0, prediction_type="epsilon", num_classes=None,
                max_batch=64, shard=True, persistent_cache=None, dtype=None, prompt_encoder=None,
-               sampler_grid=None, defaults=None):
+               sampler_grid=None, defaults=None, concat_degradation=None):
     unet_params, ae_params = nn.meta.unbox(unet_params), nn.meta.unbox(ae_params)
     if dtype is not None:
       dtype = precision.dtype(dtype, "dtype")
@@ -122,6 +128,13 @@ class LatentDiffusionPipeline:
     self.latent_shape = tuple(int(v) for v in latent_shape)
     f = autoencoder.downsampling_factor
     self.image_shape = (self.latent_shape[0] * f, self.latent_shape[1] * f, autoencoder.out_channels)
+    self.concat_degradation = concat_degradation
+    if concat_degradation is not None:
+      concat.get_degradation(concat_degradation)  # a known name
+      want = self.latent_shape[-1] + self.image_shape[-1]
+      if unet.in_channels != want:
+        raise ValueError(f"concat_degradation={concat_degradation!r} needs a UNet reading latent + "
+                         f"image channels = {want}, got in_channels={unet.in_channels}.")
     self.max_batch = checks.positive_int(max_batch, "max_batch")
     self.shard = bool(shard)
     self.trace_counts = collections.Counter()
@@ -171,6 +184,8 @@ class LatentDiffusionPipeline:
 
   @property
   def conditioning(self) -> str:
+    if self.concat_degradation is not None:
+      return "concat"
     if self.num_classes is not None:
       return "class"
     return "context" if getattr(self.unet, "has_cross_attention", False) else "none"
@@ -182,6 +197,19 @@ class LatentDiffusionPipeline:
   @property
   def text_conditioned(self) -> bool:
     return self.prompt_encoder is not None
+
+  @property
+  def low_res_shape(self):
+    """(h, w, C) of `upscale`'s low-resolution images (None unless concat-conditioned)."""
+    if self.concat_degradation is None:
+      return None
+    return concat.low_res_hw(self.concat_degradation, self.image_shape[:2]) + self.image_shape[2:]
+
+  def _refuse_concat(self, what):
+    if self.concat_degradation is not None:
+      raise ValueError(f"This model is concat-conditioned (super-resolution from "
+                       f"{self.concat_degradation!r} low-resolution images): {what} does not run "
+                       "it; use pipe.upscale(rng, low_res_images).")
 
   def _tables(self, method, num_steps):
     grid = scheduler_config.grid_for(self.sampler_grid, method)
@@ -291,6 +319,7 @@ class LatentDiffusionPipeline:
                   negative_prompts=None):
     """(cond, null_cond) host pytrees with leading axis n for the conditioning kind; prompts are
     checked, then encoded (after every other input has been validated by the caller)."""
+    self._refuse_concat("this method")
     kind = self.conditioning
     prompts_lib.check_kind(kind, self.text_conditioned, labels=labels, prompts=prompts,
                            negative_prompts=negative_prompts, context=context,
@@ -512,6 +541,7 @@ class LatentDiffusionPipeline:
       mixed = ((1.0 - weights)[:, None, None] * ca + weights[:, None, None] * cb).astype(np.float32)
       cond, null = self._conditions(num, None, mixed, null_context, negative_prompts=negative)
     else:
+      self._refuse_concat("interpolate")
       if a is not None or b is not None:
         raise ValueError("This model is unconditional: the endpoints a and b must be None.")
       cond, null = None, None
@@ -547,6 +577,46 @@ class LatentDiffusionPipeline:
     return self._generate(rng, n, cond, null, method=method, num_steps=num_steps,
                           guidance_scale=guidance_scale, eta=0.0, start=start, z0=z,
                           noise_weight=0.0, output=output, return_trajectory=False)
+
+  def upscale(self, rng, low_res_images, *, method=None, num_steps=None, guidance_scale=1.0,
+              eta: float = 0.0, output: str = "uint8", return_trajectory: bool = False):
+    """Super-resolution with a concat-conditioned model (LDM-SR, Rombach et al. 2022 sec. 4.4):
+    samples z ~ p(z | c) with the UNet reading [z_t, c], c the low-resolution images on the latent
+    grid (`diffusion.concat.to_latent_grid`, as in training), and decodes.
+
+    low_res_images: uint8 [N, h, w, C] in [0, 255] or float in [-1, 1], of `low_res_shape` (the
+    model's image size / the degradation's factor, e.g. 8 x 8 for 32 x 32 images and
+    "bicubic_x4"). guidance_scale: w against the zero map (p_drop's null conditioning); the
+    default 1 is the conditional model alone (the only meaningful value when p_drop = 0).
+    Returns images [N, H, W, C] (uint8; float with output="float"; latents with output="latent").
+    Other arguments as `sample`.
+    """
+    if self.concat_degradation is None:
+      raise ValueError(f"upscale needs a concat-conditioned (super-resolution) model, trained with "
+                       f"diffusion.conditioning='concat'; this one is {self.conditioning!r}-"
+                       "conditioned (training-free alternatives: restore, img2img).")
+    method, num_steps, guidance_scale, eta = self._check_common(method, num_steps, guidance_scale,
+                                                                eta, output)
+    want = self.low_res_shape
+    shape = np.shape(low_res_images)
+    if len(shape) != 4 or tuple(shape[1:]) != want:
+      h, w = self.image_shape[:2]
+      raise ValueError(
+          f"low_res_images must have shape [N, {want[0]}, {want[1]}, {want[2]}] (the model's "
+          f"{h}x{w} images downsampled x{h // want[0]} by {self.concat_degradation!r}), got "
+          f"{tuple(shape)}.")
+    x = checks.images(low_res_images, want, name="low_res_images")
+    n = x.shape[0]
+    checks.guidance(guidance_scale, n)
+    c = self._concat_map(images_lib.to_float(x))
+    return self._generate(rng, n, c, np.zeros_like(c), method=method, num_steps=num_steps,
+                          guidance_scale=guidance_scale, eta=eta, start=0, output=output,
+                          return_trajectory=return_trajectory)
+
+  def _concat_map(self, low_res):
+    fn = self._program(("concat_map",), lambda: programs.concat_map_program(
+        self.latent_shape[:2], self._count))
+    return self._map(low_res.shape[0], lambda placement, take: fn(take(low_res)))
 
   def _encode_with_gain(self, x, rng):
     fn = self._program(("encode_with_gain",), lambda: programs.encode_with_gain_program(

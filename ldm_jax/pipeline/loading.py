@@ -71,15 +71,19 @@ def from_workdir(workdir: str, use_ema: bool = True, first_stage_workdir: str | 
   if d.conditioning == "text":
     prompt_encoder = run_prompt_encoder(workdir, config, params["text_encoder"])
     params = params["unet"]
+  # LDM-SR: the UNet reads [z_t, c], c the degradation of config.concat on the latent grid.
+  degradation = config.concat.degradation if d.conditioning == "concat" else None
   unet = builders.unet(config.model, in_channels=channels,
                        num_class_embeds=None if num_classes is None else num_classes + 1,
-                       context_dim=None if prompt_encoder is None else prompt_encoder.module.width)
+                       context_dim=None if prompt_encoder is None else prompt_encoder.module.width,
+                       concat_channels=ae.in_channels if degradation else 0)
   h, w = image_hw(config.data.image_size)
   return dict(unet=unet, unet_params=jax.tree.map(jnp.asarray, params), autoencoder=ae,
               ae_params=ae_params, schedule=builders.schedule(d),
               scale_factor=metadata["latent_scale_factor"], prediction_type=d.prediction_type,
               num_classes=num_classes, defaults=run_defaults(config),
-              latent_shape=(h // f, w // f, channels), prompt_encoder=prompt_encoder)
+              latent_shape=(h // f, w // f, channels), prompt_encoder=prompt_encoder,
+              concat_degradation=degradation)
 
 
 def run_prompt_encoder(workdir: str, config, params):

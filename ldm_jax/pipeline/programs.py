@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from ldm_jax import diffusion
+from ldm_jax.diffusion import concat
 from ldm_jax.samplers import driver
 from ldm_jax.pipeline import conditioning
 
@@ -94,6 +95,15 @@ def encode_with_gain_program(ae, scale, shift, on_trace):
     probe = driver.per_sample_normal(sample_keys(rng, index), x.shape[1:], PROBE_NOISE)
     z, jz = jax.jvp(lambda v: _latents(ae, params, v, scale, shift), (x,), (probe,))
     return z, jnp.sqrt(jnp.mean(jnp.square(jz), axis=tuple(range(1, jz.ndim))))
+  return jax.jit(fn)
+
+
+def concat_map_program(latent_hw, on_trace):
+  """fn(low_res float [B, h0, w0, C] in [-1, 1]) -> the concat conditioning c [B, h, w, C] on the
+  latent grid (`diffusion.concat.to_latent_grid`, the function the training loss uses)."""
+  def fn(low_res):
+    on_trace("concat_map")
+    return concat.to_latent_grid(low_res, tuple(latent_hw))
   return jax.jit(fn)
 
 

@@ -151,6 +151,10 @@ def save_pretrained(pipe, folder: str) -> str:
   from ldm_jax import convert  # pylint: disable=import-outside-toplevel
   text = pipe.prompt_encoder is not None
   bert = text and _is_bert(pipe.prompt_encoder)
+  if pipe.conditioning == "concat":
+    raise ValueError("save_pretrained does not write concat-conditioned (super-resolution) "
+                     "models yet (diffusers' LDMSuperResolutionPipeline layout); use the run's "
+                     "export with LatentDiffusionPipeline.from_workdir.")
   if pipe.conditioning == "context" and not text:
     raise ValueError("A cross-attention UNet without a text encoder has no diffusers pipeline "
                      "class; save_pretrained saves text, class-conditional and unconditional "

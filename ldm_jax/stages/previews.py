@@ -9,6 +9,8 @@ process calls a preview (the parameters are gathered collectively) and draws it 
   ldm_preview           samples of the latent diffusion model: one row per class (classifier-free
                         guidance), one row per prompt for text models, or a square grid when
                         unconditional
+  upscale_preview       a concat-conditioned (super-resolution) model: the low-resolution inputs
+                        D(x) (nearest-upsampled), the model's outputs, the held-out originals x
 """
 
 import jax
@@ -17,6 +19,8 @@ import numpy as np
 
 from ldm_jax import samplers
 from ldm_jax.data import to_float
+from ldm_jax.diffusion import concat as concat_lib
+from ldm_jax.models.unet import concat_conditioning
 from ldm_jax.images import image_grid, to_uint8
 from ldm_jax.train.checkpoint import host_value
 
@@ -96,5 +100,36 @@ def ldm_preview(unet, ae, schedule, *, scale_factor: float, latent_shape, predic
       unet_params = unet_params["unet"]
     x = draw(unet_params, ae_params, jnp.float32(guidance_scale), text_params)
     return {"samples": image_grid(to_uint8(x), rows=rows)}
+
+  return preview
+
+
+def upscale_preview(unet, ae, schedule, images: np.ndarray, *, degradation: str,
+                    scale_factor: float, latent_shape, prediction_type: str, method: str = "ddim",
+                    num_steps: int = 25, seed: int = 0):
+  """preview(step, state) of a concat-conditioned model on fixed held-out uint8 images [N, H, W, C]:
+  rows D(x) (nearest-upsampled to H x W), the unguided samples of eps_theta([z_t, c], t) with
+  c = D(x) on the latent grid (`diffusion.concat`, as in the loss), and x."""
+  images = np.asarray(images)
+  n, h, w, _ = images.shape
+  x = to_float(images)
+  low = concat_lib.get_degradation(degradation).apply(jax.random.fold_in(jax.random.key(seed), 2), x)
+  c = concat_lib.to_latent_grid(low, tuple(latent_shape)[:2])
+  shown = jnp.repeat(jnp.repeat(low, h // low.shape[1], axis=1), w // low.shape[2], axis=2)
+  x_T = jax.random.normal(jax.random.key(seed), (n, *latent_shape))
+  rng = jax.random.fold_in(jax.random.key(seed), 1)
+
+  @jax.jit
+  def draw(unet_params, ae_params):
+    model_fn = lambda z, t: unet.apply({"params": unet_params}, concat_conditioning(z, c), t)
+    z = samplers.sample(model_fn, schedule, x_T, rng, method=method, num_steps=num_steps,
+                        prediction_type=prediction_type)
+    return ae.apply({"params": ae_params}, z / scale_factor, method="decode")
+
+  def preview(step, state):
+    del step
+    out = draw(_host(state.ema_params), _host(state.extra["frozen"]))
+    rows = np.concatenate([to_uint8(shown), to_uint8(out), images])
+    return {"upscaled": image_grid(rows, rows=3)}
 
   return preview

@@ -191,20 +191,24 @@ def train_latent_diffusion(config: ml_collections.ConfigDict, workdir: str) -> d
   f = ae.downsampling_factor
   h, w = preprocess.image_hw(config.data.image_size)
   latent_shape = (1, h // f, w // f, ae.latent_channels)
+  concat = d.conditioning == "concat"  # LDM-SR: [z_t, c] with c = D(x) on the latent grid
   unet = builders.unet(config.model, in_channels=latent_shape[-1],
                        num_class_embeds=num_class_embeds,
-                       context_dim=text_encoder.width if text else None)
+                       context_dim=text_encoder.width if text else None,
+                       concat_channels=ae.in_channels if concat else 0)
   schedule = builders.schedule(d)
   train_encoder = bool(text and config.text.train_encoder)
   null_ids = text_tokenize(tokenizer, [""])[0] if text else None
   loss_fn = ldm_stage.make_loss_fn(unet, ae, schedule, d, scale, text_encoder=text_encoder,
-                                   null_ids=null_ids, train_encoder=train_encoder)
+                                   null_ids=null_ids, train_encoder=train_encoder,
+                                   concat=config.get("concat") if concat else None)
   y0 = jnp.zeros((1,), jnp.int32) if num_class_embeds else None
   ids0 = jnp.zeros((1, null_ids.shape[0]), jnp.int32) if text else None
+  unet_input = latent_shape[:-1] + (unet.in_channels,)
 
   def init_fn(rng):
     if not text:
-      return unet.init(rng, jnp.zeros(latent_shape), jnp.zeros((1,)), y=y0)["params"]
+      return unet.init(rng, jnp.zeros(unet_input), jnp.zeros((1,)), y=y0)["params"]
     unet_rng, text_rng = jax.random.split(rng)
     context = jnp.zeros((1, ids0.shape[1], text_encoder.width))
     params = {"unet": unet.init(unet_rng, jnp.zeros(latent_shape), jnp.zeros((1,)),
@@ -223,7 +227,9 @@ def train_latent_diffusion(config: ml_collections.ConfigDict, workdir: str) -> d
               "first_stage_workdir": os.path.relpath(config.first_stage.workdir, workdir),
               "first_stage_workdir_absolute": os.path.abspath(config.first_stage.workdir)}
   preview = None
-  if config.train.get("image_every", 0):
+  if config.train.get("image_every", 0) and concat:
+    preview = _upscale_preview(config, unet, ae, schedule, scale, latent_shape[1:])
+  elif config.train.get("image_every", 0):
     sample = config.get("sample") or {}
     preview = previews.ldm_preview(
         unet, ae, schedule, scale_factor=scale, latent_shape=latent_shape[1:],
@@ -238,6 +244,19 @@ def train_latent_diffusion(config: ml_collections.ConfigDict, workdir: str) -> d
   summary = {"steps": result.step, "final_metrics": result.metrics, "latent_scale_factor": scale}
   _write_json(workdir, "eval.json", summary)
   return summary
+
+
+def _upscale_preview(config, unet, ae, schedule, scale, latent_shape, n: int = 8):
+  """previews.upscale_preview of the first n held-out images (a concat-conditioned run)."""
+  it = _data(config, split=config.data.eval_split, batch=n, num_epochs=1, num_devices=1,
+             process_index=0, process_count=1)
+  images = next(it)["image"]
+  it.close()
+  sample = config.get("sample") or {}
+  return previews.upscale_preview(
+      unet, ae, schedule, images, degradation=config.concat.degradation, scale_factor=scale,
+      latent_shape=latent_shape, prediction_type=config.diffusion.prediction_type,
+      method=sample.get("method", "ddim"), num_steps=sample.get("num_steps", 25), seed=config.seed)
 
 
 def _preview_text(config, tokenizer, text_encoder, null_ids):
