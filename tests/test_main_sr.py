@@ -4,7 +4,7 @@ tests/configs/tiny.py:sr trains 2 steps on MNIST on a random-weight f = 1 first 
 32x32x2): c = bicubic_x4(x) (8x8) resized to the 32x32 latent grid and concatenated to z_t. The
 export loads as a pipeline that knows it is concat-conditioned; `upscale` runs the same c the loss
 built, is compiled once per shape, and refuses bad inputs before compiling; the sampling CLI says to
-use `upscale` in one line.
+use `upscale` in one line. A hybrid run (concat.class_labels) also reads the class label.
 """
 
 import jax
@@ -121,6 +121,8 @@ def test_bad_inputs_raise_before_compiling(pipe, digits):
     pipe.upscale(jax.random.key(0), np.zeros((3, 8, 8, 3), np.uint8), **KW)
   with pytest.raises(ValueError, match="low_res_images"):
     pipe.upscale(jax.random.key(0), np.full((3, 8, 8, 1), 200.0, np.float32), **KW)  # [0, 255] floats
+  with pytest.raises(ValueError, match="no class labels .* labels must be None"):
+    pipe.upscale(jax.random.key(0), low, labels=3, **KW)
   with pytest.raises(ValueError, match="use pipe.upscale"):
     pipe.sample(jax.random.key(0), 2, **KW)
   with pytest.raises(ValueError, match="use pipe.upscale"):
@@ -139,3 +141,26 @@ def test_sample_cli_says_to_use_upscale_in_one_line(sr_run):
   line = [l for l in outs[0].splitlines() if "error:" in l]
   assert len(line) == 1 and "super-resolution" in line[0] and ".upscale(rng, low_res_images)" in line[0]
   assert "[N, 8, 8, 1]" in line[0]
+
+
+def test_hybrid_concat_and_class_run_upscales_per_label(ae_dir, digits, tmp_path):
+  workdir = str(tmp_path / "hybrid")
+  cli_runs.run(f"--config={cli_runs.TINY}:sr", f"--workdir={workdir}",
+               f"--config.first_stage.workdir={ae_dir}", f"--config.train.num_steps={STEPS}",
+               "--config.concat.class_labels=True", "--config.train.image_every=2")
+  assert [r["step"] for r in metrics_lib.read_jsonl(workdir) if "upscaled_shape" in r] == [2]
+  hybrid = LatentDiffusionPipeline.from_workdir(workdir, max_batch=4)
+  assert hybrid.conditioning == "concat" and hybrid.num_classes == 10
+  assert hybrid.unet.num_class_embeds == 11 and hybrid.unet.in_channels == 3
+  _, low = digits
+  a = hybrid.upscale(jax.random.key(0), low, labels=[1, 2, 3], **KW)
+  traces = dict(hybrid.trace_counts)
+  b = hybrid.upscale(jax.random.key(0), low, labels=[7, 8, 9], **KW)
+  c = hybrid.upscale(jax.random.key(0), low, labels=4, guidance_scale=2.0, **KW)
+  assert dict(hybrid.trace_counts) == traces  # new labels and guidance: no recompile
+  assert a.shape == b.shape == c.shape == (3, 32, 32, 1)
+  assert np.abs(a.astype(int) - b.astype(int)).max() > 0  # the labels reach the UNet
+  with pytest.raises(ValueError, match="class-conditional: give labels in 0..9"):
+    hybrid.upscale(jax.random.key(0), low, **KW)
+  with pytest.raises(ValueError, match="labels must lie in 0..9"):
+    hybrid.upscale(jax.random.key(0), low, labels=10, **KW)

@@ -78,6 +78,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.concat = ml_collections.ConfigDict()  # diffusion.conditioning="concat" (LDM-SR, sec. 4.4)
   c.concat.degradation = "bicubic_x4"     # c = D(x): ldm_jax.diffusion.concat.DEGRADATIONS
   c.concat.p_drop = 0.0                   # c -> zeros with this probability (for guidance)
+  c.concat.class_labels = False           # hybrid: also the class label (dropped with p_uncond)
 
   c.optim = optim.default_config()
   c.optim.unlock()

@@ -8,7 +8,7 @@
   images = sd.sample(jax.random.key(0), 4, prompts="a photo of a cat", negative_prompts="blurry")
 
 Files: latent_diffusion.py (the class), programs.py (jitted programs around `samplers.driver.run`
-with a traced start step, inpainting and RePaint), conditioning.py (labels / context and guidance),
+with a traced start step, inpainting and RePaint), conditioning.py (labels / context / concat map and guidance),
 prompts.py (prompt validation and the text encoder program), checks.py (input validation),
 loading.py (workdir and diffusers folders), single_file.py (original SD 1.x / 2.x checkpoints),
 scheduler_config.py (a diffusers scheduler config as timestep grid and default method),

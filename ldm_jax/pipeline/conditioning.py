@@ -39,8 +39,8 @@ def model_fn(unet, params, kind, cond, null_cond, guidance_scale):
 
   kind "none": cond is None. "class": cond = (y_a, y_b, w), null_cond the same with the null
   label. "context": cond, null_cond [B, L, D]. "concat": cond, null_cond maps [B, h, w, Cc]
-  (the null map is zeros), the UNet reading [x_t, c]. guidance_scale: [B] (traced) for
-  conditional kinds.
+  (the null map is zeros), the UNet reading [x_t, c]; a hybrid concat + class model's are pairs
+  (map, label mixture). guidance_scale: [B] (traced) for conditional kinds.
   """
   if kind == "none":
     return lambda x, t: unet.apply({"params": params}, x, t)
@@ -49,7 +49,10 @@ def model_fn(unet, params, kind, cond, null_cond, guidance_scale):
   elif kind == "context":
     cond_fn = lambda x, t, c: unet.apply({"params": params}, x, t, context=c)
   elif kind == "concat":
-    cond_fn = lambda x, t, c: unet.apply({"params": params}, concat_conditioning(x, c), t)
+    def cond_fn(x, t, c):
+      if isinstance(c, tuple):  # hybrid: (map, label mixture)
+        return _mixed_class_apply(unet, params, concat_conditioning(x, c[0]), t, c[1])
+      return unet.apply({"params": params}, concat_conditioning(x, c), t)
   else:
     raise ValueError(f"Unknown conditioning kind {kind!r}; valid choices: {', '.join(KINDS)}.")
   return samplers.classifier_free_guidance(cond_fn, cond, null_cond, guidance_scale)

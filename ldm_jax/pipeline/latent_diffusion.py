@@ -578,16 +578,19 @@ class LatentDiffusionPipeline:
                           guidance_scale=guidance_scale, eta=0.0, start=start, z0=z,
                           noise_weight=0.0, output=output, return_trajectory=False)
 
-  def upscale(self, rng, low_res_images, *, method=None, num_steps=None, guidance_scale=1.0,
-              eta: float = 0.0, output: str = "uint8", return_trajectory: bool = False):
+  def upscale(self, rng, low_res_images, labels=None, *, method=None, num_steps=None,
+              guidance_scale=1.0, eta: float = 0.0, output: str = "uint8",
+              return_trajectory: bool = False):
     """Super-resolution with a concat-conditioned model (LDM-SR, Rombach et al. 2022 sec. 4.4):
     samples z ~ p(z | c) with the UNet reading [z_t, c], c the low-resolution images on the latent
     grid (`diffusion.concat.to_latent_grid`, as in training), and decodes.
 
     low_res_images: uint8 [N, h, w, C] in [0, 255] or float in [-1, 1], of `low_res_shape` (the
     model's image size / the degradation's factor, e.g. 8 x 8 for 32 x 32 images and
-    "bicubic_x4"). guidance_scale: w against the zero map (p_drop's null conditioning); the
-    default 1 is the conditional model alone (the only meaningful value when p_drop = 0).
+    "bicubic_x4"). labels: int or int [N] in 0..num_classes-1 for a hybrid concat + class model
+    (concat.class_labels), None otherwise. guidance_scale: w against the zero map (p_drop's null
+    conditioning; with the null label for a hybrid model); the default 1 is the conditional
+    model alone (the only meaningful value when p_drop = 0).
     Returns images [N, H, W, C] (uint8; float with output="float"; latents with output="latent").
     Other arguments as `sample`.
     """
@@ -608,8 +611,16 @@ class LatentDiffusionPipeline:
     x = checks.images(low_res_images, want, name="low_res_images")
     n = x.shape[0]
     checks.guidance(guidance_scale, n)
+    if self.num_classes is None and labels is not None:
+      raise ValueError(f"This super-resolution model has no class labels (trained without "
+                       f"concat.class_labels); labels must be None, got {labels!r:.60}.")
+    y = checks.labels(labels, n, self.num_classes)
     c = self._concat_map(images_lib.to_float(x))
-    return self._generate(rng, n, c, np.zeros_like(c), method=method, num_steps=num_steps,
+    cond, null = c, np.zeros_like(c)
+    if y is not None:  # hybrid: the pair (map, label mixture); null: zeros and the null label
+      cond = (c, conditioning.class_mixture(y))
+      null = (null, conditioning.class_mixture(np.full((n,), self.num_classes, np.int32)))
+    return self._generate(rng, n, cond, null, method=method, num_steps=num_steps,
                           guidance_scale=guidance_scale, eta=eta, start=0, output=output,
                           return_trajectory=return_trajectory)
 

@@ -65,7 +65,8 @@ def from_workdir(workdir: str, use_ema: bool = True, first_stage_workdir: str | 
   ae_dir = first_stage_dir(workdir, metadata, first_stage_workdir)
   ae, ae_params, _ = export.load_first_stage(ae_dir, config.first_stage.use_ema)
   d = config.diffusion
-  num_classes = d.num_classes if d.conditioning == "class" else None
+  hybrid = d.conditioning == "concat" and config.concat.get("class_labels", False)
+  num_classes = d.num_classes if d.conditioning == "class" or hybrid else None
   channels, f = ae.latent_channels, ae.downsampling_factor
   prompt_encoder = None
   if d.conditioning == "text":

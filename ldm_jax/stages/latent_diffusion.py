@@ -16,7 +16,8 @@ empty prompt's ids with probability `p_uncond` (diffusers' and SD's unconditiona
 Concat conditioning (LDM-SR, sec. 4.4): c = D(x), a named degradation of the batch's images (bicubic
 x4 downsampling), resized to the latent grid, is concatenated to z_t along channels
 (`ldm_jax.diffusion.concat`): eps_theta([z_t, c], t), the UNet reading latent + image channels.
-For guidance c is replaced by zeros with probability `concat.p_drop`.
+For guidance c is replaced by zeros with probability `concat.p_drop`. With `concat.class_labels`
+the UNet also reads the class label (dropped to the null label with probability `p_uncond`).
 
 The frozen autoencoder parameters travel in the train state's `extra["frozen"]` (sharded and
 checkpointed with it, never updated); `loss_fn(params, batch, rng, extra)` reads them there.
@@ -80,9 +81,10 @@ def make_loss_fn(unet: nn.Module, ae: nn.Module, schedule, config, scale_factor:
       prompt's token ids [L] (caption dropout), and whether tau_theta is trained (params
       {"unet", "text_encoder"}) or frozen (params {"unet"}, tau_theta's in extra["text_encoder"]).
       The batch then carries "tokens" int32 [B, L].
-    concat: "concat" conditioning only: the `concat` section (degradation, p_drop). The UNet's
-      in_channels must be the latent channels + the image channels. c is computed from
-      batch["image"] (also when the latents are cached).
+    concat: "concat" conditioning only: the `concat` section (degradation, p_drop, class_labels).
+      The UNet's in_channels must be the latent channels + the image channels. c is computed from
+      batch["image"] (also when the latents are cached); with class_labels the batch's "label"
+      is read as for "class" conditioning.
   """
   diffusion.parameterization.check_prediction_type(config.prediction_type)
   loss_type = config.get("loss_type", "l2")
@@ -91,7 +93,8 @@ def make_loss_fn(unet: nn.Module, ae: nn.Module, schedule, config, scale_factor:
     raise ValueError(f"Unknown weighting {config.weighting!r}; valid choices: {diffusion.WEIGHTINGS}.")
   if config.conditioning not in CONDITIONINGS:
     raise ValueError(f"Unknown conditioning {config.conditioning!r}; valid choices: {CONDITIONINGS}.")
-  if config.conditioning == "class" and unet.num_class_embeds != config.num_classes + 1:
+  labels = uses_labels(config, concat)
+  if labels and unet.num_class_embeds != config.num_classes + 1:
     raise ValueError(f"Class-conditional UNet needs num_class_embeds = num_classes + 1 = "
                      f"{config.num_classes + 1} (the null label), got {unet.num_class_embeds}.")
   text = config.conditioning == "text"
@@ -115,9 +118,9 @@ def make_loss_fn(unet: nn.Module, ae: nn.Module, schedule, config, scale_factor:
       z = encode_latents(ae, jax.lax.stop_gradient(extra["frozen"]), batch["image"], z_rng)
     z = z * scale_factor
     y, context, c, unet_params = None, None, None, params
-    if config.conditioning == "class":
+    if labels:  # "class", or "concat" with class labels (hybrid)
       y = drop_labels(drop_rng, batch["label"], config.p_uncond, config.num_classes)
-    elif text:
+    if text:
       ids = drop_captions(drop_rng, batch["tokens"], config.p_uncond, null_ids)
       text_params = (params["text_encoder"] if train_encoder
                      else jax.lax.stop_gradient(extra["text_encoder"]))
@@ -125,9 +128,10 @@ def make_loss_fn(unet: nn.Module, ae: nn.Module, schedule, config, scale_factor:
                                    rngs={"dropout": jax.random.fold_in(dropout_rng, 1)})
       unet_params = params["unet"]
     elif config.conditioning == "concat":  # c = D(x) on the latent grid, zeros with prob. p_drop
+      # (dropped independently of a hybrid model's labels)
       c = concat_lib.conditioning_map(concat.degradation, jax.random.fold_in(drop_rng, 1),
                                       to_float(batch["image"]), z.shape[1:3])
-      c = concat_lib.drop(drop_rng, c, concat.p_drop)
+      c = concat_lib.drop(jax.random.fold_in(drop_rng, 2), c, concat.p_drop)
 
     def model_fn(x_t, t):
       x_in = x_t if c is None else concat_conditioning(x_t, c)
@@ -141,6 +145,13 @@ def make_loss_fn(unet: nn.Module, ae: nn.Module, schedule, config, scale_factor:
     return loss, {"latent_std": jnp.std(z)}
 
   return loss_fn
+
+
+def uses_labels(config, concat=None) -> bool:
+  """Whether the UNet reads class labels: "class" conditioning, or "concat" with class_labels."""
+  if config.conditioning == "concat":
+    return bool(concat is not None and concat.get("class_labels", False))
+  return config.conditioning == "class"
 
 
 def _check_concat(unet, ae, concat) -> None:

@@ -104,24 +104,26 @@ def ldm_preview(unet, ae, schedule, *, scale_factor: float, latent_shape, predic
   return preview
 
 
-def upscale_preview(unet, ae, schedule, images: np.ndarray, *, degradation: str,
+def upscale_preview(unet, ae, schedule, images: np.ndarray, *, degradation: str, labels=None,
                     scale_factor: float, latent_shape, prediction_type: str, method: str = "ddim",
                     num_steps: int = 25, seed: int = 0):
   """preview(step, state) of a concat-conditioned model on fixed held-out uint8 images [N, H, W, C]:
   rows D(x) (nearest-upsampled to H x W), the unguided samples of eps_theta([z_t, c], t) with
-  c = D(x) on the latent grid (`diffusion.concat`, as in the loss), and x."""
+  c = D(x) on the latent grid (`diffusion.concat`, as in the loss), and x. labels: the images'
+  int labels [N] for a hybrid concat + class model (None otherwise)."""
   images = np.asarray(images)
   n, h, w, _ = images.shape
   x = to_float(images)
   low = concat_lib.get_degradation(degradation).apply(jax.random.fold_in(jax.random.key(seed), 2), x)
   c = concat_lib.to_latent_grid(low, tuple(latent_shape)[:2])
   shown = jnp.repeat(jnp.repeat(low, h // low.shape[1], axis=1), w // low.shape[2], axis=2)
+  y = None if labels is None else jnp.asarray(labels, jnp.int32)
   x_T = jax.random.normal(jax.random.key(seed), (n, *latent_shape))
   rng = jax.random.fold_in(jax.random.key(seed), 1)
 
   @jax.jit
   def draw(unet_params, ae_params):
-    model_fn = lambda z, t: unet.apply({"params": unet_params}, concat_conditioning(z, c), t)
+    model_fn = lambda z, t: unet.apply({"params": unet_params}, concat_conditioning(z, c), t, y=y)
     z = samplers.sample(model_fn, schedule, x_T, rng, method=method, num_steps=num_steps,
                         prediction_type=prediction_type)
     return ae.apply({"params": ae_params}, z / scale_factor, method="decode")

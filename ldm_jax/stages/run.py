@@ -187,7 +187,9 @@ def train_latent_diffusion(config: ml_collections.ConfigDict, workdir: str) -> d
   ae, ae_params, _ = export.load_first_stage(config.first_stage.workdir, config.first_stage.use_ema)
   transform = _tokenize_captions(tokenizer) if text else None
   scale = _scale_factor(config, workdir, ae, ae_params)
-  num_class_embeds = d.num_classes + 1 if d.conditioning == "class" else None
+  concat_section = config.get("concat") if d.conditioning == "concat" else None
+  labels = ldm_stage.uses_labels(d, concat_section)  # "class", or hybrid "concat" + class
+  num_class_embeds = d.num_classes + 1 if labels else None
   f = ae.downsampling_factor
   h, w = preprocess.image_hw(config.data.image_size)
   latent_shape = (1, h // f, w // f, ae.latent_channels)
@@ -201,7 +203,7 @@ def train_latent_diffusion(config: ml_collections.ConfigDict, workdir: str) -> d
   null_ids = text_tokenize(tokenizer, [""])[0] if text else None
   loss_fn = ldm_stage.make_loss_fn(unet, ae, schedule, d, scale, text_encoder=text_encoder,
                                    null_ids=null_ids, train_encoder=train_encoder,
-                                   concat=config.get("concat") if concat else None)
+                                   concat=concat_section)
   y0 = jnp.zeros((1,), jnp.int32) if num_class_embeds else None
   ids0 = jnp.zeros((1, null_ids.shape[0]), jnp.int32) if text else None
   unet_input = latent_shape[:-1] + (unet.in_channels,)
@@ -228,7 +230,7 @@ def train_latent_diffusion(config: ml_collections.ConfigDict, workdir: str) -> d
               "first_stage_workdir_absolute": os.path.abspath(config.first_stage.workdir)}
   preview = None
   if config.train.get("image_every", 0) and concat:
-    preview = _upscale_preview(config, unet, ae, schedule, scale, latent_shape[1:])
+    preview = _upscale_preview(config, unet, ae, schedule, scale, latent_shape[1:], labels)
   elif config.train.get("image_every", 0):
     sample = config.get("sample") or {}
     preview = previews.ldm_preview(
@@ -239,22 +241,24 @@ def train_latent_diffusion(config: ml_collections.ConfigDict, workdir: str) -> d
         seed=config.seed, text=_preview_text(config, tokenizer, text_encoder, null_ids))
   files = {"tokenizer.json": tokenizer.to_str().encode()} if text else None
   _, result = _fit(config, workdir, loss_fn, init_fn, metadata, extra=extra,
-                   images_fn=preview, check_data=lambda it: _check_conditioning(d, it),
+                   images_fn=preview, check_data=lambda it: _check_conditioning(d, it, labels),
                    transform=transform, export_files=files)
   summary = {"steps": result.step, "final_metrics": result.metrics, "latent_scale_factor": scale}
   _write_json(workdir, "eval.json", summary)
   return summary
 
 
-def _upscale_preview(config, unet, ae, schedule, scale, latent_shape, n: int = 8):
-  """previews.upscale_preview of the first n held-out images (a concat-conditioned run)."""
+def _upscale_preview(config, unet, ae, schedule, scale, latent_shape, labels, n: int = 8):
+  """previews.upscale_preview of the first n held-out images (a concat-conditioned run; a hybrid
+  one is given their labels)."""
   it = _data(config, split=config.data.eval_split, batch=n, num_epochs=1, num_devices=1,
              process_index=0, process_count=1)
-  images = next(it)["image"]
+  batch = next(it)
   it.close()
+  images, y = batch["image"], batch["label"] if labels else None
   sample = config.get("sample") or {}
   return previews.upscale_preview(
-      unet, ae, schedule, images, degradation=config.concat.degradation, scale_factor=scale,
+      unet, ae, schedule, images, labels=y, degradation=config.concat.degradation, scale_factor=scale,
       latent_shape=latent_shape, prediction_type=config.diffusion.prediction_type,
       method=sample.get("method", "ddim"), num_steps=sample.get("num_steps", 25), seed=config.seed)
 
@@ -270,17 +274,17 @@ def _preview_text(config, tokenizer, text_encoder, null_ids):
   return text_encoder, text_tokenize(tokenizer, prompts), null_ids
 
 
-def _check_conditioning(d, it) -> None:
-  """A text-conditional run needs captions; a class-conditional run labels, all below
-  diffusion.num_classes."""
+def _check_conditioning(d, it, labels) -> None:
+  """A text-conditional run needs captions; a class-conditional run (or a hybrid concat + class
+  one: `labels`) labels, all below diffusion.num_classes."""
   if d.conditioning == "text" and not it.has_captions:
     raise ValueError(f"diffusion.conditioning='text' needs captions, and {it.source.description} "
                      "has none (a captioned dataset: --config.data.name=mnist_pairs); or train "
                      "with --config.diffusion.conditioning=class or none.")
-  if d.conditioning != "class":
+  if not labels:
     return
   if it.num_classes is None:
-    raise ValueError(f"diffusion.conditioning='class' needs labels, and {it.source.description} "
+    raise ValueError(f"diffusion.conditioning={d.conditioning!r} with class labels needs labels, and {it.source.description} "
                      "has none (a folder: one subfolder per class); or train without labels: "
                      "--config.diffusion.conditioning=none.")
   if it.num_classes > d.num_classes:

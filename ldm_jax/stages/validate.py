@@ -296,13 +296,16 @@ def _block_types(c):
 
 def _concat(c):
   """The `concat` section of a concat-conditioned run (LDM-SR): a known degradation whose factor
-  divides the image size, p_drop in [0, 1], a UNet without cross-attention (hybrid concat + text
+  divides the image size, p_drop in [0, 1], class_labels a bool, a UNet without cross-attention (hybrid concat + text
   is not implemented), and, where the config sets model.in_channels, latent + image channels."""
   if _get(c, "concat") is _MISSING:
     raise ValueError("diffusion.conditioning='concat' needs a `concat` section (degradation, "
                      "p_drop): start from experiments/configs/mnist_ldm.py.")
   name = _choice(c, "concat.degradation", tuple(concat_lib.DEGRADATIONS))
   _real(c, "concat.p_drop", 0.0, 1.0)
+  _bool(c, "concat.class_labels")
+  if _get(c, "concat.class_labels") is True:  # hybrid concat + class
+    _int(c, "diffusion.num_classes", 1)
   size = _get(c, "data.image_size")
   if name is not None and size is not _MISSING:
     f = concat_lib.DEGRADATIONS[name].factor

@@ -194,7 +194,7 @@ def test_pooled_text_is_the_mean_of_the_encoder_context():
 # Concat conditioning (LDM-SR): c = bicubic_x4(x) on the latent grid, concatenated to z_t
 
 
-def _concat_parts(first_stage):
+def _concat_parts(first_stage, num_class_embeds=None):
   """A UNet reading [z_t, c] (4 latent + 1 image channels) built as run.py builds it, its params,
   and cached latents of the images (so c can change while z, hence z_t, stays fixed)."""
   from ldm_jax.stages import builders  # pylint: disable=import-outside-toplevel
@@ -202,9 +202,11 @@ def _concat_parts(first_stage):
   model = ml_collections.ConfigDict(dict(
       preset="UNet", block_out_channels=(16,), layers_per_block=1, down_block_types=("DownBlock2D",),
       up_block_types=("UpBlock2D",), mid_block_type=None, norm_num_groups=8))
-  unet = builders.unet(model, in_channels=ae.latent_channels, num_class_embeds=None,
+  unet = builders.unet(model, in_channels=ae.latent_channels, num_class_embeds=num_class_embeds,
                        concat_channels=ae.in_channels)
-  params = nn.meta.unbox(unet.init(jax.random.key(1), jnp.zeros((1, 8, 8, 5)), jnp.zeros((1,)))["params"])
+  y = None if num_class_embeds is None else jnp.zeros((1,), jnp.int32)
+  params = nn.meta.unbox(unet.init(jax.random.key(1), jnp.zeros((1, 8, 8, 5)), jnp.zeros((1,)),
+                                   y=y)["params"])
   mean, logvar = ae.apply({"params": ae_params}, to_float(images), method="encode")
   return unet, params, mean, logvar
 
@@ -247,6 +249,32 @@ def test_concat_loss_feeds_the_low_res_image_and_p_drop_1_feeds_zeros(first_stag
   np.testing.assert_allclose(loss(1.0, images), want(jnp.zeros_like(c)), rtol=1e-5)
   assert abs(loss(0.0, other) - loss(0.0, images)) > 1e-4  # the low-res image reaches the UNet
   assert loss(1.0, other) == loss(1.0, images)  # dropped: c is zeros whatever the images
+
+
+def test_hybrid_concat_and_class_loss_reads_both(first_stage):
+  from ldm_jax.diffusion import concat  # pylint: disable=import-outside-toplevel
+  from ldm_jax.models.unet import concat_conditioning  # pylint: disable=import-outside-toplevel
+  ae, _, images = first_stage
+  unet, params, mean, logvar = _concat_parts(first_stage, num_class_embeds=11)
+  schedule = schedules.get_schedule("linear", 100)
+  cfg = _diffusion_config(conditioning="concat", p_uncond=0.0)
+  section = ml_collections.ConfigDict(dict(degradation="bicubic_x4", p_drop=0.0, class_labels=True))
+  loss_fn = jax.jit(ldm_stage.make_loss_fn(unet, ae, schedule, cfg, 0.7, concat=section))
+  rng = jax.random.key(6)
+  labels = np.arange(16, dtype=np.int32) % 10
+  loss = lambda y, imgs: float(loss_fn(params, {"latent_mean": mean, "latent_logvar": logvar,
+                                                "image": imgs, "label": y}, rng, {})[0])
+  z_rng, _, diff_rng, _ = jax.random.split(rng, 4)
+  z = 0.7 * (mean + jnp.exp(0.5 * logvar) * jax.random.normal(z_rng, mean.shape))
+  c = concat.to_latent_grid(concat.bicubic_x4(None, to_float(images)), (8, 8))
+  model_fn = lambda x, t: unet.apply({"params": params}, concat_conditioning(x, c), t,
+                                     y=jnp.asarray(labels))
+  want = float(jnp.mean(diffusion.training_loss(model_fn, schedule, z, diff_rng)))
+  np.testing.assert_allclose(loss(labels, images), want, rtol=1e-5)
+  assert abs(loss((labels + 1) % 10, images) - want) > 1e-5  # the labels reach the UNet
+  assert abs(loss(labels, images[::-1].copy()) - want) > 1e-5  # and so does c
+  with pytest.raises(ValueError, match="num_class_embeds = num_classes \\+ 1 = 11"):
+    ldm_stage.make_loss_fn(_concat_parts(first_stage)[0], ae, schedule, cfg, 0.7, concat=section)
 
 
 def test_concat_loss_needs_its_section_and_matching_channels(first_stage):

@@ -109,6 +109,7 @@ TEXT_CASES = [
 SR_CASES = [  # mnist_ldm with diffusion.conditioning="concat"
     ("concat.degradation", "bicubic_x8", "valid choices: bicubic_x4"),
     ("concat.p_drop", 1.5, "[0.0, 1.0]"), ("concat.p_drop", -0.1, "[0.0, 1.0]"),
+    ("concat.class_labels", "yes", "True or False"),
     ("data.image_size", 30, "a multiple of 4 for concat.degradation='bicubic_x4'"),
     ("data.image_size", (32, 18), "a multiple of 4 for concat.degradation='bicubic_x4'"),
     ("model.down_block_types", ("CrossAttnDownBlock2D", "AttnDownBlock2D"),
@@ -165,6 +166,15 @@ def test_concat_in_channels_must_be_latent_plus_image_channels(tmp_path):
     validate.config(c)
   c.model.in_channels = 3
   validate.config(c)
+
+
+def test_hybrid_concat_needs_classes(tmp_path):
+  c = _with_first_stage(_sr_config(), tmp_path)
+  c.concat.class_labels = True
+  validate.config(c)
+  c.diffusion.num_classes = 0
+  with pytest.raises(ValueError, match=r"^diffusion.num_classes=0: expected an integer >= 1"):
+    validate.config(c)
 
 
 def test_concat_conditioning_without_a_concat_section(tmp_path):
