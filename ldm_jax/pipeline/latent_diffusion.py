@@ -34,8 +34,8 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from ldm_jax import diffusion
 from ldm_jax import images as images_lib
-from ldm_jax.diffusion import concat
 from ldm_jax import samplers
+from ldm_jax.diffusion import concat
 from ldm_jax.models import precision
 from ldm_jax.models.pooled_text import PooledText
 from ldm_jax.pipeline import checks

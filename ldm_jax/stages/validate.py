@@ -296,8 +296,9 @@ def _block_types(c):
 
 def _concat(c):
   """The `concat` section of a concat-conditioned run (LDM-SR): a known degradation whose factor
-  divides the image size, p_drop in [0, 1], class_labels a bool, a UNet without cross-attention (hybrid concat + text
-  is not implemented), and, where the config sets model.in_channels, latent + image channels."""
+  divides the image size, p_drop in [0, 1], class_labels a bool (then diffusion.num_classes >= 1),
+  a UNet without cross-attention (hybrid concat + text is not implemented), and, where the config
+  sets model.in_channels, the first stage's latent + image channels."""
   if _get(c, "concat") is _MISSING:
     raise ValueError("diffusion.conditioning='concat' needs a `concat` section (degradation, "
                      "p_drop): start from experiments/configs/mnist_ldm.py.")
