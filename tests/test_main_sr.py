@@ -164,3 +164,26 @@ def test_hybrid_concat_and_class_run_upscales_per_label(ae_dir, digits, tmp_path
     hybrid.upscale(jax.random.key(0), low, **KW)
   with pytest.raises(ValueError, match="labels must lie in 0..9"):
     hybrid.upscale(jax.random.key(0), low, labels=10, **KW)
+
+
+def test_hybrid_run_on_unlabelled_images_stops_before_compiling(ae_dir, tmp_path):
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  from ldm_jax.stages import run  # pylint: disable=import-outside-toplevel
+  from tests.configs import tiny  # pylint: disable=import-outside-toplevel
+  folder = tmp_path / "images"
+  folder.mkdir()
+  rng = np.random.default_rng(1)
+  for i in range(12):
+    Image.fromarray(rng.integers(0, 256, (32, 32), np.uint8)).save(folder / f"{i}.png")
+  config = tiny.get_config("sr")
+  config.train.num_steps = 1
+  config.data.source, config.data.data_dir = "folder", str(folder)
+  config.first_stage.workdir, config.first_stage.scale_factor = ae_dir, 1.0
+  config.concat.class_labels = True
+  with pytest.raises(ValueError, match="conditioning='concat' with concat.class_labels needs labels"
+                     ".*--config.concat.class_labels=False"):
+    run.train(config, str(tmp_path / "sr"))
+  assert not (tmp_path / "sr" / "checkpoints").exists()
+  config.concat.class_labels = False  # the plain SR model needs no labels: it trains
+  run.train(config, str(tmp_path / "sr"))
+  assert (tmp_path / "sr" / "export" / "ema_params.msgpack").exists()

@@ -284,9 +284,11 @@ def _check_conditioning(d, it, labels) -> None:
   if not labels:
     return
   if it.num_classes is None:
-    raise ValueError(f"diffusion.conditioning={d.conditioning!r} with class labels needs labels, and {it.source.description} "
-                     "has none (a folder: one subfolder per class); or train without labels: "
-                     "--config.diffusion.conditioning=none.")
+    what, off = (("'class'", "--config.diffusion.conditioning=none") if d.conditioning == "class"
+                 else (f"{d.conditioning!r} with concat.class_labels",
+                       "--config.concat.class_labels=False"))
+    raise ValueError(f"diffusion.conditioning={what} needs labels, and {it.source.description} "
+                     f"has none (a folder: one subfolder per class); or train without labels: {off}.")
   if it.num_classes > d.num_classes:
     raise ValueError(f"{it.source.description} has {it.num_classes} classes "
                      f"{list(it.class_names or ())} but diffusion.num_classes={d.num_classes}; "
