@@ -133,6 +133,8 @@ def main(_):
                      ldm_steps=FLAGS.ldm_steps, batch=FLAGS.batch)
       with open(results_path, "w", encoding="utf-8") as f:
         json.dump(results, f, indent=1, default=float)
+      # The report after each model, so a job stopped during the next model keeps this one's.
+      _report(results, FLAGS.report or os.path.join(FLAGS.workdir, "report.md"))
   if jax.process_index() == 0:
     results["seconds"]["total_this_chunk"] = time.time() - t0
     _report(results, FLAGS.report or os.path.join(FLAGS.workdir, "report.md"))
