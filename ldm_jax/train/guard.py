@@ -18,9 +18,17 @@ class NonFiniteError(RuntimeError):
 
 
 def all_finite(*trees: PyTree) -> jax.Array:
-  """bool []: every element of every leaf is finite (NaN and +-inf are not)."""
-  leaves = [jnp.all(jnp.isfinite(x)) for t in trees for x in jax.tree.leaves(t)]
-  return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+  """bool []: every element of every leaf is finite (NaN and +-inf are not).
+
+  Exact for any finite magnitude: x * 0 is 0 for finite x and NaN for NaN and +-inf, so the sum
+  over all leaves is 0 or NaN (a sum of squares would overflow). The sqrt is for the compiler:
+  XLA's fusion pass copies a chain of cheap scalar ops (one per leaf) into every consumer, here
+  the per-leaf `select_tree` updates of the train step, (number of leaves)^2 ops in all; it does
+  not duplicate an expensive op such as sqrt, so the flag is computed once. Measured on XLA:CPU:
+  the 464-leaf text LDM step compiled in 47 s instead of 8 min (the former `jnp.all` of per-leaf
+  flags); tests/train/test_train_guard.py checks the compiled size grows linearly."""
+  leaves = [jnp.sum(x * 0, dtype=jnp.float32) for t in trees for x in jax.tree.leaves(t)]
+  return jnp.isfinite(jnp.sqrt(sum(leaves))) if leaves else jnp.array(True)
 
 
 def select_tree(ok: jax.Array, new: PyTree, old: PyTree) -> PyTree:
