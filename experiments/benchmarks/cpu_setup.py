@@ -9,7 +9,10 @@ three programs with random weights and random uint8 digits, exactly as `ldm_jax.
   * "LDM step": the MNIST class-conditional LDM stage step (`mnist_ldm.py`, batch 64, frozen
     encoder, label dropout, clipping, EMA);
   * "sampling": `LatentDiffusionPipeline.sample` of 100 digits, DPM-Solver++(2M) 25 steps, w = 2
-    (the main job's evaluation call), decoding included.
+    (the main job's evaluation call), decoding included;
+  * "text LDM step" (--programs=text, not in the default list): the MNIST-pairs text LDM step
+    (`mnist_text.py`: 32 x 64 canvas, a 2-layer text encoder trained jointly, cross-attention at
+    both levels; batch 64 of random captions).
 "compile" is the first call (trace + compile + one step / one batch); "step" / "sample" is the
 median of --steps further calls after a warm-up. The setups:
 
@@ -50,9 +53,10 @@ SETUPS = {
 # Setups whose steps compile with `ldm_jax.xla_cpu.compiler_options(choice, stage)`.
 PER_STAGE = {"auto_2dev": "auto"}
 PROGRAMS = {"ae": ("ae_compile", "ae_step"), "ldm": ("ldm_compile", "ldm_step"),
-            "sample": ("sample_compile", "sample")}
+            "sample": ("sample_compile", "sample"), "text": ("text_compile", "text_step")}
 BASELINE = "ynn_2dev"
-FIGURES = ("ae_compile", "ae_step", "ldm_compile", "ldm_step", "sample_compile", "sample")
+FIGURES = ("ae_compile", "ae_step", "ldm_compile", "ldm_step", "sample_compile", "sample",
+           "text_compile", "text_step")
 
 
 def parse_args(argv=None):
@@ -153,6 +157,8 @@ def worker(args) -> dict:
     out["ldm_compile"], out["ldm_step"] = _stage_step(
         ldm_cfg, loss_fn, init_fn, batch, args.steps, extra={"frozen": ae_params},
         compiler_options=options("latent_diffusion"))
+  if "text" in args.program_list:
+    out["text_compile"], out["text_step"] = _text_step(args, options("latent_diffusion"))
   if "sample" not in args.program_list:
     return out
 
@@ -167,6 +173,45 @@ def worker(args) -> dict:
                              num_steps=num_steps, guidance_scale=s.guidance_scale)
   out["sample_compile"], out["sample"] = _timed(call, max(1, args.steps // 2))
   return out
+
+
+def _text_step(args, compiler_options):
+  """(compile, step) seconds of the MNIST-pairs text LDM stage step, built as `stages.run` does."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from experiments.configs import mnist_autoencoder, mnist_text  # pylint: disable=import-outside-toplevel
+  from ldm_jax.data import mnist_pairs  # pylint: disable=import-outside-toplevel
+  from ldm_jax.pipeline.random_init import random_params  # pylint: disable=import-outside-toplevel
+  from ldm_jax.stages import builders  # pylint: disable=import-outside-toplevel
+  from ldm_jax.stages import latent_diffusion as ldm_stage  # pylint: disable=import-outside-toplevel
+  from ldm_jax.text import token_ids  # pylint: disable=import-outside-toplevel
+  cfg = mnist_text.get_config()
+  if args.quick:
+    cfg.train.global_batch_size = 4
+  ae = builders.autoencoder(mnist_autoencoder.get_config().model)
+  h, w = mnist_pairs.HEIGHT, mnist_pairs.WIDTH
+  ae_params = random_params(ae, jnp.zeros((1, h, w, 1)), seed=1)
+  tokenizer, encoder, _ = builders.text_conditioner(cfg.text)
+  null_ids = token_ids.tokenize(tokenizer, [""])[0]
+  latent = (1, h // ae.downsampling_factor, w // ae.downsampling_factor, ae.latent_channels)
+  unet = builders.unet(cfg.model, in_channels=latent[-1], num_class_embeds=None,
+                       context_dim=encoder.width)
+  loss_fn = ldm_stage.make_loss_fn(unet, ae, builders.schedule(cfg.diffusion), cfg.diffusion, 1.0,
+                                   text_encoder=encoder, null_ids=null_ids)
+  ids0 = jnp.zeros((1, null_ids.shape[0]), jnp.int32)
+
+  def init_fn(r):
+    context = jnp.zeros((1, ids0.shape[1], encoder.width))
+    return {"unet": unet.init(r, jnp.zeros(latent), jnp.zeros((1,)), context=context)["params"],
+            "text_encoder": encoder.init(r, ids0)["params"]}
+  b = cfg.train.global_batch_size
+  rng = np.random.default_rng(0)
+  source = mnist_pairs.MnistPairs("train")
+  batch = {"image": rng.integers(0, 256, (b, h, w, 1), np.uint8),
+           "tokens": np.asarray(token_ids.tokenize(tokenizer, source.captions(range(b))))}
+  return _stage_step(cfg, loss_fn, init_fn, batch, args.steps, extra={"frozen": ae_params},
+                     compiler_options=compiler_options)
 
 
 def run_setup(name, args) -> dict:

@@ -28,7 +28,8 @@ def get_config() -> ml_collections.ConfigDict:
   data.update(name="mnist_pairs",     # captioned digit pairs (ldm_jax/data/mnist_pairs.py)
               eval_split="heldout",   # the 10 pairs (d, d + 3 mod 10) never seen in training
               image_size=(32, 64),    # (H, W): the left digit in columns 0-31, the right in 32-63
-              crop="none")
+              crop="none",
+              caption_style="grammar")  # "digits": "3 7" only (the two-token diagnostic)
   c.data = ml_collections.ConfigDict(data)
 
   model = c.model.to_dict()

@@ -8,7 +8,9 @@ pure function of (split, i), so any batch can be rebuilt from its position alone
            each 28 x 28 MNIST digit zero-padded (centred) to 32 x 32, as mnist_embedded with
            resize="pad" gives it;
   caption  one of PHRASINGS with a and b filled in, each written as a numeral ("3") or an English
-           word ("three"), both chosen per example;
+           word ("three"), both chosen per example; with caption_style="digits", always "{a} {b}"
+           in numerals ("3 7"): two tokens that say the left and the right digit by position
+           alone (the diagnostic run of experiments/mnist_text_to_image.py);
   label    the ordered pair as one int, a * 10 + b (NAME = "mnist_pairs"  # the dataset spec's name (ldm_jax.data.create_iterator)
 NUM_CLASSES = 100).
 
@@ -23,7 +25,8 @@ Sizes (SIZES) are fixed virtual lengths: an epoch of "train" is 60,000 draws.
   source = MnistPairs("train")
   images, labels = source.read([0, 1, 2])   # uint8 [3, 32, 64, 1], int32 [3]
   source.captions([0, 1, 2])                # ["3 left of seven", ...]
-  parse_caption("seven right of 3")         # (3, 7): (left, right)
+  MnistPairs("train", caption_style="digits").captions([0])   # ["3 7"]: the same pair
+  parse_caption("seven right of 3")         # (3, 7): (left, right); also "3 7"
 """
 
 import numpy as np
@@ -47,6 +50,9 @@ PHRASINGS = (
     "{a} followed by {b}",
     "{b} after {a}",
 )
+# caption_style="digits": the left digit, then the right one, as numerals (no words, no syntax).
+DIGITS_CAPTION = "{a} {b}"
+CAPTION_STYLES = ("grammar", "digits")
 # Every word a caption can contain (for a word-level tokenizer).
 VOCABULARY = tuple(sorted({*WORDS, *(str(d) for d in range(10)),
                            *(w for p in PHRASINGS for w in p.split() if not w.startswith("{"))}))
@@ -65,16 +71,27 @@ def caption(a: int, b: int, phrasing: int, a_word: bool, b_word: bool) -> str:
   return PHRASINGS[phrasing].format(a=digit_name(a, a_word), b=digit_name(b, b_word))
 
 
-def pair_prompts(pairs, per_pair):
+def check_caption_style(style: str) -> None:
+  if style not in CAPTION_STYLES:
+    raise ValueError(f"mnist_pairs caption_style {style!r} unknown; valid choices: "
+                     f"{', '.join(CAPTION_STYLES)}.")
+
+
+def pair_prompts(pairs, per_pair, caption_style: str = "grammar"):
   """(captions, left digits, right digits, phrasing indices) for evaluating `pairs`: per_pair
   captions per pair, the phrasings and numeral / word forms cycling so that every pair gets each
-  form about equally."""
+  form about equally ("digits" style: every caption "{a} {b}", phrasing index -1)."""
+  check_caption_style(caption_style)
   captions, lefts, rights, phrasings = [], [], [], []
   for k, (a, b) in enumerate(pairs):
     for j in range(per_pair):
       p = (k + j) % len(PHRASINGS)
       form = (k + j // len(PHRASINGS)) % 4
-      captions.append(caption(a, b, p, bool(form & 1), bool(form & 2)))
+      if caption_style == "digits":
+        p = -1
+        captions.append(DIGITS_CAPTION.format(a=a, b=b))
+      else:
+        captions.append(caption(a, b, p, bool(form & 1), bool(form & 2)))
       lefts.append(a)
       rights.append(b)
       phrasings.append(p)
@@ -92,7 +109,7 @@ def _digit(token: str) -> int:
 def parse_caption(text: str) -> tuple[int, int]:
   """(left, right) digits a caption describes; ValueError for text outside the grammar."""
   words = text.split()
-  for p in PHRASINGS:
+  for p in (*PHRASINGS, DIGITS_CAPTION):
     pattern = p.split()
     if len(pattern) != len(words):
       continue
@@ -110,7 +127,7 @@ def parse_caption(text: str) -> tuple[int, int]:
     if ok:
       return found["{a}"], found["{b}"]
   raise ValueError(f"caption {text!r} is outside the MNIST-pairs grammar; phrasings: "
-                   f"{'; '.join(PHRASINGS)}.")
+                   f"{'; '.join((*PHRASINGS, DIGITS_CAPTION))}.")
 
 
 def pad_digit(image: np.ndarray) -> np.ndarray:
@@ -122,10 +139,11 @@ class MnistPairs:
   """The random-access source of one split (the interface `ldm_jax.data.source` describes),
   plus `captions(indices)` and `example(i)`."""
 
-  def __init__(self, split: str = "train"):
+  def __init__(self, split: str = "train", caption_style: str = "grammar"):
     if split not in SPLITS:
       raise ValueError(f"mnist_pairs split {split!r} unknown; valid choices: {', '.join(SPLITS)}.")
-    self.split = split
+    check_caption_style(caption_style)
+    self.split, self.caption_style = split, caption_style
     images, labels = mnist_builder.load_raw()
     digits = mnist_builder.split_indices(labels, "train" if split == "train" else "test")
     self._images, self._labels = images, labels
@@ -150,8 +168,10 @@ class MnistPairs:
     right = int(self._by_class[b][rng.integers(len(self._by_class[b]))])
     phrasing = int(rng.integers(len(PHRASINGS)))
     a_word, b_word = (bool(v) for v in rng.integers(2, size=2))
+    text = (DIGITS_CAPTION.format(a=a, b=b) if self.caption_style == "digits"
+            else caption(a, b, phrasing, a_word, b_word))
     return {"left": a, "right": b, "left_index": left, "right_index": right, "phrasing": phrasing,
-            "caption": caption(a, b, phrasing, a_word, b_word)}
+            "caption": text}
 
   def read(self, indices):
     """(images uint8 [n, 32, 64, 1], labels int32 [n] = 10 * left + right) of `indices`."""

@@ -42,6 +42,7 @@ SPEC_DEFAULTS = {
     "holdout_fraction": 0.0,  # folders without train/ + test/: share of files held out as "test"
     "in_memory": None,  # decode everything once; None: when decoded images take <= 1 GiB
     "download": True,  # prepare a TFDS dataset that is not prepared yet
+    "caption_style": "grammar",  # mnist_pairs: "grammar" (its phrasings) | "digits" ("3 7")
 }
 
 
@@ -56,6 +57,9 @@ def resolve_spec(spec):
     raise ValueError(f"dataset source {spec['source']!r} unknown; valid: {SOURCES}.")
   if spec["source"] == "folder" and not spec["data_dir"]:
     raise ValueError("source='folder' needs data_dir=<the folder of images>.")
+  if spec["caption_style"] != "grammar" and spec["name"] != mnist_pairs.NAME:
+    raise ValueError(f"caption_style={spec['caption_style']!r} is for name='mnist_pairs' only; "
+                     f"dataset {spec['name']!r} takes the default 'grammar'.")
   return spec
 
 
@@ -65,7 +69,7 @@ def open_source(spec):
     return folder.open_folder(spec["data_dir"], in_memory=spec["in_memory"], split=spec["split"],
                               holdout_fraction=spec["holdout_fraction"])
   if spec["name"] == mnist_pairs.NAME:
-    return mnist_pairs.MnistPairs(spec["split"])
+    return mnist_pairs.MnistPairs(spec["split"], caption_style=spec["caption_style"])
   return tfds_source.open_tfds(spec["name"], spec["split"], spec["data_dir"],
                                download=spec["download"], in_memory=spec["in_memory"])
 

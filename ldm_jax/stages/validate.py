@@ -166,6 +166,7 @@ def _data(c):
     from ldm_jax.data import mnist_pairs  # pylint: disable=import-outside-toplevel
     _choice(c, "data.split", mnist_pairs.SPLITS)
     _choice(c, "data.eval_split", mnist_pairs.SPLITS)
+    _choice(c, "data.caption_style", mnist_pairs.CAPTION_STYLES)
     if _get(c, "data.crop") not in (_MISSING, "none"):
       _bad("data.crop", _get(c, "data.crop"), "'none' for mnist_pairs (a square crop would cut "
            "off one of the two digits)")
@@ -274,8 +275,9 @@ def _text(c):
       _bad("text.tokenizer", None if tok is _MISSING else tok,
            f"one of {', '.join(builtin)} or an existing tokenizer folder / tokenizer.json / vocab.txt")
     _choice(c, "text.encoder.preset", tuple(sorted(builders.text_encoder_presets())))
-    for key in ("width", "layers", "heads", "head_dim", "mlp_dim"):
+    for key in ("width", "heads", "head_dim", "mlp_dim"):
       _int(c, f"text.encoder.{key}", 1)
+    _int(c, "text.encoder.layers", 0)  # 0: token + position embeddings only
     _real(c, "text.encoder.dropout", 0.0, 1.0, hi_open=True)
     _precision(c, "text.encoder")
   blocks = _block_types(c)

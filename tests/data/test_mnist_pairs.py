@@ -145,3 +145,30 @@ def test_pair_prompts_name_their_pairs_in_every_phrasing_and_form():
     assert len(set(own)) == per_pair
     assert {int(i) for i in phrasing[k * per_pair:(k + 1) * per_pair]} == set(range(len(mp.PHRASINGS)))
   assert set(mp.RIGHT_FIRST) == {i for i, t in enumerate(mp.PHRASINGS) if t.startswith("{b}")}
+
+
+def test_digits_caption_style_keeps_the_pairs_and_says_them_by_position(sources):
+  digits = mp.MnistPairs("train", caption_style="digits")
+  idx = np.arange(300)
+  np.testing.assert_array_equal(digits.read(idx)[0], sources["train"].read(idx)[0])
+  for i, (text, grammar) in enumerate(zip(digits.captions(idx), sources["train"].captions(idx))):
+    e = sources["train"].example(i)
+    assert text == f"{e['left']} {e['right']}"
+    assert mp.parse_caption(text) == mp.parse_caption(grammar)
+  captions, a, b, phrasing = mp.pair_prompts(mp.HELD_OUT_PAIRS, 3, "digits")
+  assert captions[:3] == ["0 3"] * 3 and set(phrasing) == {-1}
+  assert [mp.parse_caption(t) for t in captions] == list(zip(a, b))
+  it = create_iterator({"name": "mnist_pairs", "image_size": (32, 64), "crop": "none",
+                        "caption_style": "digits", "shuffle": False}, global_batch_size=4, seed=0,
+                       num_devices=1, process_index=0, process_count=1)
+  try:
+    assert list(next(iter(it))["caption"]) == digits.captions(range(4))
+  finally:
+    it.close()
+  with pytest.raises(ValueError, match="'words'.*grammar, digits"):
+    mp.MnistPairs("train", caption_style="words")
+  with pytest.raises(ValueError, match="grammar, digits"):
+    mp.pair_prompts(mp.HELD_OUT_PAIRS, 1, "words")
+  with pytest.raises(ValueError, match="caption_style='digits' is for name='mnist_pairs' only"):
+    create_iterator({"name": "mnist_embedded", "caption_style": "digits"}, global_batch_size=4,
+                    seed=0, num_devices=1, process_index=0, process_count=1)

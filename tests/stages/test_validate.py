@@ -104,6 +104,8 @@ TEXT_CASES = [
     ("text.pooled", "yes", "True or False"), ("text.encoder.dtype", "float64", "valid choices"),
     ("data.crop", "center", "'none' for mnist_pairs"), ("data.image_size", (32, 0), "pair (H, W)"),
     ("data.split", "val", "valid choices: train, test, heldout"),
+    ("data.caption_style", "words", "valid choices: grammar, digits"),
+    ("text.encoder.layers", -1, ">= 0"),
     ("model.attention_position_embedding", "learned", "valid choices: none, sincos_2d"),
 ]
 SR_CASES = [  # mnist_ldm with diffusion.conditioning="concat"
