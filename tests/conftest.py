@@ -3,6 +3,8 @@
 import os
 import tempfile
 
+import pytest
+
 from ldm_jax.host_devices import FAST_COMPILE_FLAGS  # does not import JAX
 
 # 8 simulated CPU devices for the data-parallel tests, and LLVM at -O0 (tests compile far more than
@@ -15,3 +17,11 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "ldm_jax_test_cache"))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+
+
+@pytest.fixture(scope="session")
+def ae_dir(tmp_path_factory):
+  """A random-weight tiny first stage (tests/configs/tiny.py:autoencoder), exported once per
+  session: the frozen autoencoder of the command-line LDM runs."""
+  from tests import cli_runs  # pylint: disable=import-outside-toplevel  (imports JAX)
+  return cli_runs.tiny_autoencoder_export(str(tmp_path_factory.mktemp("ae")))

@@ -41,11 +41,6 @@ def _logged_steps(workdir):
   return sorted(cli_runs.logged(workdir))
 
 
-@pytest.fixture(scope="module")
-def ae_dir(tmp_path_factory):
-  return cli_runs.tiny_autoencoder_export(str(tmp_path_factory.mktemp("ae")))
-
-
 MODES = {"pmap": ("--config.parallel.mode=pmap",),
          "mesh_fsdp": ("--config.parallel.mode=mesh", "--config.parallel.num_fsdp=2")}
 

@@ -29,11 +29,6 @@ KW = dict(method="ddim", num_steps=2)
 
 
 @pytest.fixture(scope="module")
-def ae_dir(tmp_path_factory):
-  return cli_runs.tiny_autoencoder_export(str(tmp_path_factory.mktemp("ae")))
-
-
-@pytest.fixture(scope="module")
 def sr_run(ae_dir, tmp_path_factory):
   """2 steps with a preview at step 2 (held-out x4 inputs / outputs / originals)."""
   workdir = str(tmp_path_factory.mktemp("sr"))

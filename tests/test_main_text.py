@@ -37,11 +37,6 @@ def _assert_same_params(a, b, rtol=1e-5):
 
 
 @pytest.fixture(scope="module")
-def ae_dir(tmp_path_factory):
-  return cli_runs.tiny_autoencoder_export(str(tmp_path_factory.mktemp("ae")))
-
-
-@pytest.fixture(scope="module")
 def reference(ae_dir, tmp_path_factory):
   """One process, two devices, data-parallel mesh: the run the other layouts must reproduce."""
   workdir = str(tmp_path_factory.mktemp("text_ref"))
