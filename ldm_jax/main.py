@@ -91,6 +91,12 @@ def _sample():
     raise ValueError("give --labels (a class-conditional model) or --prompts (a text model), "
                      "not both.")
   pipe = LatentDiffusionPipeline.from_workdir(FLAGS.workdir)
+  if pipe.inpainting_model:
+    raise ValueError(f"{FLAGS.workdir} is a trained inpainting model (diffusion.conditioning="
+                     f"'concat', {pipe.concat_degradation!r} masks): the sample command does not "
+                     "run it; in Python: LatentDiffusionPipeline.from_workdir(...).inpaint(rng, "
+                     f"images, mask) with uint8 images [N, {', '.join(map(str, pipe.image_shape))}] "
+                     "and a binary mask (1 = fill).")
   if pipe.conditioning == "concat":
     raise ValueError(f"{FLAGS.workdir} is a super-resolution model (diffusion.conditioning="
                      f"'concat', {pipe.concat_degradation!r} inputs): the sample command does not "

@@ -11,21 +11,39 @@ The training loss computes c from the batch's images (`conditioning_map`); the p
 the same function, so training and sampling see the same c. For classifier-free guidance c is
 replaced by zeros with probability p_drop (`drop`); the pipeline's null conditioning is zeros too.
 
-Degradations are named (`DEGRADATIONS`); each maps images to the conditioning image at 1 / factor
-of their size. Future entries (inpainting's masked image and mask, segmentation maps) take the
-same (rng, x) arguments, so random degradations fit.
+Degradations are named (`DEGRADATIONS`); each takes (rng, x), so random degradations fit. An
+"image" degradation maps images to the conditioning image at 1 / factor of their size (LDM-SR).
+
+A "mask" degradation (SD-inpainting, Rombach et al. 2022 sec. 4.5 and the SD inpainting models)
+draws a random mask m [B, H, W, 1] (1 = fill; `diffusion.masks`); the conditioning is
+c = [m on the latent grid (1 channel), s * E(x * (m < 0.5)) (C_z channels)], so the UNet reads
+[z_t, m, masked-image latents], C_z + 1 + C_z channels, diffusers' StableDiffusionInpaintPipeline
+order (`torch.cat([latents, mask, masked_image_latents], dim=1)`). As there, the masked image sets
+the masked pixels to 0 in [-1, 1] space (`init_image * (mask < 0.5)`), and the mask reaches the
+latent grid by torch's default nearest `F.interpolate` (pixel floor(i * H / h), the top-left pixel
+of each f x f block: `mask_to_latent_grid`). Guidance's null conditioning is the fully masked image
+(m = 1, masked image 0: nothing known), which `null_mask` substitutes with probability p_drop
+(SD-inpainting's training masks everything in 25% of the examples; diffusers' pipeline guides on
+the prompt only and keeps c in both branches).
 """
 
 from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+from ldm_jax.diffusion import masks
+
+KINDS = ("image", "mask")
 
 
 class Degradation(NamedTuple):
-  apply: Callable  # (rng, x [B, H, W, C] float in [-1, 1]) -> [B, H / factor, W / factor, C]
-  factor: int  # spatial downsampling of the conditioning image
+  apply: Callable  # (rng, x [B, H, W, C] float in [-1, 1]) -> "image": [B, H / factor, W / factor, C];
+  # "mask": the mask m [B, H, W, 1] in {0, 1}, 1 = fill
+  factor: int  # spatial downsampling of the conditioning image (1 for masks)
   description: str
+  kind: str = "image"  # one of KINDS
 
 
 def resize_bicubic(x, hw):
@@ -43,8 +61,15 @@ def bicubic_x4(rng, x):
   return resize_bicubic(x, (h // 4, w // 4))
 
 
+def inpaint_large_masks(rng, x):
+  """SD-inpainting's degradation: the LaMa-style large mask m [B, H, W, 1] of images x [B, H, W, C]."""
+  return masks.large_masks(rng, x.shape[:3])
+
+
 DEGRADATIONS = {
     "bicubic_x4": Degradation(bicubic_x4, 4, "bicubic x4 downsampling with antialiasing"),
+    "inpaint_large_masks": Degradation(inpaint_large_masks, 1, "LaMa-style large masks (strokes "
+                                       "and boxes); c = [mask, masked-image latents]", "mask"),
 }
 
 
@@ -52,6 +77,16 @@ def get_degradation(name: str) -> Degradation:
   if name not in DEGRADATIONS:
     raise ValueError(f"Unknown degradation {name!r}; valid choices: {', '.join(DEGRADATIONS)}.")
   return DEGRADATIONS[name]
+
+
+def is_inpainting(name: str) -> bool:
+  """Whether the degradation `name` is a mask (the UNet reads [z_t, m, masked-image latents])."""
+  return get_degradation(name).kind == "mask"
+
+
+def concat_channels(name: str, image_channels: int, latent_channels: int) -> int:
+  """Channels of c: the image channels ("image" kind), or 1 + latent channels ("mask" kind)."""
+  return 1 + latent_channels if is_inpainting(name) else image_channels
 
 
 def low_res_hw(name: str, image_hw) -> tuple[int, int]:
@@ -78,3 +113,33 @@ def drop(rng, c, p_drop: float):
   """Replaces each example's c [B, ...] by zeros with probability p_drop (guidance's null c)."""
   keep = ~jax.random.bernoulli(rng, p_drop, c.shape[:1])
   return jnp.where(keep.reshape((-1,) + (1,) * (c.ndim - 1)), c, jnp.zeros_like(c))
+
+
+def masked_image(x, m):
+  """x * (m < 0.5): images x [B, H, W, C] in [-1, 1] with the masked pixels (m [B, H, W, 1] = 1)
+  set to 0 (diffusers' `init_image * (mask_condition < 0.5)`)."""
+  return x * (m < 0.5).astype(x.dtype)
+
+
+def mask_to_latent_grid(m, latent_hw):
+  """m [B, H, W, 1] -> [B, h, w, 1] by nearest sampling as torch's `F.interpolate(mode="nearest")`:
+  latent pixel i reads pixel floor(i * H / h) (for H = f h, the top-left pixel of its block)."""
+  _, h0, w0, _ = m.shape
+  rows = np.floor(np.arange(latent_hw[0]) * (h0 / latent_hw[0])).astype(np.int32)
+  cols = np.floor(np.arange(latent_hw[1]) * (w0 / latent_hw[1])).astype(np.int32)
+  return jnp.asarray(m, jnp.float32)[:, rows][:, :, cols]
+
+
+def inpainting_conditioning(encode, x, m):
+  """c = [m on the latent grid, encode(masked_image(x, m))] [B, h, w, 1 + C_z], the UNet reading
+  [z_t, c]. x: images [B, H, W, C] in [-1, 1]; m: mask [B, H, W, 1] (1 = fill); encode: images ->
+  diffusion-space latents [B, h, w, C_z] (s * E, the frozen first stage)."""
+  z_masked = encode(masked_image(x, m))
+  return jnp.concatenate([mask_to_latent_grid(m, z_masked.shape[1:3]), z_masked], axis=-1)
+
+
+def null_mask(rng, m, p_drop: float):
+  """Replaces each example's mask m [B, H, W, 1] by ones (everything to fill, nothing known:
+  guidance's null conditioning) with probability p_drop."""
+  dropped = jax.random.bernoulli(rng, p_drop, m.shape[:1])
+  return jnp.where(dropped.reshape((-1,) + (1,) * (m.ndim - 1)), jnp.ones_like(m), m)

@@ -7,6 +7,8 @@
 
   sr = LatentDiffusionPipeline.from_workdir("workdirs/mnist_sr")  # diffusion.conditioning="concat"
   upscaled = sr.upscale(jax.random.key(3), low_res)    # uint8 [N, 8, 8, 1] -> [N, 32, 32, 1]
+  fill = LatentDiffusionPipeline.from_workdir("workdirs/mnist_inpaint")  # "inpaint_large_masks"
+  filled = fill.inpaint(jax.random.key(4), images, mask)  # the trained path: UNet reads the mask
 
   sd = LatentDiffusionPipeline.from_pretrained("stable-diffusion-v1-5")  # a diffusers folder
   images = sd.sample(jax.random.key(0), 2, prompts="a photo of a cat", negative_prompts="blurry")
@@ -92,8 +94,10 @@ class LatentDiffusionPipeline:
       modules' own). Floating parameters are cast to it once, here; the sampler arithmetic, the
       diffusion math and the networks' outputs stay float32 (`ldm_jax.models.precision`).
     prompt_encoder: `ldm_jax.text.PromptEncoder` of a text-conditioned model (None: no prompts).
-    concat_degradation: a concat-conditioned (super-resolution) model's degradation name
-      (`diffusion.concat.DEGRADATIONS`); its UNet reads [z_t, c] and only `upscale` runs it.
+    concat_degradation: a concat-conditioned model's degradation name
+      (`diffusion.concat.DEGRADATIONS`); its UNet reads [z_t, c]. Super-resolution ("image"
+      kind): only `upscale` runs it; inpainting ("mask" kind, c = [mask, masked-image latents]):
+      only `inpaint` runs it (`inpainting_model`).
     sampler_grid: timestep grid keywords of `samplers.make_tables` for every method
       (`scheduler_config.GRID_KEYS`: timestep_spacing, steps_offset, set_alpha_to_one, ...).
     defaults: the sampling settings used where a call leaves them None (`DEFAULTS` keys).
@@ -131,10 +135,14 @@ class LatentDiffusionPipeline:
     self.concat_degradation = concat_degradation
     if concat_degradation is not None:
       concat.get_degradation(concat_degradation)  # a known name
-      want = self.latent_shape[-1] + self.image_shape[-1]
+      latent, image = self.latent_shape[-1], self.image_shape[-1]
+      want = latent + concat.concat_channels(concat_degradation, image, latent)
+      what = (f"latent + mask + masked-image latent channels = {latent} + 1 + {latent}"
+              if concat.is_inpainting(concat_degradation) else
+              f"latent + image channels = {latent} + {image}")
       if unet.in_channels != want:
-        raise ValueError(f"concat_degradation={concat_degradation!r} needs a UNet reading latent + "
-                         f"image channels = {want}, got in_channels={unet.in_channels}.")
+        raise ValueError(f"concat_degradation={concat_degradation!r} needs a UNet reading {what} = "
+                         f"{want}, got in_channels={unet.in_channels}.")
     self.max_batch = checks.positive_int(max_batch, "max_batch")
     self.shard = bool(shard)
     self.trace_counts = collections.Counter()
@@ -199,13 +207,23 @@ class LatentDiffusionPipeline:
     return self.prompt_encoder is not None
 
   @property
+  def inpainting_model(self) -> bool:
+    """Whether the UNet reads mask channels ([z_t, m, masked-image latents]): `inpaint` then takes
+    the trained path."""
+    return self.concat_degradation is not None and concat.is_inpainting(self.concat_degradation)
+
+  @property
   def low_res_shape(self):
-    """(h, w, C) of `upscale`'s low-resolution images (None unless concat-conditioned)."""
-    if self.concat_degradation is None:
+    """(h, w, C) of `upscale`'s low-resolution images (None unless super-resolution)."""
+    if self.concat_degradation is None or self.inpainting_model:
       return None
     return concat.low_res_hw(self.concat_degradation, self.image_shape[:2]) + self.image_shape[2:]
 
   def _refuse_concat(self, what):
+    if self.inpainting_model:
+      raise ValueError(f"This model is a trained inpainting model (concat.degradation="
+                       f"{self.concat_degradation!r}, its UNet reads [z_t, mask, masked-image "
+                       f"latents]): {what} does not run it; use pipe.inpaint(rng, images, mask).")
     if self.concat_degradation is not None:
       raise ValueError(f"This model is concat-conditioned (super-resolution from "
                        f"{self.concat_degradation!r} low-resolution images): {what} does not run "
@@ -496,8 +514,24 @@ class LatentDiffusionPipeline:
     the output equals `reconstruct(images)` up to the decoder's mixing across the mask border.
     resample: RePaint's U (Lugmayr et al. 2022): each step is redone U times with a jump back in
     between, which harmonises the filled region with the kept one (U model calls per step).
+    Trained inpainting models (`inpainting_model`: concat.degradation "inpaint_large_masks") take
+    the trained path instead (SD-inpainting): the mask must be binary; c = [mask on the latent
+    grid, latents of images * (mask < 0.5)] (`diffusion.concat.inpainting_conditioning`, the
+    training loss's function, with the encoder's posterior mean) and the UNet samples z from
+    [z_t, c]; nothing is replaced, so the kept region is the model's, not the reconstruction.
+    guidance_scale: w against the fully masked image (p_drop's null conditioning; with the null
+    label for a hybrid model), default 1. labels: a hybrid model's classes (concat.class_labels).
+    resample, strength, context and prompts belong to the training-free path: they must keep
+    their defaults.
     Other arguments as `sample`.
     """
+    if self.inpainting_model:
+      return self._inpaint_trained(
+          rng, images, mask, labels, method=method, num_steps=num_steps,
+          guidance_scale=guidance_scale, eta=eta, output=output, return_trajectory=return_trajectory,
+          unused={"context": context, "prompts": prompts, "negative_prompts": negative_prompts,
+                  "null_context": null_context, "resample": (resample, 1),
+                  "strength": (strength, 1.0)})
     method, num_steps, guidance_scale, eta = self._check_common(method, num_steps, guidance_scale,
                                                                 eta, output)
     resample = checks.positive_int(resample, "resample")
@@ -515,6 +549,45 @@ class LatentDiffusionPipeline:
                           start=samplers.start_step_for_strength(num_steps, strength), z0=z0,
                           known_mask=known, resample=resample, output=output,
                           return_trajectory=return_trajectory)
+
+  def _inpaint_trained(self, rng, images, mask, labels, *, method, num_steps, guidance_scale, eta,
+                       output, return_trajectory, unused):
+    """`inpaint` of a trained inpainting model (see there); inputs checked before compiling."""
+    for name, value in unused.items():
+      value, default = value if isinstance(value, tuple) else (value, None)
+      if value != default:
+        raise ValueError(f"{name}={value!r:.60} is an option of the training-free inpainting path "
+                         f"(RePaint on an unconditional, class or text model); this trained "
+                         f"inpainting model ({self.concat_degradation!r}) needs {name}={default!r}.")
+    guidance_scale = 1.0 if guidance_scale is None else guidance_scale
+    method, num_steps, guidance_scale, eta = self._check_common(method, num_steps, guidance_scale,
+                                                                eta, output)
+    x = checks.images(images, self.image_shape)
+    n = x.shape[0]
+    m = checks.mask(mask, n, *self.image_shape[:2])
+    bad = m[(m != 0) & (m != 1)]
+    if bad.size:
+      raise ValueError(f"mask must be binary (1 = fill, 0 = keep) for a trained inpainting model "
+                       f"(it was trained on {self.concat_degradation!r} masks in {{0, 1}}), got "
+                       f"{bad.size} other values, e.g. {float(bad[0]):.4g}; threshold it first "
+                       "(mask >= 0.5, diffusers' binarisation).")
+    checks.guidance(guidance_scale, n)
+    if self.num_classes is None and labels is not None:
+      raise ValueError(f"This inpainting model has no class labels (trained without "
+                       f"concat.class_labels); labels must be None, got {labels!r:.60}.")
+    y = checks.labels(labels, n, self.num_classes)
+    cond, null = self._inpainting_conditioning(images_lib.to_float(x), m[..., None])
+    if y is not None:  # hybrid: the pair (c, label mixture); null: fully masked and the null label
+      cond = (cond, conditioning.class_mixture(y))
+      null = (null, conditioning.class_mixture(np.full((n,), self.num_classes, np.int32)))
+    return self._generate(rng, n, cond, null, method=method, num_steps=num_steps,
+                          guidance_scale=guidance_scale, eta=eta, start=0, output=output,
+                          return_trajectory=return_trajectory)
+
+  def _inpainting_conditioning(self, x, m):
+    fn = self._program(("inpainting_conditioning",), lambda: programs.inpainting_conditioning_program(
+        self.autoencoder, self.scale_factor, self.shift_factor, self._count))
+    return self._map(x.shape[0], lambda placement, take: fn(placement[3], *take((x, m))))
 
   def interpolate(self, rng, a=None, b=None, num: int = 8, *, negative_prompts=None, method=None,
                   num_steps=None, guidance_scale=None, output: str = "uint8", null_context=None):
@@ -594,6 +667,8 @@ class LatentDiffusionPipeline:
     Returns images [N, H, W, C] (uint8; float with output="float"; latents with output="latent").
     Other arguments as `sample`.
     """
+    if self.inpainting_model:
+      self._refuse_concat("upscale")  # names pipe.inpaint
     if self.concat_degradation is None:
       raise ValueError(f"upscale needs a concat-conditioned (super-resolution) model, trained with "
                        f"diffusion.conditioning='concat'; this one is {self.conditioning!r}-"

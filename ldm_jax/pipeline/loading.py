@@ -17,6 +17,7 @@ import jax.numpy as jnp
 
 from ldm_jax import schedules
 from ldm_jax.data.preprocess import image_hw
+from ldm_jax.diffusion import concat
 from ldm_jax.pipeline import scheduler_config as sched_lib
 from ldm_jax.stages import builders
 from ldm_jax.stages import export
@@ -72,12 +73,14 @@ def from_workdir(workdir: str, use_ema: bool = True, first_stage_workdir: str | 
   if d.conditioning == "text":
     prompt_encoder = run_prompt_encoder(workdir, config, params["text_encoder"])
     params = params["unet"]
-  # LDM-SR: the UNet reads [z_t, c], c the degradation of config.concat on the latent grid.
+  # LDM-SR: the UNet reads [z_t, c], c the degradation of config.concat on the latent grid;
+  # inpainting: [z_t, m, masked-image latents].
   degradation = config.concat.degradation if d.conditioning == "concat" else None
   unet = builders.unet(config.model, in_channels=channels,
                        num_class_embeds=None if num_classes is None else num_classes + 1,
                        context_dim=None if prompt_encoder is None else prompt_encoder.module.width,
-                       concat_channels=ae.in_channels if degradation else 0)
+                       concat_channels=concat.concat_channels(degradation, ae.in_channels, channels)
+                       if degradation else 0)
   h, w = image_hw(config.data.image_size)
   return dict(unet=unet, unet_params=jax.tree.map(jnp.asarray, params), autoencoder=ae,
               ae_params=ae_params, schedule=builders.schedule(d),

@@ -84,6 +84,19 @@ def encode_program(ae, scale, shift, on_trace):
   return jax.jit(fn)
 
 
+def inpainting_conditioning_program(ae, scale, shift, on_trace):
+  """fn(params, x [B, H, W, C] float in [-1, 1], m [B, H, W, 1] in {0, 1}) -> (c, null c)
+  [B, h, w, 1 + C_z]: `diffusion.concat.inpainting_conditioning` (the training loss's function)
+  with the posterior mean of the masked image, and with the fully masked image (m = 1, p_drop's
+  null conditioning)."""
+  def fn(params, x, m):
+    on_trace("inpainting_conditioning")
+    encode = lambda v: _latents(ae, params, v, scale, shift)
+    return (concat.inpainting_conditioning(encode, x, m),
+            concat.inpainting_conditioning(encode, x, jnp.ones_like(m)))
+  return jax.jit(fn)
+
+
 def encode_with_gain_program(ae, scale, shift, on_trace):
   """fn(params, x, rng, index) -> (latents [B, h, w, c], gain [B]).
 

@@ -18,6 +18,10 @@ x4 downsampling), resized to the latent grid, is concatenated to z_t along chann
 (`ldm_jax.diffusion.concat`): eps_theta([z_t, c], t), the UNet reading latent + image channels.
 For guidance c is replaced by zeros with probability `concat.p_drop`. With `concat.class_labels`
 the UNet also reads the class label (dropped to the null label with probability `p_uncond`).
+Inpainting (SD-inpainting, degradation "inpaint_large_masks"): c = [m, s * E(x * (m < 0.5))], a
+random mask on the latent grid and the frozen encoder's latents of the masked image, the UNet
+reading C_z + 1 + C_z channels; for guidance m is set to ones (nothing known) with probability
+`concat.p_drop` (`inpainting_conditioning`).
 
 The frozen autoencoder parameters travel in the train state's `extra["frozen"]` (sharded and
 checkpointed with it, never updated); `loss_fn(params, batch, rng, extra)` reads them there.
@@ -82,7 +86,8 @@ def make_loss_fn(unet: nn.Module, ae: nn.Module, schedule, config, scale_factor:
       {"unet", "text_encoder"}) or frozen (params {"unet"}, tau_theta's in extra["text_encoder"]).
       The batch then carries "tokens" int32 [B, L].
     concat: "concat" conditioning only: the `concat` section (degradation, p_drop, class_labels).
-      The UNet's in_channels must be the latent channels + the image channels. c is computed from
+      The UNet's in_channels must be the latent channels + the image channels (inpainting: 2 x the
+      latent channels + 1, `concat.concat_channels`). c is computed from
       batch["image"] (also when the latents are cached); with class_labels the batch's "label"
       is read as for "class" conditioning.
   """
@@ -106,8 +111,10 @@ def make_loss_fn(unet: nn.Module, ae: nn.Module, schedule, config, scale_factor:
                      "(model.cross_attention_dim and CrossAttn* block types).")
   if not isinstance(ae, (AutoencoderKL, VQModel)):
     raise ValueError(f"First stage must be an AutoencoderKL or VQModel, got {type(ae).__name__}.")
+  inpainting = False
   if config.conditioning == "concat":
     _check_concat(unet, ae, concat)
+    inpainting = concat_lib.is_inpainting(concat.degradation)
 
   def loss_fn(params, batch, rng, extra):
     z_rng, drop_rng, diff_rng, dropout_rng = jax.random.split(rng, 4)
@@ -127,6 +134,10 @@ def make_loss_fn(unet: nn.Module, ae: nn.Module, schedule, config, scale_factor:
       context = text_encoder.apply({"params": text_params}, ids, train=train_encoder,
                                    rngs={"dropout": jax.random.fold_in(dropout_rng, 1)})
       unet_params = params["unet"]
+    elif inpainting:  # c = [m, s E(x * (m < 0.5))], m = 1 everywhere with prob. p_drop
+      c = inpainting_conditioning(ae, jax.lax.stop_gradient(extra["frozen"]), concat,
+                                  to_float(batch["image"]), drop_rng, jax.random.fold_in(z_rng, 1),
+                                  scale_factor)
     elif config.conditioning == "concat":  # c = D(x) on the latent grid, zeros with prob. p_drop
       # (dropped independently of a hybrid model's labels)
       c = concat_lib.conditioning_map(concat.degradation, jax.random.fold_in(drop_rng, 1),
@@ -147,6 +158,18 @@ def make_loss_fn(unet: nn.Module, ae: nn.Module, schedule, config, scale_factor:
   return loss_fn
 
 
+def inpainting_conditioning(ae: nn.Module, ae_params, concat, x, mask_rng, encode_rng,
+                            scale_factor: float):
+  """SD-inpainting's c [B, h, w, 1 + C_z] for images x [B, H, W, C] in [-1, 1]: the mask
+  m = D(x) of the `concat` section's degradation (from fold_in(mask_rng, 1)), replaced by ones
+  (guidance's null: everything masked) with probability concat.p_drop (fold_in(mask_rng, 2)); then
+  [m on the latent grid, s * E(x * (m < 0.5))], E sampling q(z | x) from encode_rng as for z."""
+  m = concat_lib.get_degradation(concat.degradation).apply(jax.random.fold_in(mask_rng, 1), x)
+  m = concat_lib.null_mask(jax.random.fold_in(mask_rng, 2), m, concat.p_drop)
+  encode = lambda v: ae.apply({"params": ae_params}, v, encode_rng, method="latents") * scale_factor
+  return concat_lib.inpainting_conditioning(encode, x, m)
+
+
 def uses_labels(config, concat=None) -> bool:
   """Whether the UNet reads class labels: "class" conditioning, or "concat" with class_labels."""
   if config.conditioning == "concat":
@@ -159,10 +182,14 @@ def _check_concat(unet, ae, concat) -> None:
   if concat is None:
     raise ValueError("diffusion.conditioning='concat' needs a `concat` section (degradation, "
                      "p_drop): start from experiments/configs/mnist_ldm.py.")
-  concat_lib.get_degradation(concat.degradation)
-  want = ae.latent_channels + ae.in_channels
+  c = concat_lib.concat_channels(concat.degradation, ae.in_channels, ae.latent_channels)
+  want = ae.latent_channels + c
+  what = ("latent + mask + masked-image latent channels = "
+          f"{ae.latent_channels} + 1 + {ae.latent_channels}"
+          if concat_lib.is_inpainting(concat.degradation) else
+          f"latent + image channels = {ae.latent_channels} + {ae.in_channels}")
   if unet.in_channels != want or unet.out_channels != ae.latent_channels:
-    raise ValueError(f"diffusion.conditioning='concat': the UNet must read latent + image channels "
-                     f"= {ae.latent_channels} + {ae.in_channels} = {want} and predict "
+    raise ValueError(f"diffusion.conditioning='concat' with concat.degradation="
+                     f"{concat.degradation!r}: the UNet must read {what} = {want} and predict "
                      f"{ae.latent_channels}, got in_channels={unet.in_channels}, "
                      f"out_channels={unet.out_channels}.")

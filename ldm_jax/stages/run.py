@@ -19,6 +19,7 @@ import numpy as np
 from ldm_jax import data as data_lib
 from ldm_jax import xla_cpu
 from ldm_jax.data import preprocess
+from ldm_jax.diffusion import concat as concat_lib
 from ldm_jax.metrics import image as image_metrics
 from ldm_jax.text.prompts import split_prompts
 from ldm_jax.stages import autoencoder as ae_stage
@@ -197,7 +198,9 @@ def train_latent_diffusion(config: ml_collections.ConfigDict, workdir: str) -> d
   unet = builders.unet(config.model, in_channels=latent_shape[-1],
                        num_class_embeds=num_class_embeds,
                        context_dim=text_encoder.width if text else None,
-                       concat_channels=ae.in_channels if concat else 0)
+                       concat_channels=concat_lib.concat_channels(
+                           concat_section.degradation, ae.in_channels, ae.latent_channels)
+                       if concat else 0)
   schedule = builders.schedule(d)
   train_encoder = bool(text and config.text.train_encoder)
   null_ids = text_tokenize(tokenizer, [""])[0] if text else None
@@ -229,7 +232,10 @@ def train_latent_diffusion(config: ml_collections.ConfigDict, workdir: str) -> d
               "first_stage_workdir": os.path.relpath(config.first_stage.workdir, workdir),
               "first_stage_workdir_absolute": os.path.abspath(config.first_stage.workdir)}
   preview = None
-  if config.train.get("image_every", 0) and concat:
+  if config.train.get("image_every", 0) and concat and concat_lib.is_inpainting(
+      concat_section.degradation):
+    preview = None  # no inpainting preview yet: pipe.inpaint on the export
+  elif config.train.get("image_every", 0) and concat:
     preview = _upscale_preview(config, unet, ae, schedule, scale, latent_shape[1:], labels)
   elif config.train.get("image_every", 0):
     sample = config.get("sample") or {}

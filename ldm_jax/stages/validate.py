@@ -297,7 +297,7 @@ def _block_types(c):
 
 
 def _concat(c):
-  """The `concat` section of a concat-conditioned run (LDM-SR): a known degradation whose factor
+  """The `concat` section of a concat-conditioned run (LDM-SR, inpainting): a known degradation whose factor
   divides the image size, p_drop in [0, 1], class_labels a bool (then diffusion.num_classes >= 1),
   a UNet without cross-attention (hybrid concat + text is not implemented), and, where the config
   sets model.in_channels, the first stage's latent + image channels."""
@@ -322,10 +322,16 @@ def _concat(c):
          "(hybrid concat + text is not implemented)")
   given = _get(c, "model.in_channels")
   channels = _first_stage_channels(_get(c, "first_stage.workdir"))
-  if given is not _MISSING and channels is not None and given != sum(channels):
-    _bad("model.in_channels", given, f"the latent + image channels {channels[0]} + {channels[1]} "
-         f"= {sum(channels)} of the first stage for diffusion.conditioning='concat' (or leave "
-         "it out: it is derived)")
+  if given is not _MISSING and channels is not None and name is not None:
+    latent, image = channels
+    want = latent + concat_lib.concat_channels(name, image, latent)
+    what = (f"the latent + mask + masked-image latent channels {latent} + 1 + {latent}"
+            if concat_lib.is_inpainting(name) else
+            f"the latent + image channels {latent} + {image}")
+    if given != want:
+      _bad("model.in_channels", given, f"{what} = {want} of the first stage for "
+           f"diffusion.conditioning='concat' with concat.degradation={name!r} (or leave it out: "
+           "it is derived)")
 
 
 def _first_stage_channels(workdir):
