@@ -1,5 +1,5 @@
 """The latent diffusion objective: latent scale factor, guidance label dropout, frozen first stage,
-text conditioning, and concat conditioning (LDM-SR)."""
+text conditioning, and concat conditioning (LDM-SR, SD-inpainting)."""
 
 import flax.linen as nn
 import jax
@@ -275,6 +275,88 @@ def test_hybrid_concat_and_class_loss_reads_both(first_stage):
   assert abs(loss(labels, images[::-1].copy()) - want) > 1e-5  # and so does c
   with pytest.raises(ValueError, match="num_class_embeds = num_classes \\+ 1 = 11"):
     ldm_stage.make_loss_fn(_concat_parts(first_stage)[0], ae, schedule, cfg, 0.7, concat=section)
+
+
+# Inpainting (SD-inpainting): c = [m, s E(x * (m < 0.5))] concatenated to z_t, 4 + 1 + 4 channels
+
+
+def _inpaint_parts(first_stage):
+  """A UNet reading [z_t, m, masked-image latents] (4 + 1 + 4 channels) built as run.py builds it,
+  its params, and cached latents of the images (z, hence z_t, fixed while the images change)."""
+  from ldm_jax.diffusion import concat  # pylint: disable=import-outside-toplevel
+  from ldm_jax.stages import builders  # pylint: disable=import-outside-toplevel
+  ae, ae_params, images = first_stage
+  model = ml_collections.ConfigDict(dict(
+      preset="UNet", block_out_channels=(16,), layers_per_block=1, down_block_types=("DownBlock2D",),
+      up_block_types=("UpBlock2D",), mid_block_type=None, norm_num_groups=8))
+  unet = builders.unet(model, in_channels=ae.latent_channels, num_class_embeds=None,
+                       concat_channels=concat.concat_channels(
+      "inpaint_large_masks", ae.in_channels, ae.latent_channels))
+  params = nn.meta.unbox(unet.init(jax.random.key(1), jnp.zeros((1, 8, 8, 9)), jnp.zeros((1,)))["params"])
+  mean, logvar = ae.apply({"params": ae_params}, to_float(images), method="encode")
+  return unet, params, mean, logvar
+
+
+def test_inpainting_loss_reads_the_mask_and_the_masked_image_latents(first_stage):
+  from ldm_jax.diffusion import masks  # pylint: disable=import-outside-toplevel
+  from ldm_jax.models.unet import concat_conditioning  # pylint: disable=import-outside-toplevel
+  ae, ae_params, images = first_stage
+  unet, params, mean, logvar = _inpaint_parts(first_stage)
+  assert (unet.in_channels, unet.out_channels) == (4 + 1 + 4, 4)
+  schedule = schedules.get_schedule("linear", 100)
+  rng = jax.random.key(5)
+  cfg = _diffusion_config(conditioning="concat")
+
+  def loss(p_drop, imgs):
+    section = ml_collections.ConfigDict(dict(degradation="inpaint_large_masks", p_drop=p_drop))
+    loss_fn = ldm_stage.make_loss_fn(unet, ae, schedule, cfg, 0.7, concat=section)
+    batch = {"latent_mean": mean, "latent_logvar": logvar, "image": imgs}
+    return float(jax.jit(loss_fn)(params, batch, rng, {"frozen": ae_params})[0])
+
+  # By hand (the documented keys): m from fold_in(drop_rng, 1), the masked image's latents
+  # sampled from fold_in(z_rng, 1) and scaled by s = 0.7, m subsampled to the 8 x 8 grid (f = 2).
+  z_rng, drop_rng, diff_rng, _ = jax.random.split(rng, 4)
+  z = 0.7 * (mean + jnp.exp(0.5 * logvar) * jax.random.normal(z_rng, mean.shape))
+  x = np.asarray(to_float(images))
+  m = np.asarray(masks.large_masks(jax.random.fold_in(drop_rng, 1), (16, 16, 16)))
+  assert 0 < m.mean() < 1
+
+  def c_of(m, x):
+    z_masked = ae.apply({"params": ae_params}, jnp.asarray(np.where(m == 1, 0.0, x)),
+                        jax.random.fold_in(z_rng, 1), method="latents")
+    return jnp.concatenate([m[:, ::2, ::2], 0.7 * z_masked], -1)
+
+  def want(c):
+    model_fn = lambda v, t: unet.apply({"params": params}, concat_conditioning(v, c), t)
+    return float(jnp.mean(diffusion.training_loss(model_fn, schedule, z, diff_rng)))
+
+  c = c_of(m, x)
+  np.testing.assert_allclose(loss(0.0, images), want(c), rtol=1e-5)
+  assert abs(want(c.at[..., :1].set(1.0 - c[..., :1])) - want(c)) > 1e-5  # the mask channel counts
+  # Pixels under the mask do not reach the UNet; pixels outside it do (z_t fixed: cached latents).
+  inside, outside = images.copy(), images.copy()
+  inside[m == 1] = 255 - inside[m == 1]
+  outside[m == 0] = 255 - outside[m == 0]
+  assert loss(0.0, inside) == loss(0.0, images)
+  assert abs(loss(0.0, outside) - loss(0.0, images)) > 1e-5
+  # p_drop = 1: the null conditioning, everything masked (m = 1, masked image 0) for any images.
+  np.testing.assert_allclose(loss(1.0, images), want(c_of(np.ones_like(m), x)), rtol=1e-5)
+  assert loss(1.0, outside) == loss(1.0, images)
+
+
+def test_inpainting_loss_needs_the_mask_channels(first_stage):
+  ae, _, _ = first_stage
+  schedule = schedules.get_schedule("linear", 10)
+  cfg = _diffusion_config(conditioning="concat")
+  section = ml_collections.ConfigDict(dict(degradation="inpaint_large_masks", p_drop=0.0))
+  sr_unet, _, _, _ = _concat_parts(first_stage)  # [z_t, image]: 5 channels
+  with pytest.raises(ValueError, match=r"degradation='inpaint_large_masks': the UNet must read "
+                     r"latent \+ mask \+ masked-image latent channels = 4 \+ 1 \+ 4 = 9 and predict 4, "
+                     r"got in_channels=5"):
+    ldm_stage.make_loss_fn(sr_unet, ae, schedule, cfg, 1.0, concat=section)
+  section.degradation = "bicubic_x4"
+  with pytest.raises(ValueError, match=r"latent \+ image channels = 4 \+ 1 = 5 .* got in_channels=9"):
+    ldm_stage.make_loss_fn(_inpaint_parts(first_stage)[0], ae, schedule, cfg, 1.0, concat=section)
 
 
 def test_concat_loss_needs_its_section_and_matching_channels(first_stage):

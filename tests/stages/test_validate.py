@@ -110,6 +110,7 @@ TEXT_CASES = [
 ]
 SR_CASES = [  # mnist_ldm with diffusion.conditioning="concat"
     ("concat.degradation", "bicubic_x8", "valid choices: bicubic_x4"),
+    ("concat.degradation", "inpaint_small_masks", "bicubic_x4, inpaint_large_masks"),
     ("concat.p_drop", 1.5, "[0.0, 1.0]"), ("concat.p_drop", -0.1, "[0.0, 1.0]"),
     ("concat.class_labels", "yes", "True or False"),
     ("data.image_size", 30, "a multiple of 4 for concat.degradation='bicubic_x4'"),
@@ -167,6 +168,13 @@ def test_concat_in_channels_must_be_latent_plus_image_channels(tmp_path):
                      r"channels 2 \+ 1 = 3 .*diffusion.conditioning='concat'"):
     validate.config(c)
   c.model.in_channels = 3
+  validate.config(c)
+  c.concat.degradation = "inpaint_large_masks"  # SD-inpainting: [z_t, m, masked-image latents]
+  with pytest.raises(ValueError, match=r"^model.in_channels=3: expected the latent \+ mask \+ "
+                     r"masked-image latent channels 2 \+ 1 \+ 2 = 5 .*concat.degradation="
+                     r"'inpaint_large_masks'"):
+    validate.config(c)
+  c.model.in_channels = 5
   validate.config(c)
 
 
