@@ -8,6 +8,12 @@ Super-resolution x4 (LDM-SR: the bicubic 8x8 image concatenated to the 8x8 laten
 `LatentDiffusionPipeline.from_workdir("workdirs/mnist_sr").upscale(rng, low_res_images)`):
   python -m ldm_jax.main --config=experiments/configs/mnist_ldm.py --workdir=workdirs/mnist_sr \
       --config.first_stage.workdir=workdirs/mnist_ae --config.diffusion.conditioning=concat
+
+Inpainting (SD-inpainting: [z_t, mask, masked-image latents], LaMa-style large masks; then
+`LatentDiffusionPipeline.from_workdir("workdirs/mnist_inpaint").inpaint(rng, images, mask)`):
+  python -m ldm_jax.main --config=experiments/configs/mnist_ldm.py --workdir=workdirs/mnist_inpaint \
+      --config.first_stage.workdir=workdirs/mnist_ae --config.diffusion.conditioning=concat \
+      --config.concat.degradation=inpaint_large_masks --config.concat.p_drop=0.1
 """
 
 import ml_collections
@@ -75,9 +81,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.diffusion.num_classes = 10
   c.diffusion.p_uncond = 0.1              # label dropout for classifier-free guidance
 
-  c.concat = ml_collections.ConfigDict()  # diffusion.conditioning="concat" (LDM-SR, sec. 4.4)
+  c.concat = ml_collections.ConfigDict()  # diffusion.conditioning="concat" (LDM-SR, inpainting)
   c.concat.degradation = "bicubic_x4"     # c = D(x): ldm_jax.diffusion.concat.DEGRADATIONS
-  c.concat.p_drop = 0.0                   # c -> zeros with this probability (for guidance)
+  c.concat.p_drop = 0.0                   # c -> null (zeros; inpainting: all masked) with this prob.
   c.concat.class_labels = False           # hybrid: also the class label (dropped with p_uncond)
 
   c.optim = optim.default_config()
