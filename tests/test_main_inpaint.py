@@ -140,6 +140,41 @@ def test_bad_inputs_raise_before_compiling(pipe, digits):
   assert dict(pipe.trace_counts) == traces
 
 
+def test_constructor_checks_the_mask_channels(pipe):
+  parts = dict(unet=pipe.unet, unet_params=pipe.unet_params, autoencoder=pipe.autoencoder,
+               ae_params=pipe.ae_params, schedule=pipe.schedule, scale_factor=pipe.scale_factor,
+               latent_shape=pipe.latent_shape)
+  with pytest.raises(ValueError, match=r"concat_degradation='bicubic_x4' needs a UNet reading "
+                     r"latent \+ image channels = 2 \+ 1 = 3, got in_channels=5"):
+    LatentDiffusionPipeline(**parts, concat_degradation="bicubic_x4")
+  with pytest.raises(ValueError, match="Unknown degradation 'inpaint'; valid choices: bicubic_x4, "
+                     "inpaint_large_masks"):
+    LatentDiffusionPipeline(**parts, concat_degradation="inpaint")
+  sr_unet = pipe.unet.clone(in_channels=3)
+  with pytest.raises(ValueError, match=r"latent \+ mask \+ masked-image latent channels = 2 \+ 1 "
+                     r"\+ 2 = 5, got in_channels=3"):
+    LatentDiffusionPipeline(**{**parts, "unet": sr_unet}, concat_degradation="inpaint_large_masks")
+
+
+def test_hybrid_inpainting_and_class_run_fills_per_label(ae_dir, digits, tmp_path):
+  workdir = str(tmp_path / "hybrid")
+  cli_runs.run(f"--config={cli_runs.TINY}:sr", f"--workdir={workdir}",
+               f"--config.first_stage.workdir={ae_dir}", f"--config.train.num_steps={STEPS}",
+               "--config.concat.degradation=inpaint_large_masks", "--config.concat.class_labels=True")
+  hybrid = LatentDiffusionPipeline.from_workdir(workdir, max_batch=4)
+  assert hybrid.inpainting_model and hybrid.num_classes == 10 and hybrid.unet.num_class_embeds == 11
+  x, m = digits
+  a = hybrid.inpaint(jax.random.key(0), x, m, labels=[1, 2, 3], **KW)
+  traces = dict(hybrid.trace_counts)
+  b = hybrid.inpaint(jax.random.key(0), x, m, labels=[7, 8, 9], **KW)
+  c = hybrid.inpaint(jax.random.key(0), x, m, labels=4, guidance_scale=2.0, **KW)
+  assert dict(hybrid.trace_counts) == traces  # new labels and guidance: no recompile
+  assert a.shape == b.shape == c.shape == (3, 32, 32, 1)
+  assert np.abs(a.astype(int) - b.astype(int)).max() > 0  # the labels reach the UNet
+  with pytest.raises(ValueError, match="class-conditional: give labels in 0..9"):
+    hybrid.inpaint(jax.random.key(0), x, m, **KW)
+
+
 def test_sample_cli_says_to_use_inpaint_in_one_line(inpaint_run):
   codes, outs = cli_runs.wait(cli_runs.start("sample", f"--workdir={inpaint_run}", "--num_steps=2"))
   assert codes[0] not in (0, None), outs[0][-2000:]
