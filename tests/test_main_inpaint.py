@@ -128,6 +128,11 @@ def test_bad_inputs_raise_before_compiling(pipe, digits):
     pipe.inpaint(jax.random.key(0), x, m, resample=4, **KW)
   with pytest.raises(ValueError, match=r"strength=0.5 .* needs strength=1.0"):
     pipe.inpaint(jax.random.key(0), x, m, strength=0.5, **KW)
+  with pytest.raises(ValueError, match=r"context=<array of shape \(3, 4, 8\)> is an option of the "
+                     r"training-free .* needs context=None"):
+    pipe.inpaint(jax.random.key(0), x, m, context=np.zeros((3, 4, 8), np.float32), **KW)
+  with pytest.raises(ValueError, match=r"prompts='a 7' .* needs prompts=None"):
+    pipe.inpaint(jax.random.key(0), x, m, prompts="a 7", **KW)
   with pytest.raises(ValueError, match="no class labels .* labels must be None"):
     pipe.inpaint(jax.random.key(0), x, m, labels=3, **KW)
   with pytest.raises(ValueError, match=r"trained inpainting model .*: upscale does not run it; use "

@@ -5,8 +5,8 @@ convention: white = inpaint). Every function is a pure jnp function of (rng, sha
 inside the training loss, with all sizes relative to the image side, so a 32 x 32 MNIST mask has
 the proportions of a 256 x 256 LaMa mask:
 
-  strokes (LaMa's irregular masks): 1..5 polylines of 1..4 segments each, segment length up to
-    0.78 side, brush width 0.02..0.41 side, turning by up to 4 rad per segment; each segment is
+  strokes (LaMa's irregular masks): 1..5 polylines of 1..4 segments each, segment length
+    0.04..0.82 side, brush width 0.02..0.41 side, turning by up to 4 rad per segment; each segment is
     rasterised as a capsule (the pixels within width / 2 of it; cv2.line's thick line).
   boxes (LaMa's rectangle masks): 1..4 axis-aligned boxes of sides 0.12..0.6 of the image's.
   large_masks: per example, strokes with probability 1 / 1.3, else boxes.

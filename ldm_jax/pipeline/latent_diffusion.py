@@ -529,8 +529,9 @@ class LatentDiffusionPipeline:
       return self._inpaint_trained(
           rng, images, mask, labels, method=method, num_steps=num_steps,
           guidance_scale=guidance_scale, eta=eta, output=output, return_trajectory=return_trajectory,
-          unused={"context": context, "prompts": prompts, "negative_prompts": negative_prompts,
-                  "null_context": null_context, "resample": (resample, 1),
+          unused={"context": (context, None), "prompts": (prompts, None),
+                  "negative_prompts": (negative_prompts, None),
+                  "null_context": (null_context, None), "resample": (resample, 1),
                   "strength": (strength, 1.0)})
     method, num_steps, guidance_scale, eta = self._check_common(method, num_steps, guidance_scale,
                                                                 eta, output)
@@ -553,10 +554,11 @@ class LatentDiffusionPipeline:
   def _inpaint_trained(self, rng, images, mask, labels, *, method, num_steps, guidance_scale, eta,
                        output, return_trajectory, unused):
     """`inpaint` of a trained inpainting model (see there); inputs checked before compiling."""
-    for name, value in unused.items():
-      value, default = value if isinstance(value, tuple) else (value, None)
-      if value != default:
-        raise ValueError(f"{name}={value!r:.60} is an option of the training-free inpainting path "
+    for name, (value, default) in unused.items():  # (value, its required default)
+      if (value is not None) if default is None else (value != default):
+        shown = (f"<array of shape {value.shape}>" if isinstance(value, (np.ndarray, jax.Array))
+                 else f"{value!r:.60}")
+        raise ValueError(f"{name}={shown} is an option of the training-free inpainting path "
                          f"(RePaint on an unconditional, class or text model); this trained "
                          f"inpainting model ({self.concat_degradation!r}) needs {name}={default!r}.")
     guidance_scale = 1.0 if guidance_scale is None else guidance_scale
