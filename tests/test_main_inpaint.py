@@ -27,11 +27,6 @@ KW = dict(method="ddim", num_steps=2)
 
 
 @pytest.fixture(scope="module")
-def ae_dir(tmp_path_factory):
-  return cli_runs.tiny_autoencoder_export(str(tmp_path_factory.mktemp("ae")))
-
-
-@pytest.fixture(scope="module")
 def inpaint_run(ae_dir, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("inpaint"))
   cli_runs.run(f"--config={cli_runs.TINY}:sr", f"--workdir={workdir}",
