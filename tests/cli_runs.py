@@ -22,7 +22,7 @@ from tests.configs import tiny
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "tests", "configs", "tiny.py")
-TIMEOUT = 300
+TIMEOUT = 600  # generous: a CLI run takes 30-220 s alone, several times that beside other work
 # Runs share compiled programs through JAX's persistent cache (keyed on the program and the device
 # topology, so a reused entry is the same program): a rerun of a configuration skips its compile.
 CACHE = os.environ.get("JAX_COMPILATION_CACHE_DIR",  # the session's cache (tests/conftest.py)
