@@ -98,3 +98,11 @@ def tiny_autoencoder_export(workdir):
   params = random_params(ae, jnp.zeros((1, 32, 32, 1)), seed=0)
   export.save(workdir, config, {"autoencoder": params}, {"autoencoder": params}, {"stage": "autoencoder"})
   return workdir
+
+
+def blob_images(n: int = 3):
+  """n smooth Gaussian blobs uint8 [n, 32, 32, 1], shifted 5 pixels apart (held-out-like inputs
+  for the task runs' pipelines)."""
+  yy, xx = np.mgrid[0:32, 0:32]
+  ims = [np.exp(-((xx - 10 - 5 * k) ** 2 + (yy - 16) ** 2) / 30.0) for k in range(n)]
+  return np.round(np.stack(ims)[..., None] * 255).astype(np.uint8)

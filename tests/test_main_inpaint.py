@@ -44,9 +44,8 @@ def pipe(inpaint_run):
 @pytest.fixture(scope="module")
 def digits():
   """3 smooth blobs uint8 [3, 32, 32, 1] and binary masks [3, 32, 32] (a box, a band, a stroke)."""
+  x = cli_runs.blob_images(3)
   yy, xx = np.mgrid[0:32, 0:32]
-  ims = [np.exp(-((xx - 10 - 5 * k) ** 2 + (yy - 16) ** 2) / 30.0) for k in range(3)]
-  x = np.round(np.stack(ims)[..., None] * 255).astype(np.uint8)
   m = np.zeros((3, 32, 32), np.float32)
   m[0, 8:20, 6:18] = 1
   m[1, :, 12:20] = 1

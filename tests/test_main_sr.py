@@ -46,9 +46,7 @@ def pipe(sr_run):
 @pytest.fixture(scope="module")
 def digits():
   """Held-out-like images: 3 smooth blobs uint8 [3, 32, 32, 1] and their x4 inputs [3, 8, 8, 1]."""
-  yy, xx = np.mgrid[0:32, 0:32]
-  ims = [np.exp(-((xx - 10 - 5 * k) ** 2 + (yy - 16) ** 2) / 30.0) for k in range(3)]
-  x = np.round(np.stack(ims)[..., None] * 255).astype(np.uint8)
+  x = cli_runs.blob_images(3)
   low = np.asarray(concat.bicubic_x4(None, to_float(x)))
   return x, np.clip(np.round((low + 1) * 127.5), 0, 255).astype(np.uint8)
 
