@@ -44,6 +44,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.shuffle = True               # a new permutation each epoch
   c.data.in_memory = config_dict.placeholder(bool)  # None: decode once when <= 1 GiB
   c.data.download = True              # prepare a TFDS dataset that is not prepared yet
+  c.data.caption_style = "grammar"    # mnist_pairs only: "grammar" | "digits" ("3 7")
 
   c.first_stage = ml_collections.ConfigDict()
   c.first_stage.workdir = ""          # workdir of the autoencoder run (its EMA weights are used)
