@@ -10,7 +10,9 @@ chunks: stop it any time and start the same command again):
   3. the text LDM (experiments/configs/mnist_text.py: a 2-layer transformer text encoder trained
      jointly with a cross-attention UNet) in <workdir>/ldm, and the pooled-embedding baseline
      (--config.text.pooled: one mean vector per caption, no per-token attention) in
-     <workdir>/pooled, with the same UNet, steps and data;
+     <workdir>/pooled, with the same UNet, steps and data; with --encoder_lr_scale=k, the text
+     model again with its encoder at k x the learning rate (text.lr_scale) in
+     <workdir>/encoder_lr<k>;
   3b. with --class_tokens, the diagnostic "class_tokens" in <workdir>/class_tokens: captions "3 7"
      (data.caption_style="digits") and an encoder of 0 layers, so the context is two fixed class
      tokens (each digit's token embedding + its position), nothing mixed by attention and no
@@ -62,6 +64,9 @@ flags.DEFINE_list("guidance_scales", ["2", "4"], "Classifier-free guidance scale
 flags.DEFINE_bool("pooled", True, "Also train and evaluate the pooled-embedding baseline.")
 flags.DEFINE_bool("class_tokens", False, "Also train and evaluate the two-class-token diagnostic "
                   "(captions '{a} {b}', a 0-layer encoder).")
+flags.DEFINE_float("encoder_lr_scale", 0.0, "Also train and evaluate the text model with its "
+                   "encoder at this multiple of the learning rate (text.lr_scale), in "
+                   "<workdir>/encoder_lr<scale> (0: not).")
 flags.DEFINE_string("report", "", "Markdown report ('': <workdir>/report.md).")
 FLAGS = flags.FLAGS
 
@@ -123,6 +128,10 @@ def main(_):
     runs["class_tokens"] = os.path.join(FLAGS.workdir, "class_tokens")
   if FLAGS.pooled:
     runs["pooled"] = os.path.join(FLAGS.workdir, "pooled")
+  if FLAGS.encoder_lr_scale:
+    k = f"{FLAGS.encoder_lr_scale:g}"
+    MODELS[f"encoder_lr{k}"] = ({"text.lr_scale": FLAGS.encoder_lr_scale}, "grammar")
+    runs[f"encoder_lr{k}"] = os.path.join(FLAGS.workdir, f"encoder_lr{k}")
   results_path = os.path.join(FLAGS.workdir, "results.json")
   results = {"models": {}}
   if os.path.exists(results_path):  # models evaluated by an earlier chunk of this job

@@ -3,7 +3,8 @@ tiny-scale subprocess end to end (judge, autoencoder, cross-attention LDM, evalu
 guidance scales, report), then again to check that a finished job reuses its runs and evaluations
 instead of training again. (--nopooled keeps it short: the pooled baseline is the same stage with
 text.pooled=True, tested in tests/stages/test_latent_diffusion_stage.py. --class_tokens: the
-two-token diagnostic trains and is evaluated on "{a} {b}" prompts.)"""
+two-token diagnostic trains and is evaluated on "{a} {b}" prompts; --encoder_lr_scale: the text
+model again with its encoder at 10 x the learning rate.)"""
 
 import json
 import os
@@ -16,7 +17,7 @@ from ldm_jax.data import mnist_pairs
 def _run(workdir, report):
   cmd = [sys.executable, "-m", "experiments.mnist_text_to_image", "--scale=tiny",
          f"--workdir={workdir}", "--ldm_steps=2", "--samples_per_pair=1", "--guidance_scales=1,3",
-         "--nopooled", "--class_tokens",
+         "--nopooled", "--class_tokens", "--encoder_lr_scale=10",
          f"--report={report}"]
   out = subprocess.run(cmd, capture_output=True, text=True, timeout=1500, check=False)
   assert out.returncode == 0, out.stderr[-3000:]
@@ -27,7 +28,7 @@ def test_tiny_job_end_to_end_and_resume(tmp_path):
   workdir, report = tmp_path / "job", tmp_path / "report.md"
   _run(workdir, report)
   results = json.loads((workdir / "results.json").read_text())
-  assert set(results["models"]) == {"cross_attention", "class_tokens"}
+  assert set(results["models"]) == {"cross_attention", "class_tokens", "encoder_lr10"}
   for name, m in results["models"].items():
     assert m["steps"] == 2
     assert set(m["by_guidance"]) == {"1", "3"}
@@ -42,17 +43,21 @@ def test_tiny_job_end_to_end_and_resume(tmp_path):
     run = "ldm" if name == "cross_attention" else name
     export = json.loads((workdir / run / "export" / "config.json").read_text())
     assert export["text"]["pooled"] is False
+    assert export["text"]["lr_scale"] == (10.0 if name == "encoder_lr10" else 1.0)
     assert (export["text"]["encoder"]["layers"] == 0) == (name == "class_tokens")
     assert export["data"]["caption_style"] == ("digits" if name == "class_tokens" else "grammar")
   text = report.read_text()
   table = [line for line in text.splitlines() if line.startswith("| cross_attention") or
-           line.startswith("| pooled") or line.startswith("| class_tokens")]
-  assert len(table) == 4, text
+           line.startswith("| pooled") or line.startswith("| class_tokens") or
+           line.startswith("| encoder_lr10")]
+  assert len(table) == 6, text
   assert "Not yet trained and evaluated: pooled" in text
 
   # Again: every run is finished and evaluated, so nothing is trained or sampled again.
   before = {p: os.path.getmtime(p) for p in [workdir / "ldm" / "eval.json",
-                                            workdir / "class_tokens" / "eval.json", workdir / "results.json"]}
+                                            workdir / "class_tokens" / "eval.json",
+                                            workdir / "encoder_lr10" / "eval.json",
+                                            workdir / "results.json"]}
   _run(workdir, report)
   assert before == {p: os.path.getmtime(p) for p in before}  # neither trained nor evaluated again
   assert report.read_text() == text

@@ -56,6 +56,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.text.pretrained = ""              # a diffusers folder (tokenizer/ + text_encoder/ or bert/)
   c.text.train_encoder = True         # True: trained jointly (LDM); False: frozen (SD fine-tuning)
   c.text.pooled = False               # True: the pooled-embedding baseline
+  c.text.lr_scale = 1.0               # joint training: the encoder's lr = lr_scale x optim's
   c.text.encoder = ml_collections.ConfigDict()  # ldm_jax.models.bert_text.BERTEmbedder fields
   c.text.encoder.preset = "BERTEmbedder"        # or "CLIPTextTransformer", or an upper-case preset
   c.text.encoder.width = 64

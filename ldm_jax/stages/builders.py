@@ -142,9 +142,18 @@ def schedule(diffusion: ml_collections.ConfigDict) -> schedules.Schedule:
   return schedules.rescale_zero_terminal_snr(s) if diffusion.zero_terminal_snr else s
 
 
+def text_lr_scales(config: ml_collections.ConfigDict) -> dict:
+  """{"text_encoder": text.lr_scale} for a text LDM that trains its encoder jointly, else {}."""
+  text = config.get("text")
+  if (config.stage != "latent_diffusion" or config.diffusion.conditioning != "text"
+      or text is None or not text.train_encoder):
+    return {}
+  return {"text_encoder": float(text.get("lr_scale", 1.0))}
+
+
 def optimizer(config: ml_collections.ConfigDict) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """The optimizer of a stage and its learning-rate schedule (for logging)."""
-  tx = optim.make_optimizer(config.optim)
+  tx = optim.make_optimizer(config.optim, text_lr_scales(config))
   if config.stage == "autoencoder":
     from ldm_jax.stages import autoencoder as ae_stage  # pylint: disable=import-outside-toplevel
     disc_optim = ml_collections.ConfigDict(config.optim.to_dict())

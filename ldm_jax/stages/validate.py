@@ -267,6 +267,10 @@ def _text(c):
          "or bert/), or '' for a new encoder")
   _bool(c, "text.train_encoder")
   _bool(c, "text.pooled")
+  if _real(c, "text.lr_scale", 0.0, None, lo_open=True) not in (None, 1.0) and not _get(
+      c, "text.train_encoder"):
+    _bad("text.lr_scale", _get(c, "text.lr_scale"), "1.0 with text.train_encoder=False (a frozen "
+         "encoder has no learning rate)")
   _int(c, "text.max_length", 2)
   if not pretrained:
     tok = _get(c, "text.tokenizer")

@@ -4,6 +4,7 @@ Built from an `ml_collections.ConfigDict` (see `default_config`). The schedule c
 updates, not micro-steps: with `grad_accum_steps = k` the schedule advances once per k batches.
 """
 
+import jax
 import ml_collections
 import optax
 
@@ -58,18 +59,47 @@ def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
   return optax.join_schedules([optax.linear_schedule(0.0, peak, warm), decay], [warm])
 
 
-def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  """clip_by_global_norm -> AdamW(schedule), wrapped in `optax.MultiSteps` when accumulating.
+def scale_subtrees(lr_scales: dict) -> optax.GradientTransformation:
+  """Multiplies the updates of each top-level params subtree by lr_scales[name] (default 1).
+
+  After AdamW this is a per-subtree learning rate (weight decay included, as AdamW couples it to
+  the learning rate): {"text_encoder": 10.0} trains the encoder at 10 x the schedule's rate.
+  Stateless, so the opt_state's arrays are those of the unscaled optimizer.
+  """
+  bad = {k: v for k, v in lr_scales.items() if not (isinstance(v, (int, float)) and v > 0)}
+  if bad:
+    raise ValueError(f"learning-rate scales must be numbers > 0, got {bad}")
+
+  def update(updates, state, params=None):
+    del params
+    if not isinstance(updates, dict) or not set(lr_scales) <= set(updates):
+      names = sorted(updates) if isinstance(updates, dict) else type(updates).__name__
+      raise ValueError(f"learning-rate scales for {sorted(lr_scales)}, but the params' top-level "
+                       f"subtrees are {names}")
+    return {k: (jax.tree.map(lambda u, s=lr_scales[k]: u * s, v) if k in lr_scales else v)
+            for k, v in updates.items()}, state
+
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
+def make_optimizer(config: ml_collections.ConfigDict,
+                   lr_scales: dict | None = None) -> optax.GradientTransformation:
+  """clip_by_global_norm -> AdamW(schedule) [-> `scale_subtrees(lr_scales)`], wrapped in
+  `optax.MultiSteps` when accumulating.
 
   With accumulation the opt_state is an `optax.MultiStepsState`; the train step reads its
-  `mini_step` to know whether parameters moved (see `applied_update`).
+  `mini_step` to know whether parameters moved (see `applied_update`). lr_scales (e.g.
+  {"text_encoder": 10.0}, scales != 1 only) multiplies the learning rate of top-level subtrees.
   """
   _check(config)
   adamw = optax.adamw(learning_rate_schedule(config), b1=config.b1, b2=config.b2,
                       eps=config.eps, weight_decay=config.weight_decay)
   tx = adamw
+  scales = {k: v for k, v in (lr_scales or {}).items() if v != 1}
+  if scales:
+    tx = optax.chain(tx, scale_subtrees(scales))
   if config.grad_clip_norm > 0:
-    tx = optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), adamw)
+    tx = optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), tx)
   k = int(config.grad_accum_steps)
   if k > 1:
     tx = optax.MultiSteps(tx, every_k_schedule=k).gradient_transformation()

@@ -105,7 +105,8 @@ TEXT_CASES = [
     ("data.crop", "center", "'none' for mnist_pairs"), ("data.image_size", (32, 0), "pair (H, W)"),
     ("data.split", "val", "valid choices: train, test, heldout"),
     ("data.caption_style", "words", "valid choices: grammar, digits"),
-    ("text.encoder.layers", -1, ">= 0"),
+    ("text.encoder.layers", -1, ">= 0"), ("text.lr_scale", 0.0, "a finite number in (0.0, inf)"),
+    ("text.lr_scale", "10", "a finite number"),
     ("model.attention_position_embedding", "learned", "valid choices: none, sincos_2d"),
 ]
 SR_CASES = [  # mnist_ldm with diffusion.conditioning="concat"
@@ -143,6 +144,15 @@ def test_bad_values_name_key_value_and_range(key, value, words, tmp_path):
   message = str(err.value)
   assert message.startswith(f"{key}={value!r}"), message
   assert words in message, message
+
+
+def test_a_frozen_encoder_takes_no_learning_rate_scale(tmp_path):
+  c = _with_first_stage(mnist_text.get_config(), tmp_path)
+  c.text.train_encoder, c.text.lr_scale = False, 10.0
+  with pytest.raises(ValueError, match=r"text.lr_scale=10.0: expected 1.0 with text.train_encoder"):
+    validate.config(c)
+  c.text.lr_scale = 1.0
+  validate.config(c)
 
 
 def test_text_model_needs_cross_attention_blocks(tmp_path):
