@@ -108,6 +108,43 @@ def evaluate(pipe, judge, pairs, per_pair, seed, guidance_scale, caption_style="
   }
 
 
+def side_probe(pipe, ridge=1e-2):
+  """Does the encoder's output at a digit's token say which side the digit is on?
+
+  For every caption of distinct digits (all phrasings, numeral / word forms), the context vectors
+  at the two digit tokens, labelled left / right; a linear probe (ridge regression on +-1, closed
+  form) fitted on the seen pairs' captions is scored on the 10 held-out pairs' captions. Cross-
+  attention keys are linear in these vectors, so a probe near 50% means the UNet cannot tell the
+  sides apart from the context; 100% means the encoder binds each digit to its side. None for
+  contexts without per-token vectors (the pooled baseline).
+  """
+  tok = pipe.prompt_encoder.tokenizer
+  caps, where, held = [], [], []
+  for a, b in mnist_pairs.SEEN_PAIRS + mnist_pairs.HELD_OUT_PAIRS:
+    if a == b:
+      continue
+    for p in range(len(mnist_pairs.PHRASINGS)):
+      for aw in (False, True):
+        for bw in (False, True):
+          c = mnist_pairs.caption(a, b, p, aw, bw)
+          tokens = tok.encode(c).tokens
+          where.append((tokens.index(mnist_pairs.digit_name(a, aw)),
+                        tokens.index(mnist_pairs.digit_name(b, bw))))
+          caps.append(c)
+          held.append((a, b) in mnist_pairs.HELD_OUT_PAIRS)
+  ctx = np.concatenate([pipe.encode_prompt(caps[i:i + 256]) for i in range(0, len(caps), 256)])
+  if ctx.shape[1] <= max(max(w) for w in where):
+    return None
+  rows = np.arange(len(caps))
+  x = np.concatenate([ctx[rows, [w[0] for w in where]], ctx[rows, [w[1] for w in where]]])
+  x = np.concatenate([x, np.ones((len(x), 1))], 1).astype(np.float64)
+  y = np.concatenate([np.ones(len(caps)), -np.ones(len(caps))])  # +1: the left digit's token
+  held = np.concatenate([held, held])
+  w = np.linalg.solve(x[~held].T @ x[~held] + ridge * np.eye(x.shape[1]), x[~held].T @ y[~held])
+  acc = lambda m: float(((x[m] @ w > 0) == (y[m] > 0)).mean())
+  return {"fit_seen": acc(~held), "held_out": acc(held)}
+
+
 def main(_):
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
@@ -149,6 +186,11 @@ def main(_):
     if (done.get("steps") == summary["steps"]
         and done.get("samples_per_pair") == FLAGS.samples_per_pair
         and sorted(done.get("by_guidance", {})) == sorted(_scales())):
+      if "side_probe" not in done and jax.process_index() == 0:  # evaluated before the probe
+        done["side_probe"] = (side_probe(LatentDiffusionPipeline.from_workdir(workdir))
+                              if MODELS[name][1] == "grammar" else None)
+        with open(results_path, "w", encoding="utf-8") as f:
+          json.dump(results, f, indent=1, default=float)
       continue  # evaluated already
     if jax.process_index() == 0:
       results["models"][name] = _evaluate_run(name, workdir, judge, summary)
@@ -187,7 +229,8 @@ def _evaluate_run(name, workdir, judge, summary):
     Image.fromarray(grid[..., 0]).save(path)
     with open(path.replace(".png", "_rows.txt"), "w", encoding="utf-8") as f:
       f.write("\n".join([held_caps[i * n] for i in range(10)] + [seen_caps[i * n] for i in range(0, 90, 19)]))
-  out = {"by_guidance": by_guidance, "train_seconds": summary["seconds"],
+  out = {"by_guidance": by_guidance, "side_probe": side_probe(pipe) if style == "grammar" else None,
+         "train_seconds": summary["seconds"],
          "steps": summary["steps"], "samples_per_pair": n, "defaults": pipe.defaults,
          "eval_seconds": time.time() - t0, "commit": _commit()}
   print(name, json.dumps(out, indent=1), flush=True)
@@ -214,20 +257,26 @@ def _report(r, path):
            "the project's digit classifier on each 32 x 32 half. Targets: >= 90% on seen pairs, "
            ">= 80% on the 10 held-out pairs.", "",
            "| model | guidance w | seen pairs | held-out pairs | swap rate (seen) | right-first phrasings "
-           "(seen) | left / right digit (seen) | steps | train time (s) |",
-           "|---|---|---|---|---|---|---|---|---|"]
+           "(seen) | left / right digit (seen) | side probe (held-out captions) | steps | "
+           "train time (s) |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
   for name, m in r["models"].items():
     for w, g in m["by_guidance"].items():
       s, h = g["seen"], g["held_out"]
       lines.append(f"| {name} | {w} | {pct(s['pair_accuracy'])} | {pct(h['pair_accuracy'])} | "
                    f"{pct(s['swap_rate'])} | {pct(s['right_first_accuracy'])} | "
-                   f"{pct(s['left_accuracy'])} / {pct(s['right_accuracy'])} | {m['steps']} | "
+                   f"{pct(s['left_accuracy'])} / {pct(s['right_accuracy'])} | "
+                   f"{pct((m.get('side_probe') or {}).get('held_out'))} | {m['steps']} | "
                    f"{m['train_seconds'] or 0:.0f} |")
   missing = [m for m in ("cross_attention", "pooled") if m not in r["models"]]
   if "class_tokens" in r["models"]:
     lines += ["", "class_tokens is the diagnostic: captions \"{a} {b}\" (\"3 7\") and a 0-layer "
               "encoder, so its context is two fixed class tokens; its right-first column is n/a "
               "(one phrasing)."]
+  lines += ["", "Side probe: a linear probe of the context vector at each digit's token (left or "
+            "right digit?), fitted on the seen pairs' captions and scored on the held-out pairs' "
+            "(chance 50%; n/a: no per-token context). Cross-attention keys are linear in these "
+            "vectors, so it measures whether the encoder binds each digit to its side."]
   if missing:
     lines += ["", f"Not yet trained and evaluated: {', '.join(missing)} (run the job again)."]
   lines += ["", f"Autoencoder: {r['seconds']['autoencoder']:.0f} s (0 when reused); evaluation "

@@ -40,6 +40,8 @@ def test_tiny_job_end_to_end_and_resume(tmp_path):
       rows = (workdir / f"samples_{name}_w{w}_rows.txt").read_text().splitlines()
       assert [mnist_pairs.parse_caption(r) for r in rows[:10]] == list(mnist_pairs.HELD_OUT_PAIRS)
       assert all((len(r.split()) == 2) == (name == "class_tokens") for r in rows), rows
+    probe = m["side_probe"]  # the linear side probe of the digit tokens (grammar captions only)
+    assert probe is None if name == "class_tokens" else 0 <= probe["held_out"] <= 1, probe
     run = "ldm" if name == "cross_attention" else name
     export = json.loads((workdir / run / "export" / "config.json").read_text())
     assert export["text"]["pooled"] is False
