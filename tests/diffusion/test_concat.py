@@ -135,3 +135,80 @@ def test_null_mask_masks_everything_at_rate_p():
   out = np.asarray(concat.null_mask(jax.random.key(1), m, 0.25)).reshape(4000, -1)
   assert set(np.unique(out.min(axis=1) == out.max(axis=1))) == {True}
   assert abs(out[:, 0].mean() - 0.25) < 5 * np.sqrt(0.25 * 0.75 / 4000)
+
+
+# Semantic synthesis (LDM sec. 4.3.2): the MNIST-pairs stroke map and its one-hot on the latent grid.
+
+
+def test_segmentation_pairs_map_of_a_hand_built_canvas():
+  """s = 0 off the strokes, left digit + 1 on a stroke of columns 0..W/2-1, right digit + 1 on one
+  of W/2..W-1; a stroke pixel is uint8 >= 128 (x > 0 in [-1, 1]) in any channel."""
+  from ldm_jax.data import to_float  # pylint: disable=import-outside-toplevel
+  u = np.zeros((2, 3, 8, 2), np.uint8)
+  u[0, 0, 1, 0] = 128  # just above the threshold: a stroke of the left digit
+  u[0, 0, 2, 0] = 127  # just below: background
+  u[0, 1, 3, 1] = 255  # the second channel counts too
+  u[0, 2, 4, 0] = 200  # right half
+  u[0, 2, 7, 1] = 255
+  u[1, :, 3:5, 0] = 255  # a bar across the middle: columns 3 | 4 belong to different digits
+  labels = np.array([37, 90], np.int32)  # (3, 7) and (9, 0)
+  s = np.asarray(concat.segmentation_pairs(None, to_float(u), labels))
+  want = np.zeros((2, 3, 8), np.int32)
+  want[0, 0, 1] = want[0, 1, 3] = 3 + 1
+  want[0, 2, 4] = want[0, 2, 7] = 7 + 1
+  want[1, :, 3] = 9 + 1
+  want[1, :, 4] = 0 + 1
+  assert s.dtype == np.int32
+  np.testing.assert_array_equal(s, want)
+  with pytest.raises(ValueError, match="needs the batch's labels .*mnist_pairs"):
+    concat.segmentation_pairs(None, to_float(u), None)
+
+
+def test_segmentation_pairs_of_real_canvases_marks_each_half_with_its_digit():
+  from ldm_jax.data import mnist_pairs, to_float  # pylint: disable=import-outside-toplevel
+  images, labels = mnist_pairs.MnistPairs("test").read(np.arange(6))
+  s = np.asarray(concat.segmentation_pairs(None, to_float(images), labels))
+  for k, y in enumerate(labels):
+    a, b = divmod(int(y), 10)
+    assert set(np.unique(s[k, :, :32])) == {0, a + 1} and set(np.unique(s[k, :, 32:])) == {0, b + 1}
+    np.testing.assert_array_equal(s[k] > 0, images[k, ..., 0] >= 128)
+
+
+def _spatial_rescaler(one_hot_nhwc, n_stages):
+  """CompVis' SpatialRescaler before its remap, in torch: n bilinear x0.5 resizes (NCHW)."""
+  torch = pytest.importorskip("torch")
+  x = torch.from_numpy(np.asarray(one_hot_nhwc, np.float32)).permute(0, 3, 1, 2)
+  for _ in range(n_stages):
+    x = torch.nn.functional.interpolate(x, scale_factor=0.5, mode="bilinear")
+  return x.permute(0, 2, 3, 1).numpy()
+
+
+def test_segmentation_to_latent_grid_is_the_spatial_rescaler():
+  s = np.random.default_rng(0).integers(0, 11, (2, 32, 64))
+  one_hot = np.eye(11, dtype=np.float32)[s]
+  for n_stages in (0, 1, 2, 3):  # f = 1, 2, 4, 8
+    f = 2 ** n_stages
+    got = np.asarray(concat.segmentation_to_latent_grid(jnp.asarray(s), (32 // f, 64 // f), 11))
+    assert got.shape == (2, 32 // f, 64 // f, 11)
+    np.testing.assert_allclose(got, _spatial_rescaler(one_hot, n_stages), atol=1e-6)
+    np.testing.assert_allclose(got.sum(-1), 1.0, atol=1e-6)  # class fractions
+  # f = 4 by hand: the fraction of each class in a 4 x 4 block.
+  got = np.asarray(concat.segmentation_to_latent_grid(jnp.asarray(s), (8, 16), 11))
+  np.testing.assert_allclose(got[1, 2, 5, 7], np.mean(s[1, 8:12, 20:24] == 7), atol=1e-7)
+  with pytest.raises(ValueError, match=r"32x64 pixels does not reduce to the 8x8 latent grid"):
+    concat.segmentation_to_latent_grid(jnp.asarray(s), (8, 8), 11)
+
+
+def test_segmentation_degradation_registry():
+  assert concat.is_segmentation("segmentation_pairs") and not concat.is_segmentation("bicubic_x4")
+  assert not concat.is_inpainting("segmentation_pairs")
+  assert concat.concat_channels("segmentation_pairs", 1, 3) == 11  # [z_t, 11 class fractions]
+  assert concat.unet_inputs("segmentation_pairs", 1, 3) == (
+      "latent + segmentation class channels = 3 + 11")
+  stripes = np.where(np.arange(64) % 3 == 0, 1.0, -1.0)[None, None, :, None]  # strokes every 3rd column
+  x = jnp.asarray(np.broadcast_to(stripes, (2, 32, 64, 1)), jnp.float32)
+  labels = jnp.asarray([12, 45])
+  c = concat.conditioning_map("segmentation_pairs", None, x, (8, 16), labels)
+  want = concat.segmentation_to_latent_grid(concat.segmentation_pairs(None, x, labels), (8, 16), 11)
+  np.testing.assert_array_equal(c, want)
+  assert set(np.flatnonzero(np.asarray(c)[0].sum((0, 1)))) == {0, 1 + 1, 2 + 1}
