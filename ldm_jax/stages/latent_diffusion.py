@@ -22,6 +22,9 @@ Inpainting (SD-inpainting, degradation "inpaint_large_masks"): c = [m, s * E(x *
 random mask on the latent grid and the frozen encoder's latents of the masked image, the UNet
 reading C_z + 1 + C_z channels; for guidance m is set to ones (nothing known) with probability
 `concat.p_drop` (`inpainting_conditioning`).
+Semantic synthesis (LDM sec. 4.3.2, degradation "segmentation_pairs"): c is the class map of the
+batch's images and labels, one-hot and averaged to the latent grid (K class fractions per latent
+pixel, `concat.segmentation_to_latent_grid`), zeros with probability `concat.p_drop`.
 
 The frozen autoencoder parameters travel in the train state's `extra["frozen"]` (sharded and
 checkpointed with it, never updated); `loss_fn(params, batch, rng, extra)` reads them there.
@@ -89,7 +92,8 @@ def make_loss_fn(unet: nn.Module, ae: nn.Module, schedule, config, scale_factor:
       The UNet's in_channels must be the latent channels + the image channels (inpainting: 2 x the
       latent channels + 1, `concat.concat_channels`). c is computed from
       batch["image"] (also when the latents are cached); with class_labels the batch's "label"
-      is read as for "class" conditioning.
+      is read as for "class" conditioning. A segmentation degradation reads batch["label"] too
+      (the map's digit classes) and needs K = its classes more UNet input channels.
   """
   diffusion.parameterization.check_prediction_type(config.prediction_type)
   loss_type = config.get("loss_type", "l2")
@@ -139,9 +143,9 @@ def make_loss_fn(unet: nn.Module, ae: nn.Module, schedule, config, scale_factor:
                                   to_float(batch["image"]), drop_rng, jax.random.fold_in(z_rng, 1),
                                   scale_factor)
     elif config.conditioning == "concat":  # c = D(x) on the latent grid, zeros with prob. p_drop
-      # (dropped independently of a hybrid model's labels)
+      # (dropped independently of a hybrid model's labels); a segmentation map reads the labels
       c = concat_lib.conditioning_map(concat.degradation, jax.random.fold_in(drop_rng, 1),
-                                      to_float(batch["image"]), z.shape[1:3])
+                                      to_float(batch["image"]), z.shape[1:3], batch.get("label"))
       c = concat_lib.drop(jax.random.fold_in(drop_rng, 2), c, concat.p_drop)
 
     def model_fn(x_t, t):
@@ -184,10 +188,7 @@ def _check_concat(unet, ae, concat) -> None:
                      "p_drop): start from experiments/configs/mnist_ldm.py.")
   c = concat_lib.concat_channels(concat.degradation, ae.in_channels, ae.latent_channels)
   want = ae.latent_channels + c
-  what = ("latent + mask + masked-image latent channels = "
-          f"{ae.latent_channels} + 1 + {ae.latent_channels}"
-          if concat_lib.is_inpainting(concat.degradation) else
-          f"latent + image channels = {ae.latent_channels} + {ae.in_channels}")
+  what = concat_lib.unet_inputs(concat.degradation, ae.in_channels, ae.latent_channels)
   if unet.in_channels != want or unet.out_channels != ae.latent_channels:
     raise ValueError(f"diffusion.conditioning='concat' with concat.degradation="
                      f"{concat.degradation!r}: the UNet must read {what} = {want} and predict "

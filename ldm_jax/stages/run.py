@@ -177,6 +177,11 @@ def _tokenize_captions(tokenizer):
   return transform
 
 
+def _drop_captions(batch):
+  """Batch transform of runs that do not read captions: only arrays reach the train step."""
+  return {k: v for k, v in batch.items() if k != "caption"}
+
+
 def train_latent_diffusion(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if not config.first_stage.workdir:
     raise ValueError("config.first_stage.workdir is empty: give the autoencoder run's workdir.")
@@ -186,7 +191,7 @@ def train_latent_diffusion(config: ml_collections.ConfigDict, workdir: str) -> d
   if text:
     tokenizer, text_encoder, text_params = builders.text_conditioner(config.text)
   ae, ae_params, _ = export.load_first_stage(config.first_stage.workdir, config.first_stage.use_ema)
-  transform = _tokenize_captions(tokenizer) if text else None
+  transform = _tokenize_captions(tokenizer) if text else _drop_captions
   scale = _scale_factor(config, workdir, ae, ae_params)
   concat_section = config.get("concat") if d.conditioning == "concat" else None
   labels = ldm_stage.uses_labels(d, concat_section)  # "class", or hybrid "concat" + class
@@ -232,9 +237,9 @@ def train_latent_diffusion(config: ml_collections.ConfigDict, workdir: str) -> d
               "first_stage_workdir": os.path.relpath(config.first_stage.workdir, workdir),
               "first_stage_workdir_absolute": os.path.abspath(config.first_stage.workdir)}
   preview = None
-  if config.train.get("image_every", 0) and concat and concat_lib.is_inpainting(
-      concat_section.degradation):
-    preview = None  # no inpainting preview yet: pipe.inpaint on the export
+  if config.train.get("image_every", 0) and concat and concat_lib.get_degradation(
+      concat_section.degradation).kind != "image":
+    preview = None  # no inpainting / synthesis preview yet: pipe.inpaint / synthesize on the export
   elif config.train.get("image_every", 0) and concat:
     preview = _upscale_preview(config, unet, ae, schedule, scale, latent_shape[1:], labels)
   elif config.train.get("image_every", 0):

@@ -301,8 +301,9 @@ def _block_types(c):
 
 
 def _concat(c):
-  """The `concat` section of a concat-conditioned run (LDM-SR, inpainting): a known degradation whose factor
-  divides the image size, p_drop in [0, 1], class_labels a bool (then diffusion.num_classes >= 1),
+  """The `concat` section of a concat-conditioned run (LDM-SR, inpainting, semantic synthesis): a
+  known degradation whose factor divides the image size (a segmentation map: on mnist_pairs),
+  p_drop in [0, 1], class_labels a bool (then diffusion.num_classes >= 1),
   a UNet without cross-attention (hybrid concat + text is not implemented), and, where the config
   sets model.in_channels, the first stage's latent + image channels."""
   if _get(c, "concat") is _MISSING:
@@ -313,6 +314,14 @@ def _concat(c):
   _bool(c, "concat.class_labels")
   if _get(c, "concat.class_labels") is True:  # hybrid concat + class
     _int(c, "diffusion.num_classes", 1)
+  if name is not None and concat_lib.is_segmentation(name):  # the map's digits are the labels'
+    source, data = _get(c, "data.source"), _get(c, "data.name")
+    if source == "folder" or data != "mnist_pairs":
+      got = ("data.source='folder'" if source == "folder" else
+             f"data.name={None if data is _MISSING else data!r}")
+      _bad("concat.degradation", name, f"a degradation the data can feed: this one needs "
+           f"data.name='mnist_pairs' (not a folder), as its map takes each half's digit from the "
+           f"labels 10 * left + right; got {got} (see experiments/configs/mnist_semantic.py)")
   size = _get(c, "data.image_size")
   if name is not None and size is not _MISSING:
     f = concat_lib.DEGRADATIONS[name].factor
@@ -329,9 +338,7 @@ def _concat(c):
   if given is not _MISSING and channels is not None and name is not None:
     latent, image = channels
     want = latent + concat_lib.concat_channels(name, image, latent)
-    what = (f"the latent + mask + masked-image latent channels {latent} + 1 + {latent}"
-            if concat_lib.is_inpainting(name) else
-            f"the latent + image channels {latent} + {image}")
+    what = "the " + concat_lib.unet_inputs(name, image, latent)
     if given != want:
       _bad("model.in_channels", given, f"{what} = {want} of the first stage for "
            f"diffusion.conditioning='concat' with concat.degradation={name!r} (or leave it out: "

@@ -7,16 +7,19 @@
       --config.first_stage.workdir=<autoencoder run>
   python -m ldm_jax.main --config=tests/configs/tiny.py:sr --workdir=W \
       --config.first_stage.workdir=<autoencoder run>
+  python -m ldm_jax.main --config=tests/configs/tiny.py:semantic --workdir=W \
+      --config.first_stage.workdir=<autoencoder run>
 The autoencoder is one level (f = 1, 32x32x1 -> 32x32x2) without attention; the UNet one level of
 one ResNet block without attention or mid block: the smallest networks that still exercise every
 part of both stages (GAN, KL, EMA, frozen first stage, label dropout, scale factor). "sr": the
 latent_diffusion UNet with concat conditioning (LDM-SR: the 8x8 bicubic image resized to the
-32x32 latent grid and concatenated, 2 + 1 input channels).
+32x32 latent grid and concatenated, 2 + 1 input channels). "semantic": the same UNet on MNIST
+pairs (32 x 64) with the 11-class segmentation map concatenated (2 + 11 input channels).
 """
 
-from experiments.configs import mnist_autoencoder, mnist_ldm, mnist_text
+from experiments.configs import mnist_autoencoder, mnist_ldm, mnist_semantic, mnist_text
 
-STAGES = ("autoencoder", "latent_diffusion", "text", "sr")
+STAGES = ("autoencoder", "latent_diffusion", "text", "sr", "semantic")
 
 
 def get_config(stage: str = "autoencoder"):
@@ -33,7 +36,8 @@ def get_config(stage: str = "autoencoder"):
     c.loss.disc_start = 2
   else:  # one UNet level of one ResNet block; "text": cross-attention there, a 1-layer encoder
     text = stage == "text"
-    c = mnist_text.get_config() if text else mnist_ldm.get_config()
+    c = (mnist_text.get_config() if text else
+         mnist_semantic.get_config() if stage == "semantic" else mnist_ldm.get_config())
     block = "CrossAttn{}Block2D" if text else "{}Block2D"
     c.model.block_out_channels = (8,)
     c.model.layers_per_block = 1

@@ -372,3 +372,71 @@ def test_concat_loss_needs_its_section_and_matching_channels(first_stage):
   section.degradation = "nearest_x4"
   with pytest.raises(ValueError, match="valid choices: bicubic_x4"):
     ldm_stage.make_loss_fn(unet, ae, schedule, cfg, 1.0, concat=section)
+
+
+# Semantic synthesis (LDM sec. 4.3.2): c = the stroke map's class fractions on the latent grid
+
+
+def _segmentation_parts(first_stage):
+  """A UNet reading [z_t, 11 class fractions] (4 + 11 channels) built as run.py builds it, its
+  params, and cached latents of the images (z, hence z_t, fixed while the images change)."""
+  from ldm_jax.diffusion import concat  # pylint: disable=import-outside-toplevel
+  from ldm_jax.stages import builders  # pylint: disable=import-outside-toplevel
+  ae, ae_params, images = first_stage
+  model = ml_collections.ConfigDict(dict(
+      preset="UNet", block_out_channels=(16,), layers_per_block=1, down_block_types=("DownBlock2D",),
+      up_block_types=("UpBlock2D",), mid_block_type=None, norm_num_groups=8))
+  unet = builders.unet(model, in_channels=ae.latent_channels, num_class_embeds=None,
+                       concat_channels=concat.concat_channels(
+      "segmentation_pairs", ae.in_channels, ae.latent_channels))
+  params = nn.meta.unbox(unet.init(jax.random.key(1), jnp.zeros((1, 8, 8, 15)), jnp.zeros((1,)))["params"])
+  mean, logvar = ae.apply({"params": ae_params}, to_float(images), method="encode")
+  return unet, params, mean, logvar
+
+
+def test_segmentation_loss_reads_the_map_of_images_and_labels(first_stage):
+  from ldm_jax.models.unet import concat_conditioning  # pylint: disable=import-outside-toplevel
+  ae, _, images = first_stage
+  unet, params, mean, logvar = _segmentation_parts(first_stage)
+  assert (unet.in_channels, unet.out_channels) == (4 + 11, 4)
+  schedule = schedules.get_schedule("linear", 100)
+  rng = jax.random.key(7)
+  labels = (np.arange(16, dtype=np.int32) * 7) % 100  # 10 * left + right
+
+  def loss(p_drop, imgs, y):
+    cfg = _diffusion_config(conditioning="concat")
+    section = ml_collections.ConfigDict(dict(degradation="segmentation_pairs", p_drop=p_drop))
+    loss_fn = ldm_stage.make_loss_fn(unet, ae, schedule, cfg, 0.7, concat=section)
+    batch = {"latent_mean": mean, "latent_logvar": logvar, "image": imgs, "label": y}
+    return float(jax.jit(loss_fn)(params, batch, rng, {})[0])
+
+  # By hand, in numpy: s = left / right digit + 1 where uint8 >= 128 on that half of the 16 x 16
+  # images, one-hot, averaged over 2 x 2 blocks (f = 2: the 8 x 8 latent grid).
+  digit = np.where(np.arange(16)[None, :] < 8, labels[:, None] // 10, labels[:, None] % 10)
+  s = np.where(images[..., 0] >= 128, digit[:, None, :] + 1, 0)
+  c = np.eye(11)[s].reshape(16, 8, 2, 8, 2, 11).mean(axis=(2, 4))
+  z_rng, _, diff_rng, _ = jax.random.split(rng, 4)
+  z = 0.7 * (mean + jnp.exp(0.5 * logvar) * jax.random.normal(z_rng, mean.shape))
+
+  def want(c):
+    model_fn = lambda x, t: unet.apply({"params": params}, concat_conditioning(x, jnp.asarray(c, jnp.float32)), t)
+    return float(jnp.mean(diffusion.training_loss(model_fn, schedule, z, diff_rng)))
+
+  np.testing.assert_allclose(loss(0.0, images, labels), want(c), rtol=1e-5)
+  other = (labels + 11) % 100  # other digits, the same strokes: the map's classes reach the UNet
+  assert abs(loss(0.0, images, other) - loss(0.0, images, labels)) > 1e-5
+  # p_drop = 1: the null map c = 0 (no class anywhere) whatever the images and labels.
+  np.testing.assert_allclose(loss(1.0, images, labels), want(np.zeros_like(c)), rtol=1e-5)
+  assert loss(1.0, images[::-1].copy(), other) == loss(1.0, images, labels)
+
+
+def test_segmentation_loss_needs_the_class_channels(first_stage):
+  ae, _, _ = first_stage
+  schedule = schedules.get_schedule("linear", 10)
+  cfg = _diffusion_config(conditioning="concat")
+  section = ml_collections.ConfigDict(dict(degradation="segmentation_pairs", p_drop=0.0))
+  sr_unet, _, _, _ = _concat_parts(first_stage)  # [z_t, image]: 5 channels
+  with pytest.raises(ValueError, match=r"degradation='segmentation_pairs': the UNet must read "
+                     r"latent \+ segmentation class channels = 4 \+ 11 = 15 and predict 4, "
+                     r"got in_channels=5"):
+    ldm_stage.make_loss_fn(sr_unet, ae, schedule, cfg, 1.0, concat=section)

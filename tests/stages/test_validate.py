@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from experiments.configs import mnist_autoencoder, mnist_ldm, mnist_text
+from experiments.configs import mnist_autoencoder, mnist_ldm, mnist_semantic, mnist_text
 from ldm_jax.stages import run, validate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -118,6 +118,9 @@ SR_CASES = [  # mnist_ldm with diffusion.conditioning="concat"
     ("data.image_size", (32, 18), "a multiple of 4 for concat.degradation='bicubic_x4'"),
     ("model.down_block_types", ("CrossAttnDownBlock2D", "AttnDownBlock2D"),
      "no cross-attention blocks (got CrossAttnDownBlock2D)"),
+    ("concat.degradation", "segmentation_pairs",  # on mnist_embedded: no pair labels
+     "needs data.name='mnist_pairs' (not a folder), as its map takes each half's digit from the "
+     "labels 10 * left + right; got data.name='mnist_embedded' (see experiments/configs/mnist_semantic.py)"),
 ]
 
 
@@ -175,17 +178,40 @@ def test_concat_in_channels_must_be_latent_plus_image_channels(tmp_path):
   with c.model.unlocked():
     c.model.in_channels = 2
   with pytest.raises(ValueError, match=r"^model.in_channels=2: expected the latent \+ image "
-                     r"channels 2 \+ 1 = 3 .*diffusion.conditioning='concat'"):
+                     r"channels = 2 \+ 1 = 3 .*diffusion.conditioning='concat'"):
     validate.config(c)
   c.model.in_channels = 3
   validate.config(c)
   c.concat.degradation = "inpaint_large_masks"  # SD-inpainting: [z_t, m, masked-image latents]
   with pytest.raises(ValueError, match=r"^model.in_channels=3: expected the latent \+ mask \+ "
-                     r"masked-image latent channels 2 \+ 1 \+ 2 = 5 .*concat.degradation="
+                     r"masked-image latent channels = 2 \+ 1 \+ 2 = 5 .*concat.degradation="
                      r"'inpaint_large_masks'"):
     validate.config(c)
   c.model.in_channels = 5
   validate.config(c)
+
+
+def test_segmentation_needs_mnist_pairs_and_the_class_channels(tmp_path):
+  """mnist_semantic validates; its map needs the pair labels (not a folder of images), and a
+  model.in_channels given must be the tiny autoencoder's 2 latent + 11 class channels."""
+  from tests import cli_runs  # pylint: disable=import-outside-toplevel
+  ae_dir = cli_runs.tiny_autoencoder_export(str(tmp_path / "ae"))
+  c = _with_first_stage(mnist_semantic.get_config(), ae_dir)
+  validate.config(c)
+  c.concat.class_labels = True  # hybrid: the map and the pair's class (100 of them)
+  c.diffusion.num_classes = 100
+  validate.config(c)
+  with c.model.unlocked():
+    c.model.in_channels = 3
+  with pytest.raises(ValueError, match=r"^model.in_channels=3: expected the latent \+ segmentation "
+                     r"class channels = 2 \+ 11 = 13 .*concat.degradation='segmentation_pairs'"):
+    validate.config(c)
+  c.model.in_channels = 13
+  validate.config(c)
+  c.data.source, c.data.data_dir = "folder", str(tmp_path)
+  with pytest.raises(ValueError, match=r"^concat.degradation='segmentation_pairs': .* needs "
+                     r"data.name='mnist_pairs' \(not a folder\).* got data.source='folder'"):
+    validate.config(c)
 
 
 def test_hybrid_concat_needs_classes(tmp_path):
