@@ -97,6 +97,12 @@ def _sample():
                      "run it; in Python: LatentDiffusionPipeline.from_workdir(...).inpaint(rng, "
                      f"images, mask) with uint8 images [N, {', '.join(map(str, pipe.image_shape))}] "
                      "and a binary mask (1 = fill).")
+  if pipe.segmentation_model:
+    raise ValueError(f"{FLAGS.workdir} is a trained semantic synthesis model (diffusion."
+                     f"conditioning='concat', {pipe.concat_degradation!r} maps): the sample command "
+                     "does not run it; in Python: LatentDiffusionPipeline.from_workdir(...)."
+                     f"synthesize(rng, segmentation) with int class maps [N, "
+                     f"{', '.join(map(str, pipe.image_shape[:2]))}].")
   if pipe.conditioning == "concat":
     raise ValueError(f"{FLAGS.workdir} is a super-resolution model (diffusion.conditioning="
                      f"'concat', {pipe.concat_degradation!r} inputs): the sample command does not "

@@ -154,6 +154,23 @@ def mask(values, n, height, width):
   return m.astype(np.float32)
 
 
+def segmentation(values, height, width, num_classes, legend, name="segmentation"):
+  """Integer class maps [N, H, W] of the model's image size, classes in 0..num_classes-1 -> int32.
+  legend: what the classes mean, for the messages."""
+  s = _array(values, name)
+  if s.ndim != 3 or s.shape[0] < 1 or s.shape[1:] != (height, width):
+    raise ValueError(f"{name} must have shape [N, {height}, {width}] (one class per pixel of the "
+                     f"model's {height}x{width} images), got {s.shape}.")
+  if s.dtype == bool or not np.issubdtype(s.dtype, np.integer):
+    raise ValueError(f"{name} must be integer classes in 0..{num_classes - 1} ({legend}), got "
+                     f"dtype {s.dtype}.")
+  bad = s[(s < 0) | (s >= num_classes)]
+  if bad.size:
+    raise ValueError(f"{name} classes must lie in 0..{num_classes - 1} ({legend}), got "
+                     f"{sorted(set(bad.tolist()))[:8]}.")
+  return s.astype(np.int32)
+
+
 def latents(values, latent_shape, name="latents"):
   """Diffusion-space latents [N, h, w, c], finite -> float32."""
   z = _array(values, name, np.float32)

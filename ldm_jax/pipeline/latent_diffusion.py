@@ -9,6 +9,8 @@
   upscaled = sr.upscale(jax.random.key(3), low_res)    # uint8 [N, 8, 8, 1] -> [N, 32, 32, 1]
   fill = LatentDiffusionPipeline.from_workdir("workdirs/mnist_inpaint")  # "inpaint_large_masks"
   filled = fill.inpaint(jax.random.key(4), images, mask)  # the trained path: UNet reads the mask
+  seg = LatentDiffusionPipeline.from_workdir("workdirs/mnist_semantic")  # "segmentation_pairs"
+  canvases = seg.synthesize(jax.random.key(5), maps)  # int [N, 32, 64] in 0..10 -> [N, 32, 64, 1]
 
   sd = LatentDiffusionPipeline.from_pretrained("stable-diffusion-v1-5")  # a diffusers folder
   images = sd.sample(jax.random.key(0), 2, prompts="a photo of a cat", negative_prompts="blurry")
@@ -97,7 +99,8 @@ class LatentDiffusionPipeline:
     concat_degradation: a concat-conditioned model's degradation name
       (`diffusion.concat.DEGRADATIONS`); its UNet reads [z_t, c]. Super-resolution ("image"
       kind): only `upscale` runs it; inpainting ("mask" kind, c = [mask, masked-image latents]):
-      only `inpaint` runs it (`inpainting_model`).
+      only `inpaint` runs it (`inpainting_model`); semantic synthesis ("segmentation" kind, c =
+      class fractions of a map): only `synthesize` runs it (`segmentation_model`).
     sampler_grid: timestep grid keywords of `samplers.make_tables` for every method
       (`scheduler_config.GRID_KEYS`: timestep_spacing, steps_offset, set_alpha_to_one, ...).
     defaults: the sampling settings used where a call leaves them None (`DEFAULTS` keys).
@@ -137,9 +140,7 @@ class LatentDiffusionPipeline:
       concat.get_degradation(concat_degradation)  # a known name
       latent, image = self.latent_shape[-1], self.image_shape[-1]
       want = latent + concat.concat_channels(concat_degradation, image, latent)
-      what = (f"latent + mask + masked-image latent channels = {latent} + 1 + {latent}"
-              if concat.is_inpainting(concat_degradation) else
-              f"latent + image channels = {latent} + {image}")
+      what = concat.unet_inputs(concat_degradation, image, latent)
       if unet.in_channels != want:
         raise ValueError(f"concat_degradation={concat_degradation!r} needs a UNet reading {what} = "
                          f"{want}, got in_channels={unet.in_channels}.")
@@ -213,13 +214,24 @@ class LatentDiffusionPipeline:
     return self.concat_degradation is not None and concat.is_inpainting(self.concat_degradation)
 
   @property
+  def segmentation_model(self) -> bool:
+    """Whether the UNet reads segmentation class channels ([z_t, K class fractions]): `synthesize`
+    runs it."""
+    return self.concat_degradation is not None and concat.is_segmentation(self.concat_degradation)
+
+  @property
   def low_res_shape(self):
     """(h, w, C) of `upscale`'s low-resolution images (None unless super-resolution)."""
-    if self.concat_degradation is None or self.inpainting_model:
+    if (self.concat_degradation is None or
+        concat.get_degradation(self.concat_degradation).kind != "image"):
       return None
     return concat.low_res_hw(self.concat_degradation, self.image_shape[:2]) + self.image_shape[2:]
 
   def _refuse_concat(self, what):
+    if self.segmentation_model:
+      raise ValueError(f"This model is a trained semantic synthesis model (concat.degradation="
+                       f"{self.concat_degradation!r}, its UNet reads [z_t, segmentation classes]): "
+                       f"{what} does not run it; use pipe.synthesize(rng, segmentation).")
     if self.inpainting_model:
       raise ValueError(f"This model is a trained inpainting model (concat.degradation="
                        f"{self.concat_degradation!r}, its UNet reads [z_t, mask, masked-image "
@@ -525,6 +537,8 @@ class LatentDiffusionPipeline:
     their defaults.
     Other arguments as `sample`.
     """
+    if self.segmentation_model:
+      self._refuse_concat("inpaint")  # names pipe.synthesize
     if self.inpainting_model:
       return self._inpaint_trained(
           rng, images, mask, labels, method=method, num_steps=num_steps,
@@ -669,8 +683,8 @@ class LatentDiffusionPipeline:
     Returns images [N, H, W, C] (uint8; float with output="float"; latents with output="latent").
     Other arguments as `sample`.
     """
-    if self.inpainting_model:
-      self._refuse_concat("upscale")  # names pipe.inpaint
+    if self.inpainting_model or self.segmentation_model:
+      self._refuse_concat("upscale")  # names pipe.inpaint or pipe.synthesize
     if self.concat_degradation is None:
       raise ValueError(f"upscale needs a concat-conditioned (super-resolution) model, trained with "
                        f"diffusion.conditioning='concat'; this one is {self.conditioning!r}-"
@@ -693,6 +707,52 @@ class LatentDiffusionPipeline:
                        f"concat.class_labels); labels must be None, got {labels!r:.60}.")
     y = checks.labels(labels, n, self.num_classes)
     c = self._concat_map(images_lib.to_float(x))
+    cond, null = c, np.zeros_like(c)
+    if y is not None:  # hybrid: the pair (map, label mixture); null: zeros and the null label
+      cond = (c, conditioning.class_mixture(y))
+      null = (null, conditioning.class_mixture(np.full((n,), self.num_classes, np.int32)))
+    return self._generate(rng, n, cond, null, method=method, num_steps=num_steps,
+                          guidance_scale=guidance_scale, eta=eta, start=0, output=output,
+                          return_trajectory=return_trajectory)
+
+  def synthesize(self, rng, segmentation, labels=None, *, method=None, num_steps=None,
+                 guidance_scale=1.0, eta: float = 0.0, output: str = "uint8",
+                 return_trajectory: bool = False):
+    """Semantic synthesis with a concat-conditioned model (LDM sec. 4.3.2): samples z ~ p(z | c)
+    with the UNet reading [z_t, c], c the one-hot segmentation maps averaged to the latent grid
+    (the fraction of each class per latent pixel, `diffusion.concat.segmentation_to_latent_grid`,
+    as in training), and decodes.
+
+    segmentation: int [N, H, W] at the model's image size, classes in 0..K-1 (K = the
+    degradation's classes; "segmentation_pairs": 0 = background, d + 1 = a stroke pixel of digit
+    d, K = 11). labels: int or int [N] in 0..num_classes-1 for a hybrid model
+    (concat.class_labels), None otherwise. guidance_scale: w against the zero map (p_drop's null
+    conditioning; with the null label for a hybrid model); the default 1 is the conditional model
+    alone. Returns images [N, H, W, C] (uint8; float with output="float"; latents with
+    output="latent"). Other arguments as `sample`.
+    """
+    if not self.segmentation_model:
+      kind = (f"concat-conditioned with {self.concat_degradation!r} (use pipe.upscale or "
+              "pipe.inpaint)" if self.concat_degradation is not None else
+              f"{self.conditioning!r}-conditioned")
+      raise ValueError(f"synthesize needs a semantic synthesis model, trained with diffusion."
+                       f"conditioning='concat' and a segmentation degradation (concat.degradation "
+                       f"in {[n for n in concat.DEGRADATIONS if concat.is_segmentation(n)]}), whose "
+                       f"UNet reads the segmentation classes; this one is {kind}.")
+    method, num_steps, guidance_scale, eta = self._check_common(method, num_steps, guidance_scale,
+                                                                eta, output)
+    degradation = concat.get_degradation(self.concat_degradation)
+    s = checks.segmentation(segmentation, *self.image_shape[:2], degradation.classes,
+                            degradation.description)
+    n = s.shape[0]
+    checks.guidance(guidance_scale, n)
+    if self.num_classes is None and labels is not None:
+      raise ValueError(f"This semantic synthesis model has no class labels (trained without "
+                       f"concat.class_labels); labels must be None, got {labels!r:.60}.")
+    y = checks.labels(labels, n, self.num_classes)
+    fn = self._program(("segmentation_map",), lambda: programs.segmentation_map_program(
+        self.latent_shape[:2], degradation.classes, self._count))
+    c = self._map(n, lambda placement, take: fn(take(s)))
     cond, null = c, np.zeros_like(c)
     if y is not None:  # hybrid: the pair (map, label mixture); null: zeros and the null label
       cond = (c, conditioning.class_mixture(y))

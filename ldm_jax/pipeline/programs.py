@@ -120,6 +120,15 @@ def concat_map_program(latent_hw, on_trace):
   return jax.jit(fn)
 
 
+def segmentation_map_program(latent_hw, num_classes, on_trace):
+  """fn(s int32 [B, H, W] in 0..K-1) -> c [B, h, w, K], the class fractions per latent pixel
+  (`diffusion.concat.segmentation_to_latent_grid`, the function the training loss uses)."""
+  def fn(s):
+    on_trace("segmentation_map")
+    return concat.segmentation_to_latent_grid(s, tuple(latent_hw), num_classes)
+  return jax.jit(fn)
+
+
 def decode_program(ae, scale, shift, on_trace):
   """decode(params, latents [B, h, w, c]) -> images float [B, H, W, C] (VQ latents are quantised)."""
   def fn(params, z):

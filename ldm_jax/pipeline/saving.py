@@ -152,9 +152,10 @@ def save_pretrained(pipe, folder: str) -> str:
   text = pipe.prompt_encoder is not None
   bert = text and _is_bert(pipe.prompt_encoder)
   if pipe.conditioning == "concat":
-    raise ValueError("save_pretrained does not write concat-conditioned (super-resolution, inpainting) "
-                     "models yet (diffusers' LDMSuperResolutionPipeline layout); use the run's "
-                     "export with LatentDiffusionPipeline.from_workdir.")
+    raise ValueError("save_pretrained does not write concat-conditioned (super-resolution, "
+                     "inpainting, semantic synthesis) models yet (diffusers' "
+                     "LDMSuperResolutionPipeline layout); use the run's export with "
+                     "LatentDiffusionPipeline.from_workdir.")
   if pipe.conditioning == "context" and not text:
     raise ValueError("A cross-attention UNet without a text encoder has no diffusers pipeline "
                      "class; save_pretrained saves text, class-conditional and unconditional "
