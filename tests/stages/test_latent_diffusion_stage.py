@@ -403,12 +403,14 @@ def test_segmentation_loss_reads_the_map_of_images_and_labels(first_stage):
   rng = jax.random.key(7)
   labels = (np.arange(16, dtype=np.int32) * 7) % 100  # 10 * left + right
 
+  cfg = _diffusion_config(conditioning="concat")
+  loss_fns = {p: jax.jit(ldm_stage.make_loss_fn(  # one compile per p_drop
+      unet, ae, schedule, cfg, 0.7, concat=ml_collections.ConfigDict(
+          dict(degradation="segmentation_pairs", p_drop=p)))) for p in (0.0, 1.0)}
+
   def loss(p_drop, imgs, y):
-    cfg = _diffusion_config(conditioning="concat")
-    section = ml_collections.ConfigDict(dict(degradation="segmentation_pairs", p_drop=p_drop))
-    loss_fn = ldm_stage.make_loss_fn(unet, ae, schedule, cfg, 0.7, concat=section)
     batch = {"latent_mean": mean, "latent_logvar": logvar, "image": imgs, "label": y}
-    return float(jax.jit(loss_fn)(params, batch, rng, {})[0])
+    return float(loss_fns[p_drop](params, batch, rng, {})[0])
 
   # By hand, in numpy: s = left / right digit + 1 where uint8 >= 128 on that half of the 16 x 16
   # images, one-hot, averaged over 2 x 2 blocks (f = 2: the 8 x 8 latent grid).
@@ -418,10 +420,12 @@ def test_segmentation_loss_reads_the_map_of_images_and_labels(first_stage):
   z_rng, _, diff_rng, _ = jax.random.split(rng, 4)
   z = 0.7 * (mean + jnp.exp(0.5 * logvar) * jax.random.normal(z_rng, mean.shape))
 
-  def want(c):
-    model_fn = lambda x, t: unet.apply({"params": params}, concat_conditioning(x, jnp.asarray(c, jnp.float32)), t)
-    return float(jnp.mean(diffusion.training_loss(model_fn, schedule, z, diff_rng)))
+  @jax.jit
+  def by_hand(c):
+    model_fn = lambda x, t: unet.apply({"params": params}, concat_conditioning(x, c), t)
+    return jnp.mean(diffusion.training_loss(model_fn, schedule, z, diff_rng))
 
+  want = lambda c: float(by_hand(jnp.asarray(c, jnp.float32)))
   np.testing.assert_allclose(loss(0.0, images, labels), want(c), rtol=1e-5)
   other = (labels + 11) % 100  # other digits, the same strokes: the map's classes reach the UNet
   assert abs(loss(0.0, images, other) - loss(0.0, images, labels)) > 1e-5
