@@ -1,8 +1,8 @@
 """Training throughput (images/s and MFU) of the latent diffusion step, next to PyTorch diffusers.
 
   python -m experiments.benchmarks.train_throughput [--models=mnist,larger]
-      [--batch=128,16] [--steps=3] [--cpu_devices=2] [--torch_threads=2] [--skip_torch]
-      [--skip_stage] [--quick]
+      [--batch=128,16] [--steps=3] [--cpu_devices=2] [--torch_threads=2,1] [--skip_torch]
+      [--skip_torch_compile] [--torch_compile_mode=default] [--skip_stage] [--quick]
 
 What one "step" is (the same on both sides): t ~ U{0..T-1}, eps ~ N(0, I), z_t = sqrt(abar_t) z +
 sqrt(1 - abar_t) eps, the UNet's eps-prediction, the MSE to eps (Rombach et al. 2022 eq. 2), its
@@ -11,14 +11,30 @@ gradient and one AdamW update (lr 1e-4, weight decay 0.01), on random latents z 
   * "jax pmap, N dev": the same step under `jax.pmap` over N simulated XLA CPU devices, each on
     B / N examples, gradients averaged with `lax.pmean` (XLA runs a convolution on one core, so
     one device per core is how JAX data parallelism uses all cores of a CPU).
-  * "torch": the same UNet config as diffusers `UNet2DModel` (built from the Flax module's config
-    with `unet_config_from_module`), NCHW, torch.optim.AdamW, `torch.set_num_threads(T)`.
-  * "jax stage, N dev" (MNIST only, unless --skip_stage): the project's full LDM train step,
-    `ldm_jax.stages.latent_diffusion.make_loss_fn` (frozen MNIST KL encoder on 32x32 uint8
-    images, label dropout) + `train_step` (clipping, AdamW schedule, guard, EMA) built by
-    `ldm_jax.train.parallel.data_parallel(mode="mesh")` on a mesh of N devices.
+  * "torch eager, T threads": the same UNet config as diffusers `UNet2DModel` (built from the Flax
+    module's config with `unet_config_from_module`), NCHW, torch.optim.AdamW,
+    `torch.set_num_threads(T)` (`experiments/benchmarks/torch_peers.py`).
+  * "torch.compile, T threads" (unless --skip_torch_compile): the same step with the UNet compiled
+    the way a PyTorch user compiles a training model, `model.compile(backend="inductor",
+    mode=--torch_compile_mode, dynamic=False, fullgraph=True)`: inductor's C++/OpenMP kernels for
+    the forward and (via AOTAutograd) the backward, built with gcc for T threads; q_sample, the
+    MSE and AdamW stay eager.
+  * "jax full LDM stage step, mesh N dev" (MNIST only, unless --skip_stage): the project's full
+    LDM train step, `ldm_jax.stages.latent_diffusion.make_loss_fn` (frozen MNIST KL encoder on
+    32x32 uint8 images, label dropout) + `train_step` (clipping, AdamW schedule, guard, EMA)
+    built by `ldm_jax.train.parallel.data_parallel(mode="mesh")` on a mesh of N devices.
+  * "torch full LDM stage step, eager / torch.compile, T threads": its same-work peer, diffusers
+    `AutoencoderKL` (the same config, `vae_config_from_module`, random weights) encoding the same
+    uint8 images (z ~ q(z|x), no gradient), label dropout, the UNet step, clip_grad_norm_, AdamW at
+    the config's schedule, the guard and LDM's EMA (`torch_peers.stage_step`); compiled: the
+    UNet and the encoder, as above.
+The JAX/torch columns are ratios of images/s (> 1: JAX faster) of each JAX row over the torch row
+of the same work (UNet rows over UNet rows, stage rows over stage rows) at the first thread count
+of --torch_threads, eager and compiled, and over the fastest torch row of that work.
 
-Timing: the first call (trace + compile + 1 step) is reported separately as "compile"; then one
+Timing: the first call (trace + compile + 1 step) is reported separately as "compile" (torch.compile
+rows: dynamo + inductor + gcc, into a fresh temporary TORCHINDUCTOR_CACHE_DIR unless you set one,
+so the first compile is cold; a later row may reuse kernels built earlier in the same run); then one
 more warm-up step, then --steps single steps each timed to completion (block_until_ready); the
 table gives their MEDIAN. images/s = B / median step time.
 
@@ -34,8 +50,11 @@ absolute numbers are pessimistic; ratios measured back to back are more meaningf
 """
 
 import argparse
+import atexit
 import os
+import shutil
 import sys
+import tempfile
 import time
 
 if "jax" not in sys.modules and "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
@@ -43,6 +62,9 @@ if "jax" not in sys.modules and "xla_force_host_platform_device_count" not in os
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={_n}").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:  # cold torch.compile, nothing left behind
+  os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="train_throughput_inductor_")
+  atexit.register(shutil.rmtree, os.environ["TORCHINDUCTOR_CACHE_DIR"], ignore_errors=True)
 
 import flax.linen as nn  # pylint: disable=wrong-import-position
 import jax  # pylint: disable=wrong-import-position
@@ -52,6 +74,7 @@ import optax  # pylint: disable=wrong-import-position
 
 from experiments.configs import mnist_autoencoder, mnist_ldm  # pylint: disable=wrong-import-position
 from ldm_jax import diffusion  # pylint: disable=wrong-import-position
+from ldm_jax.convert import diffusers_vae  # pylint: disable=wrong-import-position
 from ldm_jax.convert.diffusers_unet import unet_config_from_module  # pylint: disable=wrong-import-position
 from ldm_jax.models import unet as unet_lib  # pylint: disable=wrong-import-position
 from ldm_jax.stages import builders  # pylint: disable=wrong-import-position
@@ -62,8 +85,10 @@ MODELS = ("mnist", "larger")
 LR, WEIGHT_DECAY = 1e-4, 0.01  # same AdamW on both sides
 
 
-# --quick: a tiny 1-level "larger" UNet on 4x4x4 latents, batch 4, no stage rows, small matmuls.
-QUICK = dict(models="larger", steps=2, larger_size=4, larger_channels="8",
+# --quick: a tiny 1-level "larger" UNet on 4x4x4 latents, batch 4, no stage rows, small matmuls,
+# torch eager and torch.compile at 2 threads only (a cold inductor compile of even this UNet builds
+# some 30 C++ kernels with gcc: 30-130 s on a 2-core machine).
+QUICK = dict(models="larger", steps=2, larger_size=4, larger_channels="8", torch_threads="2",
              larger_layers=1, peak_n=64, peak_iters=2, skip_stage=True)
 
 
@@ -82,7 +107,11 @@ def parse_args(argv=None):
   p.add_argument("--larger_layers", type=int, default=2, help="layers_per_block of the larger UNet")
   p.add_argument("--peak_n", type=int, default=1024, help="matmul side for the peak measurement")
   p.add_argument("--peak_iters", type=int, default=8, help="chained matmuls per timed call")
-  p.add_argument("--skip_torch", action="store_true")
+  p.add_argument("--skip_torch", action="store_true", help="no torch rows (eager or compiled)")
+  p.add_argument("--skip_torch_compile", action="store_true", help="no torch.compile rows")
+  p.add_argument("--torch_compile_mode", default="default",
+                 choices=("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
+                 help="torch.compile mode of the compiled rows")
   p.add_argument("--skip_stage", action="store_true", help="skip the full LDM stage-step rows")
   p.add_argument("--quick", action="store_true",
                  help="smoke settings (< 1 min), where not given explicitly: " + str(QUICK))
@@ -271,41 +300,34 @@ def time_jax_unet(unet, params, latent, num_classes, batch, num_devices, steps):
   return _time_loop(call, call, steps)
 
 
-def time_torch_unet(unet, latent, num_classes, batch, steps, threads):
-  """Times the same step in PyTorch diffusers' UNet2DModel (NCHW) with torch.optim.AdamW."""
+def time_torch_unet(unet, latent, num_classes, batch, steps, threads, compile_mode=None):
+  """Times the same step in PyTorch diffusers' UNet2DModel (NCHW) with torch.optim.AdamW, eager
+  (compile_mode None) or torch.compile'd; returns (first call s, median step s, params)."""
   import torch  # pylint: disable=import-outside-toplevel
-  from diffusers import UNet2DModel  # pylint: disable=import-outside-toplevel
+  from experiments.benchmarks import torch_peers  # pylint: disable=import-outside-toplevel
   torch.set_num_threads(threads)
-  torch.manual_seed(0)
-  cfg = {k: v for k, v in unet_config_from_module(unet).items() if k != "_class_name"}
-  model = UNet2DModel.from_config(cfg).train()
-  opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
-  abar = torch.from_numpy(np.array(make_schedule().alphas_cumprod, np.float32))
   z, y = _random_batch(latent, batch, num_classes)
-  z = torch.from_numpy(z).permute(0, 3, 1, 2).contiguous()
-  y = None if y is None else torch.from_numpy(y).long()
-  n_params = sum(p.numel() for p in model.parameters())
-
-  def call():
-    t = torch.randint(0, abar.shape[0], (batch,))
-    eps = torch.randn_like(z)
-    a = abar[t].view(-1, 1, 1, 1)
-    z_t = a.sqrt() * z + (1.0 - a).sqrt() * eps
-    loss = torch.nn.functional.mse_loss(model(z_t, t, class_labels=y).sample, eps)
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
-    return loss.item()
+  call, n_params = torch_peers.unet_step(
+      unet_config_from_module(unet), z, y, np.asarray(make_schedule().alphas_cumprod), lr=LR,
+      weight_decay=WEIGHT_DECAY, compile_mode=compile_mode)
   first, med = _time_loop(call, call, steps)
   return first, med, n_params
 
 
-def time_stage_step(unet, batch, num_devices, steps):
-  """Times the project's full MNIST LDM train step (encoder + stage loss + train_step + EMA)."""
+def _stage_setup(batch):
+  """(LDM config, autoencoder config, KL autoencoder module, uint8 images [B, 32, 32, 1], labels [B])
+  of the MNIST stage rows, the same for JAX and torch."""
   ldm, ae_cfg = mnist_ldm.get_config(), mnist_autoencoder.get_config()
-  ae = builders.autoencoder(ae_cfg.model)
   size = ldm.data.image_size
   images = np.random.default_rng(0).integers(0, 256, (batch, size, size, ldm.data.channels), np.uint8)
+  labels = np.arange(batch, dtype=np.int32) % ldm.diffusion.num_classes
+  return ldm, ae_cfg, builders.autoencoder(ae_cfg.model), images, labels
+
+
+def time_stage_step(unet, batch, num_devices, steps):
+  """Times the project's full MNIST LDM train step (encoder + stage loss + train_step + EMA)."""
+  ldm, ae_cfg, ae, images, labels = _stage_setup(batch)
+  size = ldm.data.image_size
   # Plain arrays in the state, as a training run holds them (`ldm_jax.stages.run`).
   ae_params = nn.meta.unbox(ae.init(jax.random.key(1), jnp.zeros((1, size, size, ldm.data.channels)))["params"])
   loss_fn = ldm_stage.make_loss_fn(unet, ae, make_schedule(), ldm.diffusion, scale_factor=1.0)
@@ -317,7 +339,7 @@ def time_stage_step(unet, batch, num_devices, steps):
   init = lambda r: nn.meta.unbox(unet.init(r, jnp.zeros((1,) + latent), jnp.zeros((1,)),
                                            y=jnp.zeros((1,), jnp.int32))["params"])
   state = [dp.create_state(init, jax.random.key(0), extra={"frozen": ae_params})]
-  device_batch = dp.put_batch({"image": images, "label": np.arange(batch, dtype=np.int32) % 10})
+  device_batch = dp.put_batch({"image": images, "label": labels})
 
   def call():
     state[0], metrics = dp.step(state[0], device_batch)
@@ -325,31 +347,98 @@ def time_stage_step(unet, batch, num_devices, steps):
   return _time_loop(call, call, steps)
 
 
+def time_torch_stage(unet, batch, steps, threads, compile_mode=None):
+  """Times the torch peer of `time_stage_step` (`torch_peers.stage_step`) on the same images;
+  returns (first call s, median step s, UNet + autoencoder params)."""
+  import torch  # pylint: disable=import-outside-toplevel
+  from experiments.benchmarks import torch_peers  # pylint: disable=import-outside-toplevel
+  torch.set_num_threads(threads)
+  ldm, _, ae, images, labels = _stage_setup(batch)
+  _, lr = builders.optimizer(ldm)
+  lr_table = np.asarray(jax.vmap(lr)(jnp.arange(steps + 3)))  # the updates this timing takes
+  call, n_params = torch_peers.stage_step(
+      unet_config_from_module(unet), diffusers_vae.vae_config_from_module(ae), images, labels,
+      np.asarray(make_schedule().alphas_cumprod), lr_table,
+      num_classes=ldm.diffusion.num_classes, p_uncond=ldm.diffusion.p_uncond, scale_factor=1.0,
+      optim=ldm.optim, ema_decay=ldm.train.ema_decay, compile_mode=compile_mode)
+  first, med = _time_loop(call, call, steps)
+  return first, med, n_params
+
+
 # ----------------------------------------------------------------------------------------------
 # Table.
 
-COLUMNS = ("model", "implementation", "batch", "params (M)", "compile (s)", "step (ms, median)",
-           "images/s", "model GFLOP/step", "GFLOP/s", "MFU (%)", "JAX/torch", "JAX/best torch")
+TARGET_EAGER, TARGET_COMPILE = 1.2, 1.0  # issue 14: JAX images/s over torch eager and torch.compile
 
 
-def _row(model, impl, batch, n_params, first, med, gflop, peak, torch_ips=None, best_ips=None):
-  """One table row; the ratios are images/s over torch's (first thread count, and fastest)."""
+def columns(threads):
+  """Table columns; the ratio columns name the torch thread count they compare with."""
+  return ("model", "implementation", "batch", "params (M)", "compile (s)", "step (ms, median)",
+          "images/s", "model GFLOP/step", "GFLOP/s", "MFU (%)", f"JAX/torch eager ({threads} threads)",
+          f"JAX/torch.compile ({threads} threads)", "JAX/best torch")
+
+
+def _row(model, impl, batch, n_params, first, med, gflop, peak, peers=(None, None, None)):
+  """One table row; peers: images/s of torch eager and torch.compile at the first thread count and
+  of the fastest torch row (None: not measured, or a torch row: the ratio cells stay empty)."""
   ips = batch / med
-  ratio = "" if torch_ips is None else f"{ips / torch_ips:.2f}"
-  best = "" if best_ips is None else f"{ips / best_ips:.2f}"
+  ratios = ["" if p is None else f"{ips / p:.2f}" for p in peers]
   return (model, impl, str(batch), f"{n_params / 1e6:.2f}", f"{max(first - med, 0.0):.1f}",
           f"{med * 1e3:.5g}", f"{ips:.4g}", f"{gflop:.3g}", f"{gflop / med:.3g}",
-          f"{100.0 * gflop / med / peak:.3g}", ratio, best)
+          f"{100.0 * gflop / med / peak:.3g}", *ratios)
 
 
-def markdown_table(columns, rows):
-  lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+def markdown_table(columns_, rows):
+  lines = ["| " + " | ".join(columns_) + " |", "|" + "|".join("---" for _ in columns_) + "|"]
   lines += ["| " + " | ".join(r) + " |" for r in rows]
   return "\n".join(lines)
 
 
-def run(args):
-  """Measures everything; returns (peak rows, throughput rows, peak GFLOP/s)."""
+def _torch_runs(args, time_fn, names):
+  """Measures the torch rows of one work: eager, then compiled, per thread count of --torch_threads.
+  time_fn(threads, compile_mode) -> (first, median, params); names: (eager, compiled) prefixes.
+  Returns dicts (impl, kind, threads, first, med, params)."""
+  if args.skip_torch:
+    return []
+  modes = [None] + ([] if args.skip_torch_compile else [args.torch_compile_mode])
+  runs = []
+  for threads in args.torch_threads:
+    for mode in modes:
+      first, med, n = time_fn(threads, mode)
+      name = names[0] if mode is None else names[1] + ("" if mode == "default" else f" ({mode})")
+      runs.append(dict(impl=f"{name}, {threads} threads", kind="eager" if mode is None else "compile",
+                       threads=threads, first=first, med=med, params=n))
+  return runs
+
+
+def _group(args, label, work, batch, n_params, gflop, peak, jax_runs, torch_runs):
+  """Rows of one work (its JAX rows with their ratios, then its torch rows) and its target line."""
+  ips = lambda r: batch / r["med"]
+  first_threads = args.torch_threads[0]
+  pick = lambda kind: next((ips(r) for r in torch_runs if (r["kind"], r["threads"]) == (kind, first_threads)), None)
+  peers = (pick("eager"), pick("compile"), max((ips(r) for r in torch_runs), default=None))
+  row = lambda r, p: _row(label, r["impl"], batch, n_params, r["first"], r["med"], gflop, peak, p)
+  rows = [row(r, peers) for r in jax_runs] + [row(r, (None, None, None)) for r in torch_runs]
+  best = max(jax_runs, key=ips)
+  checks = []
+  for peer, target, what in ((peers[0], TARGET_EAGER, f"torch eager ({first_threads} threads)"),
+                             (peers[1], TARGET_COMPILE, f"torch.compile ({first_threads} threads)")):
+    if peer is not None:
+      ratio = ips(best) / peer
+      verdict = "met" if ratio >= target else f"missed, JAX needs {target / ratio:.2f}x more"
+      checks.append(f"{ratio:.2f}x {what} (target {'>=' if target > 1 else '>'} {target:g}x: {verdict})")
+  line = f"  {label}, {work}: fastest JAX row \"{best['impl']}\": " + ("; ".join(checks) or "no torch rows")
+  return rows, line
+
+
+def _progress(args, label, batch, n_params, gflop, peak, runs):
+  for r in runs:
+    print(markdown_table(columns(args.torch_threads[0]), [_row(label, r["impl"], batch, n_params, r["first"],
+                                                               r["med"], gflop, peak)]).splitlines()[-1], flush=True)
+
+
+def measure_peaks(args):
+  """[(name, GFLOP/s)] of the matmul peaks: jnp.dot on 1 and N devices, torch.matmul per thread count."""
   nd = args.cpu_devices
   peaks = [(f"jnp.dot {args.peak_n}^2 f32, jit, 1 device", peak_jax(args.peak_n, args.peak_iters, 1))]
   if nd > 1:
@@ -361,10 +450,20 @@ def run(args):
       torch.set_num_threads(threads)
       peaks.append((f"torch.matmul {args.peak_n}^2 f32, {threads} threads",
                     peak_torch(args.peak_n, args.peak_iters)))
+  return peaks
+
+
+def _check_params(what, n_torch, n_jax):
+  if n_torch != n_jax:
+    raise ValueError(f"{what}: torch has {n_torch} params, the Flax modules {n_jax}: configs differ.")
+
+
+def run(args):
+  """Measures everything; returns (peak rows, throughput rows, peak GFLOP/s, target lines)."""
+  peaks = measure_peaks(args)
   peak = max(g for _, g in peaks)
   print(markdown_table(("matmul peak", "GFLOP/s"), [(n, f"{g:.3g}") for n, g in peaks]), flush=True)
-
-  rows = []
+  rows, targets, steps = [], [], args.steps
   for name, batch in zip(args.model_names, args.batches):
     unet, latent, ncls = build_unet(name, args)
     y0 = None if ncls is None else jnp.zeros((1,), jnp.int32)
@@ -372,29 +471,30 @@ def run(args):
     n_params = sum(int(x.size) for x in jax.tree.leaves(params))
     gflop = 3.0 * forward_flops(unet, params, latent, batch, ncls) / 1e9
     label = f"{name} {'x'.join(map(str, latent))}"
-    torch_ips, best_ips, torch_rows = None, None, []
-    for threads in ([] if args.skip_torch else args.torch_threads):
-      first, med, n_torch = time_torch_unet(unet, latent, ncls, batch, args.steps, threads)
-      if n_torch != n_params:
-        raise ValueError(f"torch UNet has {n_torch} params, the Flax UNet {n_params}: configs differ.")
-      torch_ips = torch_ips or batch / med
-      best_ips = max(best_ips or 0.0, batch / med)
-      torch_rows.append(_row(label, f"torch diffusers, {threads} threads", batch, n_params, first,
-                             med, gflop, peak))
-      print(markdown_table(COLUMNS, [torch_rows[-1]]).splitlines()[-1], flush=True)
-    jax_rows = []
-    for n in sorted({1, nd}):
-      first, med = time_jax_unet(unet, params, latent, ncls, batch, n, args.steps)
-      impl = "jax jit, 1 device" if n == 1 else f"jax pmap, {n} devices"
-      jax_rows.append(_row(label, impl, batch, n_params, first, med, gflop, peak, torch_ips, best_ips))
-      print(markdown_table(COLUMNS, [jax_rows[-1]]).splitlines()[-1], flush=True)
-    rows += jax_rows + torch_rows
+    common = (label, batch, n_params, gflop, peak)
+    torch_runs = _torch_runs(args, lambda t, m: time_torch_unet(unet, latent, ncls, batch, steps, t, m),
+                             ("torch eager", "torch.compile"))
+    for r in torch_runs:
+      _check_params(f"{label} UNet", r["params"], n_params)
+    jax_runs = []
+    for n in sorted({1, args.cpu_devices}):
+      first, med = time_jax_unet(unet, params, latent, ncls, batch, n, steps)
+      jax_runs.append(dict(impl="jax jit, 1 device" if n == 1 else f"jax pmap, {n} devices", first=first, med=med))
+    _progress(args, *common, torch_runs + jax_runs)
+    group_rows, line = _group(args, label, "UNet step", batch, n_params, gflop, peak, jax_runs, torch_runs)
+    rows, targets = rows + group_rows, targets + [line]
     if name == "mnist" and not args.skip_stage:
-      for n in sorted({1, nd}):
-        first, med = time_stage_step(unet, batch, n, args.steps)
-        rows.append(_row(label, f"jax full LDM stage step, mesh {n} dev", batch, n_params, first,
-                         med, gflop, peak, torch_ips, best_ips))
-  return peaks, rows, peak
+      jax_runs = [dict(impl=f"jax full LDM stage step, mesh {n} dev", first=f, med=m)
+                  for n in sorted({1, args.cpu_devices}) for f, m in [time_stage_step(unet, batch, n, steps)]]
+      torch_runs = _torch_runs(args, lambda t, m: time_torch_stage(unet, batch, steps, t, m),
+                               ("torch full LDM stage step, eager", "torch full LDM stage step, torch.compile"))
+      n_ae = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(diffusers_vae.abstract_params(_stage_setup(batch)[2])))
+      for r in torch_runs:
+        _check_params(f"{label} stage (UNet + autoencoder)", r["params"], n_params + n_ae)
+      _progress(args, *common, jax_runs + torch_runs)
+      group_rows, line = _group(args, label, "full LDM stage step", batch, n_params, gflop, peak, jax_runs, torch_runs)
+      rows, targets = rows + group_rows, targets + [line]
+  return peaks, rows, peak, targets
 
 
 def main(argv=None):
@@ -402,12 +502,13 @@ def main(argv=None):
   import torch  # pylint: disable=import-outside-toplevel
   load0 = os.getloadavg()
   t0 = time.perf_counter()
-  peaks, rows, peak = run(args)
+  peaks, rows, peak, targets = run(args)
   load1 = os.getloadavg()
   print()
   print(f"JAX {jax.__version__} ({jax.device_count()} x {jax.devices()[0].device_kind} devices), "
         f"torch {torch.__version__} with torch.set_num_threads({args.torch_threads}) "
-        f"(JAX/torch against {args.torch_threads[0]}); "
+        f"(JAX/torch against {args.torch_threads[0]}), torch.compile "
+        f"{'off' if args.skip_torch or args.skip_torch_compile else repr(args.torch_compile_mode)}; "
         f"{os.cpu_count()} CPU cores; load average (1/5/15 min) {load0[0]:.1f}/{load0[1]:.1f}/"
         f"{load0[2]:.1f} at start, {load1[0]:.1f}/{load1[1]:.1f}/{load1[2]:.1f} at end; "
         f"{time.perf_counter() - t0:.0f} s in all.")
@@ -417,7 +518,11 @@ def main(argv=None):
   print()
   print(markdown_table(("matmul peak", "GFLOP/s"), [(n, f"{g:.3g}") for n, g in peaks]))
   print()
-  print(markdown_table(COLUMNS, rows))
+  print(markdown_table(columns(args.torch_threads[0]), rows))
+  print()
+  print(f"Targets (issue 14): train step >= {TARGET_EAGER:g}x torch eager ({args.torch_threads[0]} threads) "
+        f"on both UNets and ahead of torch.compile (> {TARGET_COMPILE:g}x); images/s ratios:")
+  print("\n".join(targets))
   return rows
 
 
