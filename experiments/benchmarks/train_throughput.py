@@ -406,16 +406,18 @@ def _torch_runs(args, time_fn, names):
     for mode in modes:
       first, med, n = time_fn(threads, mode)
       name = names[0] if mode is None else names[1] + ("" if mode == "default" else f" ({mode})")
-      runs.append(dict(impl=f"{name}, {threads} threads", kind="eager" if mode is None else "compile",
-                       threads=threads, first=first, med=med, params=n))
+      kind = "eager" if mode is None else "compile"
+      runs.append(dict(impl=f"{name}, {threads} threads", kind=kind, threads=threads, first=first,
+                       med=med, params=n))
   return runs
 
 
-def _group(args, label, work, batch, n_params, gflop, peak, jax_runs, torch_runs):
+def _group(args, work, label, batch, n_params, gflop, peak, jax_runs, torch_runs):
   """Rows of one work (its JAX rows with their ratios, then its torch rows) and its target line."""
   ips = lambda r: batch / r["med"]
   first_threads = args.torch_threads[0]
-  pick = lambda kind: next((ips(r) for r in torch_runs if (r["kind"], r["threads"]) == (kind, first_threads)), None)
+  pick = lambda kind: next((ips(r) for r in torch_runs
+                            if (r["kind"], r["threads"]) == (kind, first_threads)), None)
   peers = (pick("eager"), pick("compile"), max((ips(r) for r in torch_runs), default=None))
   row = lambda r, p: _row(label, r["impl"], batch, n_params, r["first"], r["med"], gflop, peak, p)
   rows = [row(r, peers) for r in jax_runs] + [row(r, (None, None, None)) for r in torch_runs]
@@ -426,15 +428,17 @@ def _group(args, label, work, batch, n_params, gflop, peak, jax_runs, torch_runs
     if peer is not None:
       ratio = ips(best) / peer
       verdict = "met" if ratio >= target else f"missed, JAX needs {target / ratio:.2f}x more"
-      checks.append(f"{ratio:.2f}x {what} (target {'>=' if target > 1 else '>'} {target:g}x: {verdict})")
+      relation = ">=" if target > 1 else ">"
+      checks.append(f"{ratio:.2f}x {what} (target {relation} {target:g}x: {verdict})")
   line = f"  {label}, {work}: fastest JAX row \"{best['impl']}\": " + ("; ".join(checks) or "no torch rows")
   return rows, line
 
 
 def _progress(args, label, batch, n_params, gflop, peak, runs):
+  """Prints each measured row as it lands (without ratios; the final table has them)."""
   for r in runs:
-    print(markdown_table(columns(args.torch_threads[0]), [_row(label, r["impl"], batch, n_params, r["first"],
-                                                               r["med"], gflop, peak)]).splitlines()[-1], flush=True)
+    row = _row(label, r["impl"], batch, n_params, r["first"], r["med"], gflop, peak)
+    print(markdown_table(columns(args.torch_threads[0]), [row]).splitlines()[-1], flush=True)
 
 
 def measure_peaks(args):
@@ -458,41 +462,57 @@ def _check_params(what, n_torch, n_jax):
     raise ValueError(f"{what}: torch has {n_torch} params, the Flax modules {n_jax}: configs differ.")
 
 
+def unet_group(args, name, batch, peak):
+  """(rows, target line, UNet, FLOPs) of one model's UNet step: torch rows, then JAX jit and pmap."""
+  unet, latent, ncls = build_unet(name, args)
+  y0 = None if ncls is None else jnp.zeros((1,), jnp.int32)
+  params = unet.init(jax.random.key(0), jnp.zeros((1,) + latent), jnp.zeros((1,)), y=y0)["params"]
+  n_params = sum(int(x.size) for x in jax.tree.leaves(params))
+  gflop = 3.0 * forward_flops(unet, params, latent, batch, ncls) / 1e9
+  common = (f"{name} {'x'.join(map(str, latent))}", batch, n_params, gflop, peak)
+  timed = lambda threads, mode: time_torch_unet(unet, latent, ncls, batch, args.steps, threads, mode)
+  torch_runs = _torch_runs(args, timed, ("torch eager", "torch.compile"))
+  for r in torch_runs:
+    _check_params(f"{common[0]} UNet", r["params"], n_params)
+  jax_runs = []
+  for n in sorted({1, args.cpu_devices}):
+    first, med = time_jax_unet(unet, params, latent, ncls, batch, n, args.steps)
+    impl = "jax jit, 1 device" if n == 1 else f"jax pmap, {n} devices"
+    jax_runs.append(dict(impl=impl, first=first, med=med))
+  _progress(args, *common, torch_runs + jax_runs)
+  return (*_group(args, "UNet step", *common, jax_runs, torch_runs), unet, common)
+
+
+def stage_group(args, unet, common):
+  """(rows, target line) of the full MNIST LDM stage step: JAX on meshes of 1 and N devices, then
+  its torch peers; common: (label, batch, UNet params, UNet step GFLOP, peak) of the UNet group."""
+  batch, n_params = common[1], common[2]
+  jax_runs = []
+  for n in sorted({1, args.cpu_devices}):
+    first, med = time_stage_step(unet, batch, n, args.steps)
+    jax_runs.append(dict(impl=f"jax full LDM stage step, mesh {n} dev", first=first, med=med))
+  prefix = "torch full LDM stage step"
+  timed = lambda threads, mode: time_torch_stage(unet, batch, args.steps, threads, mode)
+  torch_runs = _torch_runs(args, timed, (f"{prefix}, eager", f"{prefix}, torch.compile"))
+  ae = _stage_setup(1)[2]
+  n_ae = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(diffusers_vae.abstract_params(ae)))
+  for r in torch_runs:
+    _check_params(f"{common[0]} stage (UNet + autoencoder)", r["params"], n_params + n_ae)
+  _progress(args, *common, jax_runs + torch_runs)
+  return _group(args, "full LDM stage step", *common, jax_runs, torch_runs)
+
+
 def run(args):
   """Measures everything; returns (peak rows, throughput rows, peak GFLOP/s, target lines)."""
   peaks = measure_peaks(args)
   peak = max(g for _, g in peaks)
   print(markdown_table(("matmul peak", "GFLOP/s"), [(n, f"{g:.3g}") for n, g in peaks]), flush=True)
-  rows, targets, steps = [], [], args.steps
+  rows, targets = [], []
   for name, batch in zip(args.model_names, args.batches):
-    unet, latent, ncls = build_unet(name, args)
-    y0 = None if ncls is None else jnp.zeros((1,), jnp.int32)
-    params = unet.init(jax.random.key(0), jnp.zeros((1,) + latent), jnp.zeros((1,)), y=y0)["params"]
-    n_params = sum(int(x.size) for x in jax.tree.leaves(params))
-    gflop = 3.0 * forward_flops(unet, params, latent, batch, ncls) / 1e9
-    label = f"{name} {'x'.join(map(str, latent))}"
-    common = (label, batch, n_params, gflop, peak)
-    torch_runs = _torch_runs(args, lambda t, m: time_torch_unet(unet, latent, ncls, batch, steps, t, m),
-                             ("torch eager", "torch.compile"))
-    for r in torch_runs:
-      _check_params(f"{label} UNet", r["params"], n_params)
-    jax_runs = []
-    for n in sorted({1, args.cpu_devices}):
-      first, med = time_jax_unet(unet, params, latent, ncls, batch, n, steps)
-      jax_runs.append(dict(impl="jax jit, 1 device" if n == 1 else f"jax pmap, {n} devices", first=first, med=med))
-    _progress(args, *common, torch_runs + jax_runs)
-    group_rows, line = _group(args, label, "UNet step", batch, n_params, gflop, peak, jax_runs, torch_runs)
+    group_rows, line, unet, common = unet_group(args, name, batch, peak)
     rows, targets = rows + group_rows, targets + [line]
     if name == "mnist" and not args.skip_stage:
-      jax_runs = [dict(impl=f"jax full LDM stage step, mesh {n} dev", first=f, med=m)
-                  for n in sorted({1, args.cpu_devices}) for f, m in [time_stage_step(unet, batch, n, steps)]]
-      torch_runs = _torch_runs(args, lambda t, m: time_torch_stage(unet, batch, steps, t, m),
-                               ("torch full LDM stage step, eager", "torch full LDM stage step, torch.compile"))
-      n_ae = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(diffusers_vae.abstract_params(_stage_setup(batch)[2])))
-      for r in torch_runs:
-        _check_params(f"{label} stage (UNet + autoencoder)", r["params"], n_params + n_ae)
-      _progress(args, *common, jax_runs + torch_runs)
-      group_rows, line = _group(args, label, "full LDM stage step", batch, n_params, gflop, peak, jax_runs, torch_runs)
+      group_rows, line = stage_group(args, unet, common)
       rows, targets = rows + group_rows, targets + [line]
   return peaks, rows, peak, targets
 
