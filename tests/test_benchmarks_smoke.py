@@ -40,7 +40,7 @@ def test_quick_run_prints_expected_rows():
   # The final summary (after the blank line before the load average) holds both tables once.
   summary = out.stdout[out.stdout.index("load average"):]
   assert re.search(r"load average \(1/5/15 min\) [\d.]+/[\d.]+/[\d.]+", summary)
-  assert "torch.compile 'default'" in summary
+  assert "torch.compile 'default';" in out.stdout  # the line before the load average
   rows = _table_rows(summary)
 
   peaks = {r[0]: float(r[1]) for r in rows if len(r) == 2 and r[0] != "matmul peak"}

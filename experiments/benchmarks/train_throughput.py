@@ -114,7 +114,8 @@ def parse_args(argv=None):
                  help="torch.compile mode of the compiled rows")
   p.add_argument("--skip_stage", action="store_true", help="skip the full LDM stage-step rows")
   p.add_argument("--quick", action="store_true",
-                 help="smoke settings (< 1 min), where not given explicitly: " + str(QUICK))
+                 help="smoke settings (about 40 s with a warm inductor cache, 1-2 min cold), where not "
+                      "given explicitly: " + str(QUICK))
   if p.parse_known_args(argv)[0].quick:
     p.set_defaults(**QUICK)
   args = p.parse_args(argv)
