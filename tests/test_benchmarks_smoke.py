@@ -79,6 +79,7 @@ def test_torch_stage_peer_runs_the_flax_networks():
   autoencoder's parameter counts."""
   pytest.importorskip("diffusers")
   import jax  # pylint: disable=import-outside-toplevel
+  import torch  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
   from experiments.benchmarks import torch_peers  # pylint: disable=import-outside-toplevel
   from experiments.configs import mnist_autoencoder, mnist_ldm  # pylint: disable=import-outside-toplevel
@@ -88,6 +89,7 @@ def test_torch_stage_peer_runs_the_flax_networks():
   unet = builders.unet(ldm.model, in_channels=ae_cfg.model.z_channels, num_class_embeds=11)
   ae = builders.autoencoder(ae_cfg.model)
   images = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 1), np.uint8)
+  torch.set_num_threads(1)  # two tiny steps: threads only contend with the rest of the machine
   call, n_params = torch_peers.stage_step(
       diffusers_unet.unet_config_from_module(unet), diffusers_vae.vae_config_from_module(ae), images,
       np.array([3, 7], np.int32), np.linspace(0.999, 0.01, 1000), np.array([0.0, 1e-4, 2e-4]),
@@ -98,6 +100,28 @@ def test_torch_stage_peer_runs_the_flax_networks():
   n_unet = count(jax.eval_shape(unet.init, jax.random.key(0), np.zeros((1, 8, 8, 3), np.float32),
                                 np.zeros((1,), np.float32), y=np.zeros((1,), np.int32))["params"])
   assert n_params == n_unet + count(diffusers_vae.abstract_params(ae))
+
+
+def test_sampling_quick_run_prints_ratios_and_target():
+  """sampling_throughput --quick (the MNIST UNet, batch 2, 2 steps per sampler) without the
+  torch.compile columns (a cold inductor compile of the MNIST UNet takes 1-2 min here): both
+  samplers, the JAX/torch ratio columns and the >= 1.5x target line."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
+             XLA_FLAGS=f"--xla_force_host_platform_device_count=2 {FAST_COMPILE_FLAGS}")
+  cmd = [sys.executable, "-m", "experiments.benchmarks.sampling_throughput", "--quick", "--skip_torch_compile"]
+  out = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  rows = _table_rows(out.stdout)
+  assert rows[0] == ["model", "UNet params", "batch", "sampler", "JAX first call s", "JAX steady s",
+                     "JAX samples/s", "diffusers s", "diffusers samples/s", "torch.compile first call s",
+                     "torch.compile s", "torch.compile samples/s", "JAX/torch eager", "JAX/torch.compile"]
+  assert [(r[0], r[2], r[3]) for r in rows[1:]] == [("mnist", "2", "ddim-2"), ("mnist", "2", "dpmpp_2m-2")]
+  for r in rows[1:]:
+    jax_ips, torch_ips = float(r[6]), float(r[8])
+    assert jax_ips > 0 and torch_ips > 0 and r[9:12] == ["nan"] * 3 and r[13] == "nan"
+    assert abs(float(r[12]) - jax_ips / torch_ips) <= 0.02 * float(r[12]) + 0.01
+  assert "Target (issue 14): sampling >= 1.5x torch" in out.stdout
+  assert re.search(r"mnist ddim-2, batch 2: [\d.]+x torch eager \((met|missed[^)]*)\)\n", out.stdout)
 
 
 def test_pod_compile_reports_sharded_memory_and_collectives(tmp_path):
