@@ -11,6 +11,7 @@ import tempfile
 
 import flax.serialization
 import jax
+import jax.monitoring
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -19,6 +20,12 @@ from ldm_jax.host_devices import FAST_COMPILE_FLAGS
 from ldm_jax.pipeline import random_params
 from ldm_jax.stages import builders, export
 from tests.configs import tiny
+
+# Names of every XLA backend compile in this process (jax.monitoring), for "no recompiles" checks:
+# compare len(BACKEND_COMPILES) before and after a call.
+BACKEND_COMPILES = []
+jax.monitoring.register_event_duration_secs_listener(
+    lambda name, *_, **__: BACKEND_COMPILES.append(name) if name.endswith("backend_compile_duration") else None)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "tests", "configs", "tiny.py")

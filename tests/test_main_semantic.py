@@ -8,7 +8,6 @@ refused before compiling; the other task methods point to it.
 """
 
 import jax
-import jax.monitoring
 import numpy as np
 import pytest
 
@@ -20,9 +19,7 @@ from ldm_jax.pipeline import LatentDiffusionPipeline
 from tests import cli_runs
 
 STEPS = 2
-BACKEND_COMPILES = []
-jax.monitoring.register_event_duration_secs_listener(
-    lambda name, *_, **__: BACKEND_COMPILES.append(name) if name.endswith("backend_compile_duration") else None)
+BACKEND_COMPILES = cli_runs.BACKEND_COMPILES
 KW = dict(method="ddim", num_steps=2)
 
 

@@ -8,7 +8,6 @@ use `upscale` in one line. A hybrid run (concat.class_labels) also reads the cla
 """
 
 import jax
-import jax.monitoring
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -22,9 +21,7 @@ from ldm_jax.train import metrics as metrics_lib
 from tests import cli_runs
 
 STEPS = 2
-BACKEND_COMPILES = []
-jax.monitoring.register_event_duration_secs_listener(
-    lambda name, *_, **__: BACKEND_COMPILES.append(name) if name.endswith("backend_compile_duration") else None)
+BACKEND_COMPILES = cli_runs.BACKEND_COMPILES
 KW = dict(method="ddim", num_steps=2)
 
 

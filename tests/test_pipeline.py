@@ -8,7 +8,6 @@ import sys
 
 import flax.linen as nn
 import jax
-import jax.monitoring
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -20,11 +19,10 @@ from ldm_jax import samplers
 from ldm_jax.models import autoencoder
 from ldm_jax.pipeline import LatentDiffusionPipeline, image_grid, random_params, slerp, start_for_noise
 from ldm_jax.stages import builders, export
+from tests import cli_runs
 
 STEPS = 4
-BACKEND_COMPILES = []
-jax.monitoring.register_event_duration_secs_listener(
-    lambda name, *_, **__: BACKEND_COMPILES.append(name) if name.endswith("backend_compile_duration") else None)
+BACKEND_COMPILES = cli_runs.BACKEND_COMPILES
 
 
 def tiny_configs(ae_dir):
