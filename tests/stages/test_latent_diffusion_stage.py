@@ -194,19 +194,22 @@ def test_pooled_text_is_the_mean_of_the_encoder_context():
 # Concat conditioning (LDM-SR): c = bicubic_x4(x) on the latent grid, concatenated to z_t
 
 
-def _concat_parts(first_stage, num_class_embeds=None):
-  """A UNet reading [z_t, c] (4 latent + 1 image channels) built as run.py builds it, its params,
-  and cached latents of the images (so c can change while z, hence z_t, stays fixed)."""
+def _concat_parts(first_stage, degradation="bicubic_x4", num_class_embeds=None):
+  """A UNet reading [z_t, c] for the concat degradation (SR: 4 latent + 1 image channels;
+  inpainting: 4 + 1 + 4; segmentation: 4 + 11) built as run.py builds it, its params, and cached
+  latents of the images (so c can change while z, hence z_t, stays fixed)."""
+  from ldm_jax.diffusion import concat  # pylint: disable=import-outside-toplevel
   from ldm_jax.stages import builders  # pylint: disable=import-outside-toplevel
   ae, ae_params, images = first_stage
   model = ml_collections.ConfigDict(dict(
       preset="UNet", block_out_channels=(16,), layers_per_block=1, down_block_types=("DownBlock2D",),
       up_block_types=("UpBlock2D",), mid_block_type=None, norm_num_groups=8))
+  channels = concat.concat_channels(degradation, ae.in_channels, ae.latent_channels)
   unet = builders.unet(model, in_channels=ae.latent_channels, num_class_embeds=num_class_embeds,
-                       concat_channels=ae.in_channels)
+                       concat_channels=channels)
   y = None if num_class_embeds is None else jnp.zeros((1,), jnp.int32)
-  params = nn.meta.unbox(unet.init(jax.random.key(1), jnp.zeros((1, 8, 8, 5)), jnp.zeros((1,)),
-                                   y=y)["params"])
+  params = nn.meta.unbox(unet.init(jax.random.key(1), jnp.zeros((1, 8, 8, ae.latent_channels + channels)),
+                                   jnp.zeros((1,)), y=y)["params"])
   mean, logvar = ae.apply({"params": ae_params}, to_float(images), method="encode")
   return unet, params, mean, logvar
 
@@ -280,28 +283,11 @@ def test_hybrid_concat_and_class_loss_reads_both(first_stage):
 # Inpainting (SD-inpainting): c = [m, s E(x * (m < 0.5))] concatenated to z_t, 4 + 1 + 4 channels
 
 
-def _inpaint_parts(first_stage):
-  """A UNet reading [z_t, m, masked-image latents] (4 + 1 + 4 channels) built as run.py builds it,
-  its params, and cached latents of the images (z, hence z_t, fixed while the images change)."""
-  from ldm_jax.diffusion import concat  # pylint: disable=import-outside-toplevel
-  from ldm_jax.stages import builders  # pylint: disable=import-outside-toplevel
-  ae, ae_params, images = first_stage
-  model = ml_collections.ConfigDict(dict(
-      preset="UNet", block_out_channels=(16,), layers_per_block=1, down_block_types=("DownBlock2D",),
-      up_block_types=("UpBlock2D",), mid_block_type=None, norm_num_groups=8))
-  unet = builders.unet(model, in_channels=ae.latent_channels, num_class_embeds=None,
-                       concat_channels=concat.concat_channels(
-      "inpaint_large_masks", ae.in_channels, ae.latent_channels))
-  params = nn.meta.unbox(unet.init(jax.random.key(1), jnp.zeros((1, 8, 8, 9)), jnp.zeros((1,)))["params"])
-  mean, logvar = ae.apply({"params": ae_params}, to_float(images), method="encode")
-  return unet, params, mean, logvar
-
-
 def test_inpainting_loss_reads_the_mask_and_the_masked_image_latents(first_stage):
   from ldm_jax.diffusion import masks  # pylint: disable=import-outside-toplevel
   from ldm_jax.models.unet import concat_conditioning  # pylint: disable=import-outside-toplevel
   ae, ae_params, images = first_stage
-  unet, params, mean, logvar = _inpaint_parts(first_stage)
+  unet, params, mean, logvar = _concat_parts(first_stage, "inpaint_large_masks")
   assert (unet.in_channels, unet.out_channels) == (4 + 1 + 4, 4)
   schedule = schedules.get_schedule("linear", 100)
   rng = jax.random.key(5)
@@ -356,7 +342,7 @@ def test_inpainting_loss_needs_the_mask_channels(first_stage):
     ldm_stage.make_loss_fn(sr_unet, ae, schedule, cfg, 1.0, concat=section)
   section.degradation = "bicubic_x4"
   with pytest.raises(ValueError, match=r"latent \+ image channels = 4 \+ 1 = 5 .* got in_channels=9"):
-    ldm_stage.make_loss_fn(_inpaint_parts(first_stage)[0], ae, schedule, cfg, 1.0, concat=section)
+    ldm_stage.make_loss_fn(_concat_parts(first_stage, "inpaint_large_masks")[0], ae, schedule, cfg, 1.0, concat=section)
 
 
 def test_concat_loss_needs_its_section_and_matching_channels(first_stage):
@@ -377,27 +363,10 @@ def test_concat_loss_needs_its_section_and_matching_channels(first_stage):
 # Semantic synthesis (LDM sec. 4.3.2): c = the stroke map's class fractions on the latent grid
 
 
-def _segmentation_parts(first_stage):
-  """A UNet reading [z_t, 11 class fractions] (4 + 11 channels) built as run.py builds it, its
-  params, and cached latents of the images (z, hence z_t, fixed while the images change)."""
-  from ldm_jax.diffusion import concat  # pylint: disable=import-outside-toplevel
-  from ldm_jax.stages import builders  # pylint: disable=import-outside-toplevel
-  ae, ae_params, images = first_stage
-  model = ml_collections.ConfigDict(dict(
-      preset="UNet", block_out_channels=(16,), layers_per_block=1, down_block_types=("DownBlock2D",),
-      up_block_types=("UpBlock2D",), mid_block_type=None, norm_num_groups=8))
-  unet = builders.unet(model, in_channels=ae.latent_channels, num_class_embeds=None,
-                       concat_channels=concat.concat_channels(
-      "segmentation_pairs", ae.in_channels, ae.latent_channels))
-  params = nn.meta.unbox(unet.init(jax.random.key(1), jnp.zeros((1, 8, 8, 15)), jnp.zeros((1,)))["params"])
-  mean, logvar = ae.apply({"params": ae_params}, to_float(images), method="encode")
-  return unet, params, mean, logvar
-
-
 def test_segmentation_loss_reads_the_map_of_images_and_labels(first_stage):
   from ldm_jax.models.unet import concat_conditioning  # pylint: disable=import-outside-toplevel
   ae, _, images = first_stage
-  unet, params, mean, logvar = _segmentation_parts(first_stage)
+  unet, params, mean, logvar = _concat_parts(first_stage, "segmentation_pairs")
   assert (unet.in_channels, unet.out_channels) == (4 + 11, 4)
   schedule = schedules.get_schedule("linear", 100)
   rng = jax.random.key(7)
