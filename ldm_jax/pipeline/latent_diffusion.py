@@ -702,15 +702,8 @@ class LatentDiffusionPipeline:
     x = checks.images(low_res_images, want, name="low_res_images")
     n = x.shape[0]
     checks.guidance(guidance_scale, n)
-    if self.num_classes is None and labels is not None:
-      raise ValueError(f"This super-resolution model has no class labels (trained without "
-                       f"concat.class_labels); labels must be None, got {labels!r:.60}.")
-    y = checks.labels(labels, n, self.num_classes)
-    c = self._concat_map(images_lib.to_float(x))
-    cond, null = c, np.zeros_like(c)
-    if y is not None:  # hybrid: the pair (map, label mixture); null: zeros and the null label
-      cond = (c, conditioning.class_mixture(y))
-      null = (null, conditioning.class_mixture(np.full((n,), self.num_classes, np.int32)))
+    y = self._concat_labels(labels, n, "super-resolution")
+    cond, null = self._concat_pair(self._concat_map(images_lib.to_float(x)), y)
     return self._generate(rng, n, cond, null, method=method, num_steps=num_steps,
                           guidance_scale=guidance_scale, eta=eta, start=0, output=output,
                           return_trajectory=return_trajectory)
@@ -746,20 +739,30 @@ class LatentDiffusionPipeline:
                             degradation.description)
     n = s.shape[0]
     checks.guidance(guidance_scale, n)
-    if self.num_classes is None and labels is not None:
-      raise ValueError(f"This semantic synthesis model has no class labels (trained without "
-                       f"concat.class_labels); labels must be None, got {labels!r:.60}.")
-    y = checks.labels(labels, n, self.num_classes)
+    y = self._concat_labels(labels, n, "semantic synthesis")
     fn = self._program(("segmentation_map",), lambda: programs.segmentation_map_program(
         self.latent_shape[:2], degradation.classes, self._count))
-    c = self._map(n, lambda placement, take: fn(take(s)))
-    cond, null = c, np.zeros_like(c)
-    if y is not None:  # hybrid: the pair (map, label mixture); null: zeros and the null label
-      cond = (c, conditioning.class_mixture(y))
-      null = (null, conditioning.class_mixture(np.full((n,), self.num_classes, np.int32)))
+    cond, null = self._concat_pair(self._map(n, lambda placement, take: fn(take(s))), y)
     return self._generate(rng, n, cond, null, method=method, num_steps=num_steps,
                           guidance_scale=guidance_scale, eta=eta, start=0, output=output,
                           return_trajectory=return_trajectory)
+
+  def _concat_labels(self, labels, n, what):
+    """The checked labels [N] of a concat model (None without concat.class_labels), before any
+    compile."""
+    if self.num_classes is None and labels is not None:
+      raise ValueError(f"This {what} model has no class labels (trained without "
+                       f"concat.class_labels); labels must be None, got {labels!r:.60}.")
+    return checks.labels(labels, n, self.num_classes)
+
+  def _concat_pair(self, c, y):
+    """(cond, null) of a concat map c: c against zeros; hybrid (labels y): the pairs (map, label
+    mixture) against (zeros, the null label)."""
+    cond, null = c, np.zeros_like(c)
+    if y is not None:
+      cond = (c, conditioning.class_mixture(y))
+      null = (null, conditioning.class_mixture(np.full((len(y),), self.num_classes, np.int32)))
+    return cond, null
 
   def _concat_map(self, low_res):
     fn = self._program(("concat_map",), lambda: programs.concat_map_program(
