@@ -13,6 +13,11 @@ chunks: stop it any time and start the same command again):
      <workdir>/pooled, with the same UNet, steps and data; with --encoder_lr_scale=k, the text
      model again with its encoder at k x the learning rate (text.lr_scale) in
      <workdir>/encoder_lr<k>;
+  3a. with --contrastive_steps=n, Stable Diffusion's route: the same encoder pretrained
+     contrastively against images for n steps (a tiny CLIP, experiments/contrastive_text_encoder.py)
+     into the diffusers folder <workdir>/contrastive_encoder, then frozen
+     (text.pretrained + text.train_encoder=False) under the same UNet in
+     <workdir>/frozen_contrastive;
   3b. with --class_tokens, the diagnostic "class_tokens" in <workdir>/class_tokens: captions "3 7"
      (data.caption_style="digits") and an encoder of 0 layers, so the context is two fixed class
      tokens (each digit's token embedding + its position), nothing mixed by attention and no
@@ -42,6 +47,7 @@ from experiments.ablations import config_overrides
 from experiments.ablations import digit_judge
 from experiments.ablations import report
 from experiments.ablations import training
+from experiments import contrastive_text_encoder
 from experiments.configs import mnist_autoencoder, mnist_text
 from ldm_jax import launch
 from ldm_jax.data import mnist_pairs
@@ -67,6 +73,10 @@ flags.DEFINE_bool("class_tokens", False, "Also train and evaluate the two-class-
 flags.DEFINE_float("encoder_lr_scale", 0.0, "Also train and evaluate the text model with its "
                    "encoder at this multiple of the learning rate (text.lr_scale), in "
                    "<workdir>/encoder_lr<scale> (0: not).")
+flags.DEFINE_integer("contrastive_steps", 0, "Also pretrain the text encoder contrastively for "
+                     "this many steps and train and evaluate the LDM with it frozen, in "
+                     "<workdir>/frozen_contrastive (0: not).")
+flags.DEFINE_integer("contrastive_batch", 256, "Batch of the contrastive pretraining.")
 flags.DEFINE_string("report", "", "Markdown report ('': <workdir>/report.md).")
 FLAGS = flags.FLAGS
 
@@ -175,6 +185,16 @@ def main(_):
     with open(results_path, encoding="utf-8") as f:
       results = json.load(f)
   results.setdefault("seconds", {})["autoencoder"] = ae.get("seconds") or 0.0
+  if FLAGS.contrastive_steps:
+    encoder_dir = os.path.join(FLAGS.workdir, "contrastive_encoder")
+    text_config = config_overrides.apply_overrides(
+        mnist_text.get_config(), _TINY_LDM if FLAGS.scale == "tiny" else {}).text
+    results["contrastive_encoder"] = contrastive_text_encoder.train(
+        text_config, encoder_dir, steps=FLAGS.contrastive_steps, batch=FLAGS.contrastive_batch)
+    print(f"contrastive encoder: {results['contrastive_encoder']}", flush=True)
+    MODELS["frozen_contrastive"] = ({"text.pretrained": encoder_dir,
+                                     "text.train_encoder": False}, "grammar")
+    runs["frozen_contrastive"] = os.path.join(FLAGS.workdir, "frozen_contrastive")
   for name, workdir in runs.items():  # each model: train (or resume), then evaluate, then save
     steps = min(FLAGS.stop_at or FLAGS.ldm_steps, FLAGS.ldm_steps)
     overrides = {"first_stage.workdir": ae_dir, "train.num_steps": steps,
@@ -273,6 +293,14 @@ def _report(r, path):
     lines += ["", "class_tokens is the diagnostic: captions \"{a} {b}\" (\"3 7\") and a 0-layer "
               "encoder, so its context is two fixed class tokens; its right-first column is n/a "
               "(one phrasing)."]
+  ce = r.get("contrastive_encoder")
+  if ce and "frozen_contrastive" in r["models"]:
+    lines += ["", f"frozen_contrastive: the cross_attention model's encoder, pretrained for "
+              f"{ce['steps']} steps at batch {ce['batch']} with CLIP's contrastive loss against a "
+              f"small image tower ({ce['seconds']:.0f} s; experiments/contrastive_text_encoder.py), "
+              "then frozen. Its caption -> image retrieval among the 100 ordered pairs' captions: "
+              f"{pct(ce['retrieval_test'])} on seen pairs (new images), "
+              f"{pct(ce['retrieval_heldout'])} on the held-out pairs."]
   lines += ["", "Side probe: a linear probe of the context vector at each digit's token (left or "
             "right digit?), fitted on the seen pairs' captions and scored on the held-out pairs' "
             "(chance 50%; n/a: no per-token context). Cross-attention keys are linear in these "

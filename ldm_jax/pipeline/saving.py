@@ -7,7 +7,9 @@
   folder/text_encoder/           transformers CLIPTextModel config + model.safetensors
   folder/bert/                   diffusers LDMBertModel config + model.safetensors
   folder/tokenizer/              CLIPTokenizer vocab.json, merges.txt, its pad token and length;
-                                 or BertTokenizer vocab.txt, its lower-casing and length
+                                 or BertTokenizer vocab.txt, its lower-casing and length; or a
+                                 word-level tokenizer (ldm_jax.text.word_level) as tokenizer.json
+                                 (transformers PreTrainedTokenizerFast)
   folder/unet/                   UNet2DModel config (with sample_size = the latent size) + weights
   folder/vqvae/                  AutoencoderKL or VQModel, scaling_factor = the pipeline's latent
                                  scale factor (shift_factor too), sample_size = the image size
@@ -29,6 +31,7 @@ import os
 import numpy as np
 
 from ldm_jax.pipeline import scheduler_config as sched_lib
+from ldm_jax.text import saving as text_saving
 
 DIFFUSERS_VERSION = "0.31.0"
 # model_index.json entry (private to diffusers: a leading "_") with the sampling defaults that no
@@ -77,80 +80,11 @@ def scheduler_config(pipe) -> dict:
   return config
 
 
-def _is_bert(encoder):
-  from ldm_jax.models.bert_text import BERTEmbedder  # pylint: disable=import-outside-toplevel
-  return isinstance(encoder.module, BERTEmbedder)
-
-
-def _save_bert(encoder, folder):
-  """bert/ (diffusers LDMBertModel) and tokenizer/ (BertTokenizer) of LDM's txt2img encoder."""
-  from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
-  from ldm_jax.convert import torch_layout  # pylint: disable=import-outside-toplevel
-  m, tok = encoder.module, encoder.tokenizer
-  if type(tok.model).__name__ != "WordPiece":
-    raise NotImplementedError(f"save_pretrained writes a BERT text encoder with its WordPiece "
-                              f"tokenizer, not a {type(tok.model).__name__} one.")
-  out = os.path.join(folder, "bert")
-  os.makedirs(out, exist_ok=True)
-  _write_json(os.path.join(out, "config.json"), {
-      "architectures": ["LDMBertModel"], "model_type": "ldmbert", "vocab_size": m.vocab_size,
-      "max_position_embeddings": m.max_length, "d_model": m.width, "encoder_layers": m.layers,
-      "encoder_attention_heads": m.heads, "head_dim": m.head_dim, "encoder_ffn_dim": m.mlp_dim,
-      "activation_function": "gelu", "torch_dtype": "float32"})
-  # LDMBertModel's to_logits head (unused for the context) is left out: diffusers initialises it.
-  state = {"model." + k: np.asarray(v, np.float32)
-           for k, v in torch_layout.flax_to_torch(encoder.params).items()}
-  save_file(state, os.path.join(out, "model.safetensors"))
-  out = os.path.join(folder, "tokenizer")
-  os.makedirs(out, exist_ok=True)
-  tok.model.save(out)  # vocab.txt
-  lower = bool(getattr(tok.normalizer, "lowercase", True))
-  _write_json(os.path.join(out, "tokenizer_config.json"), {
-      "tokenizer_class": "BertTokenizer", "do_lower_case": lower,
-      "model_max_length": tok.truncation["max_length"], "pad_token": tok.padding["pad_token"],
-      "unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]", "mask_token": "[MASK]"})
-
-
-def _save_text(encoder, folder):
-  """text_encoder/ (transformers CLIPTextModel) and tokenizer/ (CLIPTokenizer) of a CLIP prompt
-  encoder."""
-  from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
-  from ldm_jax.convert import torch_layout  # pylint: disable=import-outside-toplevel
-  from ldm_jax.models.clip_text import CLIPTextTransformer  # pylint: disable=import-outside-toplevel
-  m, tok = encoder.module, encoder.tokenizer
-  if _is_bert(encoder):
-    return _save_bert(encoder, folder)
-  if not isinstance(m, CLIPTextTransformer) or type(tok.model).__name__ != "BPE":
-    raise NotImplementedError(f"save_pretrained writes CLIP and LDM BERT text encoders, not "
-                              f"{type(m).__name__} with a {type(tok.model).__name__} tokenizer.")
-  if m.clip_skip:
-    raise ValueError(f"clip_skip={m.clip_skip} has no CLIPTextModel config key; save the pipeline "
-                     "without it (the saved model gives the last layer's context).")
-  out = os.path.join(folder, "text_encoder")
-  os.makedirs(out, exist_ok=True)
-  _write_json(os.path.join(out, "config.json"), {
-      "architectures": ["CLIPTextModel"], "model_type": "clip_text_model",
-      "vocab_size": m.vocab_size, "max_position_embeddings": m.max_length, "hidden_size": m.width,
-      "num_hidden_layers": m.layers, "num_attention_heads": m.heads,
-      "intermediate_size": m.mlp_dim, "hidden_act": m.activation,
-      "layer_norm_eps": m.layer_norm_eps, "torch_dtype": "float32"})
-  state = {"text_model." + k: np.asarray(v, np.float32)  # the key layout every version loads
-           for k, v in torch_layout.flax_to_torch(encoder.params).items()}
-  save_file(state, os.path.join(out, "model.safetensors"))
-  out = os.path.join(folder, "tokenizer")
-  os.makedirs(out, exist_ok=True)
-  tok.model.save(out)  # vocab.json, merges.txt
-  _write_json(os.path.join(out, "tokenizer_config.json"), {
-      "tokenizer_class": "CLIPTokenizer", "model_max_length": tok.truncation["max_length"],
-      "pad_token": tok.padding["pad_token"], "bos_token": "<|startoftext|>",
-      "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>"})
-
-
 def save_pretrained(pipe, folder: str) -> str:
   """Writes `pipe` as a diffusers pipeline folder (module docstring); returns the folder."""
   from ldm_jax import convert  # pylint: disable=import-outside-toplevel
   text = pipe.prompt_encoder is not None
-  bert = text and _is_bert(pipe.prompt_encoder)
+  bert = text and text_saving.is_bert(pipe.prompt_encoder)
   if pipe.conditioning == "concat":
     raise ValueError("save_pretrained does not write concat-conditioned (super-resolution, "
                      "inpainting, semantic synthesis) models yet (diffusers' "
@@ -162,7 +96,7 @@ def save_pretrained(pipe, folder: str) -> str:
                      "pipelines.")
   os.makedirs(folder, exist_ok=True)
   if text:
-    _save_text(pipe.prompt_encoder, folder)
+    text_saving.save_prompt_encoder(pipe.prompt_encoder, folder)
   vae_folder = "vae" if text and not bert else "vqvae"
   ae = pipe.autoencoder.clone(scaling_factor=pipe.scale_factor)
   if hasattr(ae, "shift_factor"):
@@ -184,7 +118,10 @@ def save_pretrained(pipe, folder: str) -> str:
            "scheduler": ["diffusers", sched["_class_name"]],
            SAMPLING_KEY: {k: pipe.defaults[k] for k in ("num_steps", "guidance_scale")}}
   if bert:
-    index.update(bert=["latent_diffusion", "LDMBertModel"], tokenizer=["transformers", "BertTokenizer"])
+    word_level = type(pipe.prompt_encoder.tokenizer.model).__name__ == "WordLevel"
+    index.update(bert=["latent_diffusion", "LDMBertModel"],
+                 tokenizer=["transformers",
+                            "PreTrainedTokenizerFast" if word_level else "BertTokenizer"])
   elif text:
     index.update(text_encoder=["transformers", "CLIPTextModel"],
                  tokenizer=["transformers", "CLIPTokenizer"], safety_checker=[None, None],

@@ -10,6 +10,7 @@ Every tokenizer is a fixed-length HF ``tokenizers.Tokenizer`` (no torch or trans
     ids = text.tokenize(tok, ["a photo of a cat"])     # int32 [1, 77]
     enc = text.load_prompt_encoder("sd")               # tokenizer/ + text_encoder/
     context = text.encode_prompts(enc, ["a photo of a cat"])  # float32 [1, 77, 768]
+    text.save_prompt_encoder(enc, "folder")            # tokenizer/ + text_encoder/ (or bert/)
 """
 
 from ldm_jax.text.clip_tokenizer import (SD1_PAD_TOKEN, SD2_PAD_TOKEN,
@@ -17,6 +18,7 @@ from ldm_jax.text.clip_tokenizer import (SD1_PAD_TOKEN, SD2_PAD_TOKEN,
 from ldm_jax.text.loading import TOKENIZER_KINDS, load_tokenizer, tokenizer_kind
 from ldm_jax.text.prompts import (PromptEncoder, encode_prompts, load_prompt_encoder,
                                   prompt_encoder_from_checkpoint, prompt_ids)
+from ldm_jax.text.saving import save_prompt_encoder
 from ldm_jax.text.token_ids import fixed_length, tokenize
 from ldm_jax.text.word_level import UNKNOWN_POLICIES, train_word_level, word_level_tokenizer
 from ldm_jax.text.wordpiece import load_wordpiece_tokenizer, wordpiece_tokenizer

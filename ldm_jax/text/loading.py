@@ -17,7 +17,8 @@ from ldm_jax.text.token_ids import fixed_length
 TOKENIZER_KINDS = ("clip", "wordpiece", "word_level")
 # transformers tokenizer classes -> kind
 _CLASSES = {"CLIPTokenizer": "clip", "CLIPTokenizerFast": "clip", "BertTokenizer": "wordpiece",
-            "BertTokenizerFast": "wordpiece"}
+            "BertTokenizerFast": "wordpiece",
+            "PreTrainedTokenizerFast": "word_level"}  # a tokenizer.json (save_prompt_encoder's)
 
 
 def tokenizer_kind(path):
