@@ -120,14 +120,17 @@ def train(text_config: ml_collections.ConfigDict, out: str, *, steps=1000, batch
   return summary
 
 
-flags.DEFINE_string("out", "workdirs/mnist_text/contrastive_encoder", "The folder to write.")
-flags.DEFINE_integer("steps", 1000, "Training steps.")
-flags.DEFINE_integer("batch", 256, "Captioned images per step.")
-flags.DEFINE_float("learning_rate", 1e-3, "Peak learning rate.")
-FLAGS = flags.FLAGS
+def _define_flags():
+  """The command line's flags (defined only when run as a script: mnist_text_to_image imports
+  this module and has flags of its own)."""
+  flags.DEFINE_string("out", "workdirs/mnist_text/contrastive_encoder", "The folder to write.")
+  flags.DEFINE_integer("steps", 1000, "Training steps.")
+  flags.DEFINE_integer("batch", 256, "Captioned images per step.")
+  flags.DEFINE_float("learning_rate", 1e-3, "Peak learning rate.")
 
 
 def main(_):
+  FLAGS = flags.FLAGS  # pylint: disable=invalid-name
   c = mnist_text.get_config()
   summary = train(c.text, FLAGS.out, steps=FLAGS.steps, batch=FLAGS.batch,
                   learning_rate=FLAGS.learning_rate, caption_style=c.data.caption_style)
@@ -136,4 +139,5 @@ def main(_):
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)
