@@ -92,11 +92,19 @@ def test_sample_conditional_is_the_pipelines_unguided_sample(tiny):
 
 
 def test_guidance(tiny):
-  results, md = _run(guidance, tiny, "guidance", f"--ldm={tiny['ldm']}")
+  results, md = _run(guidance, tiny, "guidance", f"--ldm={tiny['ldm']}", "--seeds=0,1")
   _check_report(md)
   assert _table_rows(md) == ["0.000", "1.000", "3.000", "real (floor)"]
   assert [w for w, _, _ in results] == [0.0, 1.0, 3.0]
-  assert all(np.isfinite(s["diversity"]) and s["diversity"] > 0 for _, s, _ in results)
+  for _, s, _ in results:  # two seeds per cell: different noise, so different scores
+    assert s["fd"]["n"] == 2 and s["fd"]["values"][0] != s["fd"]["values"][1]
+    assert np.isfinite(s["diversity"]["mean"]) and s["diversity"]["mean"] > 0
+  body = [l for l in md.splitlines() if l.startswith("| 1.000")]
+  assert body and body[0].count("±") == 5, md  # acc, FD, precision, recall, diversity
+  verdict = md.split("**Does this reproduction agree?**")[1]
+  assert verdict.count("agrees") + verdict.count("DISAGREES") + verdict.count(
+      "not resolved at this scale") >= 4, verdict
+  assert "seeds 0, 1 for every w" in md
 
 
 def test_scale_factor(tiny):

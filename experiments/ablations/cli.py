@@ -13,13 +13,16 @@ LATENT_ABLATION_FLAGS = {
 
 
 def parse_args(argv, description, **extra):
-  """Common flags (--scale, --out, --workdir, --seed, --classifier) plus `extra`:
+  """Common flags (--scale, --out, --workdir, --seed, --seeds, --classifier) plus `extra`:
   name -> (default, help)."""
   p = argparse.ArgumentParser(description=description)
   p.add_argument("--scale", default="cpu", choices=SCALES, help="tiny: seconds (tests); cpu: minutes.")
   p.add_argument("--out", default="experiments/results", help="Where <name>.md and <name>.png go.")
   p.add_argument("--workdir", default="workdirs/ablations", help="Scratch dir of trained runs.")
   p.add_argument("--seed", type=int, default=0, help="Seed of sampling and training.")
+  p.add_argument("--seeds", default="", help="Comma-separated seeds (e.g. 0,1,2): scripts that "
+                 "support it measure every cell once per seed and report mean ± sd (seeds.py); "
+                 "default: --seed alone.")
   p.add_argument("--classifier", default="", help="Digit classifier msgpack (trained if missing).")
   for name, (default, help_) in extra.items():
     p.add_argument(f"--{name}", default=default, type=type(default), help=help_)

@@ -6,7 +6,9 @@ trained class-conditional MNIST LDM; sampling only.
 For each guidance scale w (guided = uncond + w (cond - uncond); w = 0 the unconditional model, w = 1
 the conditional one) draws per_class samples of every digit from the same seed and measures class
 accuracy (fidelity), FD (quality) and diversity (within-class mean pairwise feature distance and
-recall). Writes <out>/guidance.md and <out>/guidance.png.
+recall). With --seeds=0,1,2 every w is sampled once per seed (the same seeds for every w): the
+table gives mean ± sd and each verdict needs a difference beyond the spread (seeds.py). Writes
+<out>/guidance.md and <out>/guidance.png.
 """
 
 import os
@@ -21,6 +23,7 @@ from experiments.ablations import cli  # pylint: disable=wrong-import-position
 from experiments.ablations import digit_judge  # pylint: disable=wrong-import-position
 from experiments.ablations import report  # pylint: disable=wrong-import-position
 from experiments.ablations import sampling  # pylint: disable=wrong-import-position
+from experiments.ablations import seeds as seeds_lib  # pylint: disable=wrong-import-position
 
 NAME = "guidance"
 SCALES = {"tiny": dict(per_class=2, num_steps=3, ws=(0.0, 1.0, 3.0)),
@@ -35,6 +38,7 @@ def main(argv=None):
   args = cli.parse_args(argv, __doc__, ldm=("workdirs/mnist/ldm", "The LDM run's workdir."),
                         per_class=(0, "Samples per class (0: the scale's)."),
                         method=("dpmpp_2m", "Sampler."), num_steps=(0, "Steps (0: the scale's)."))
+  seeds = seeds_lib.parse_seeds(args.seeds, args.seed)
   t_start = time.time()
   scale = SCALES[args.scale]
   per_class = args.per_class or scale["per_class"]
@@ -45,17 +49,21 @@ def main(argv=None):
   n = 10 * per_class
   floor = judge.floor(n, args.seed)
 
-  results = []
+  results = []  # (w, {metric: summary over seeds}, seconds per seed)
   for w in scale["ws"]:
-    images, labels, secs = sampling.sample_classes(pipe, args.seed, per_class, method=args.method,
-                                                   num_steps=num_steps, guidance_scale=w)
-    s = judge.scores(images, labels)
-    results.append((w, s, secs))
-    print(f"w {w:4.1f}: acc {s['acc']:.3f} FD {s['fd']:.3f} recall {s['recall']:.3f} "
-          f"diversity {s['diversity']:.3f} ({secs:.1f} s)", flush=True)
+    per_seed, secs = [], []
+    for seed in seeds:
+      images, labels, t = sampling.sample_classes(pipe, seed, per_class, method=args.method,
+                                                  num_steps=num_steps, guidance_scale=w)
+      per_seed.append(judge.scores(images, labels))
+      secs.append(t)
+    s = seeds_lib.summarize_scores(per_seed)
+    results.append((w, s, sum(secs) / len(secs)))
+    print(f"w {w:4.1f}: acc {seeds_lib.cell(s['acc'])} FD {seeds_lib.cell(s['fd'])} recall "
+          f"{seeds_lib.cell(s['recall'])} diversity {seeds_lib.cell(s['diversity'])}", flush=True)
 
-  rows = [[w, s["acc"], s["fd"], s["precision"], s["recall"], s["diversity"], secs]
-          for w, s, secs in results]
+  metrics = ("acc", "fd", "precision", "recall", "diversity")
+  rows = [[w, *(seeds_lib.cell(s[k]) for k in metrics), secs] for w, s, secs in results]
   rows.append(["real (floor)", floor["acc"], floor["fd"], floor["precision"], floor["recall"],
                floor["diversity"], "-"])
   wall = time.time() - t_start
@@ -63,14 +71,17 @@ def main(argv=None):
       args.out, NAME, title="Ablation 6: classifier-free guidance scale (MNIST LDM)", claim=CLAIM,
       setup=[f"Model: `{args.ldm}` (EMA weights; trained with label dropout for guidance), sampling "
              f"only; classifier `{clf_path}`.",
-             f"{per_class} samples per digit (N = {n}), {args.method} with {num_steps} steps, seed "
-             f"{args.seed} for every w (same initial noise).",
+             f"{per_class} samples per digit (N = {n}), {args.method} with {num_steps} steps; "
+             f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))} for every w (same "
+             "initial noise per seed)" + ("; cells: mean ± sd over the seeds, verdicts only on "
+                                          "differences beyond sd_a + sd_b." if len(seeds) > 1
+                                          else "; one seed, so no verdict is resolved."),
              "w: guided = uncond + w (cond - uncond); w = 0 unconditional, w = 1 conditional "
              "(the paper's s).",
              report.floor_line(floor, n),
              f"Scale `{args.scale}`; wall time {wall:.0f} s on {report.devices_line()}."],
       header=["w", "class acc", "FD", "precision", "recall", "diversity (within-class)",
-              "sampling s"],
+              "sampling s (per seed)"],
       rows=rows, verdict=_verdict(results),
       notes=["At w = 0 the class accuracy measures how often an unconditional sample happens to "
              "be the requested digit (about 0.1 for a good unconditional model).",
@@ -81,41 +92,51 @@ def main(argv=None):
 
 
 def _verdict(results):
+  """Each part of the claim, judged on differences beyond the seeds' spread (seeds.py)."""
   ws = [w for w, _, _ in results]
-  acc = {w: s["acc"] for w, s, _ in results}
-  fd = {w: s["fd"] for w, s, _ in results}
-  div = {w: s["diversity"] for w, s, _ in results}
-  rec = {w: s["recall"] for w, s, _ in results}
-  hi = max(ws)
+  by_w = {w: s for w, s, _ in results}
+  hi, base = max(ws), (1.0 if 1.0 in by_w else min(ws))
+  get = lambda w, k: by_w[w][k]
   parts = []
-  ok = acc[hi] > acc.get(1.0, acc[min(ws)])
-  parts.append(f"Class accuracy w=1 -> w={hi:g}: {acc.get(1.0, float('nan')):.3f} -> {acc[hi]:.3f}: "
-               f"{'agrees' if ok else 'DISAGREES'} (rises with w).")
-  best = min(fd, key=fd.get)
-  ok = 1.0 < best < hi
-  parts.append(f"FD is minimal at w = {best:g}: {'agrees' if ok else 'DISAGREES'} "
-               f"(minimum at a moderate w > 1).")
-  ok = div[hi] < div.get(1.0, div[min(ws)]) and rec[hi] <= rec.get(1.0, rec[min(ws)])
-  parts.append(f"Diversity / recall at w=1 vs w={hi:g}: {div.get(1.0, float('nan')):.3f} / "
-               f"{rec.get(1.0, float('nan')):.3f} vs {div[hi]:.3f} / {rec[hi]:.3f}: "
-               f"{'agrees' if ok else 'DISAGREES'} (both fall with w).")
+  acc = seeds_lib.verdict(seeds_lib.compare(get(hi, "acc"), get(base, "acc")), +1)
+  parts.append(f"Class accuracy w={base:g} -> w={hi:g}: {seeds_lib.cell(get(base, 'acc'))} -> "
+               f"{seeds_lib.cell(get(hi, 'acc'))}: {acc} (rises with w).")
+  best = min(ws, key=lambda w: get(w, "fd")["mean"])
+  if not base < best < hi:
+    fd = "DISAGREES" if (seeds_lib.compare(get(best, "fd"), get(base, "fd")) == -1
+                         or seeds_lib.compare(get(best, "fd"), get(hi, "fd")) == -1) else \
+        seeds_lib.NOT_RESOLVED
+  else:  # a moderate w is lowest: resolved only if it beats both ends beyond the spread
+    below = [seeds_lib.compare(get(best, "fd"), get(w, "fd")) for w in (base, hi)]
+    fd = "agrees" if below == [-1, -1] else seeds_lib.NOT_RESOLVED
+  parts.append(f"FD is lowest at w = {best:g} ({seeds_lib.cell(get(best, 'fd'))}; w={base:g}: "
+               f"{seeds_lib.cell(get(base, 'fd'))}, w={hi:g}: {seeds_lib.cell(get(hi, 'fd'))}): "
+               f"{fd} (minimum at a moderate w > 1).")
+  div = seeds_lib.verdict(seeds_lib.compare(get(hi, "diversity"), get(base, "diversity")), -1)
+  rec = seeds_lib.verdict(seeds_lib.compare(get(hi, "recall"), get(base, "recall")), -1)
+  parts.append(f"Diversity w={base:g} -> w={hi:g}: {seeds_lib.cell(get(base, 'diversity'))} -> "
+               f"{seeds_lib.cell(get(hi, 'diversity'))}: {div}; recall "
+               f"{seeds_lib.cell(get(base, 'recall'))} -> {seeds_lib.cell(get(hi, 'recall'))}: "
+               f"{rec} (both fall with w).")
   return " ".join(parts)
 
 
 def _plot(out, results, floor):
   plt, fig, (ax1, ax2, ax3) = report.figure(3, width=4.2)
   ws = [w for w, _, _ in results]
-  get = lambda key: [s[key] for _, s, _ in results]
-  ax1.plot(ws, get("acc"), "o-")
+  get = lambda key: [s[key]["mean"] for _, s, _ in results]
+  err = lambda key: [s[key]["sd"] or 0.0 for _, s, _ in results]
+  ax1.errorbar(ws, get("acc"), yerr=err("acc"), fmt="o-", capsize=3)
   ax1.axhline(floor["acc"], color="gray", ls="--", label="real floor")
   ax1.set_ylabel("class accuracy")
-  ax2.plot(ws, get("fd"), "o-")
+  ax2.errorbar(ws, get("fd"), yerr=err("fd"), fmt="o-", capsize=3)
   ax2.axhline(floor["fd"], color="gray", ls="--", label="real floor")
   ax2.set_ylabel("FD (classifier features)")
-  ax3.plot(ws, get("recall"), "o-", label="recall")
-  ax3.plot(ws, get("precision"), "s-", label="precision")
+  ax3.errorbar(ws, get("recall"), yerr=err("recall"), fmt="o-", capsize=3, label="recall")
+  ax3.errorbar(ws, get("precision"), yerr=err("precision"), fmt="s-", capsize=3, label="precision")
   ax3b = ax3.twinx()
-  ax3b.plot(ws, get("diversity"), "^:", color="C3", label="diversity")
+  ax3b.errorbar(ws, get("diversity"), yerr=err("diversity"), fmt="^:", capsize=3, color="C3",
+                label="diversity")
   ax3b.set_ylabel("within-class diversity", color="C3")
   ax3.set_ylabel("precision / recall")
   ax3.legend(fontsize=7, loc="lower left")

@@ -1,0 +1,67 @@
+"""Tests for experiments/ablations/seeds.py: per-seed summaries, the resolved-difference rule and
+the verdict words, and the guidance ablation's verdict built on them (synthetic cells whose
+answer is known)."""
+
+import numpy as np
+import pytest
+
+from experiments.ablations import guidance
+from experiments.ablations import seeds
+
+
+def test_parse_seeds():
+  assert seeds.parse_seeds("", 7) == (7,)
+  assert seeds.parse_seeds("0,1,2", 7) == (0, 1, 2)
+  with pytest.raises(ValueError, match="not a comma-separated list"):
+    seeds.parse_seeds("0,a", 0)
+  with pytest.raises(ValueError, match="distinct integers >= 0"):
+    seeds.parse_seeds("1,1", 0)
+  with pytest.raises(ValueError, match="distinct integers >= 0"):
+    seeds.parse_seeds("-1,2", 0)
+
+
+def test_summaries_and_cells():
+  s = seeds.summarize([0.9, 0.95, 1.0])
+  assert s["n"] == 3 and s["values"] == [0.9, 0.95, 1.0]
+  np.testing.assert_allclose([s["mean"], s["sd"]], [0.95, 0.05])  # sample sd (ddof 1)
+  assert seeds.cell(s) == "0.950 ± 0.050"
+  one = seeds.summarize([0.5])
+  assert one["sd"] is None and seeds.cell(one) == "0.500"
+  both = seeds.summarize_scores([{"acc": 0.5, "fd": 2.0, "name": "x"}, {"acc": 0.7, "fd": 4.0,
+                                                                         "name": "y"}])
+  assert set(both) == {"acc", "fd"}
+  np.testing.assert_allclose(both["fd"]["sd"], np.sqrt(2.0))
+  with pytest.raises(ValueError, match="at least one value"):
+    seeds.summarize([])
+
+
+def _cell(mean, sd):
+  return {"mean": mean, "sd": sd, "n": 3, "values": []}
+
+
+def test_compare_needs_a_difference_beyond_both_spreads():
+  assert seeds.compare(_cell(1.0, 0.1), _cell(0.7, 0.1)) == 1      # 0.3 > 0.2
+  assert seeds.compare(_cell(0.7, 0.1), _cell(1.0, 0.1)) == -1
+  assert seeds.compare(_cell(1.0, 0.1), _cell(0.85, 0.1)) == 0     # 0.15 < 0.2: overlap
+  assert seeds.compare(_cell(1.0, 0.1), _cell(0.8, 0.1)) == 0      # exactly touching: not beyond
+  assert seeds.compare(_cell(1.0, None), _cell(0.0, None)) == 0    # one seed: no spread known
+  assert seeds.verdict(1, 1) == "agrees" and seeds.verdict(-1, 1) == "DISAGREES"
+  assert seeds.verdict(0, 1) == seeds.NOT_RESOLVED
+
+
+def _results(acc, fd, div, sd):
+  ws = (0.0, 1.0, 2.0, 5.0)
+  return [(w, {"acc": _cell(a, sd), "fd": _cell(f, sd), "recall": _cell(d, sd),
+               "diversity": _cell(d, sd)}, 1.0) for w, a, f, d in zip(ws, acc, fd, div)]
+
+
+def test_guidance_verdict_resolves_only_beyond_the_spread():
+  clear = guidance._verdict(_results(acc=(0.1, 0.8, 0.9, 0.99), fd=(9.0, 4.0, 2.0, 6.0),
+                                     div=(5.0, 4.0, 3.0, 2.0), sd=0.01))
+  assert clear.count("agrees") == 4 and "DISAGREES" not in clear, clear
+  noisy = guidance._verdict(_results(acc=(0.1, 0.8, 0.9, 0.99), fd=(9.0, 4.0, 2.0, 6.0),
+                                     div=(5.0, 4.0, 3.0, 2.0), sd=5.0))
+  assert noisy.count(seeds.NOT_RESOLVED) == 4 and "agrees" not in noisy, noisy
+  wrong = guidance._verdict(_results(acc=(0.1, 0.9, 0.8, 0.5), fd=(9.0, 4.0, 5.0, 6.0),
+                                     div=(5.0, 2.0, 3.0, 4.0), sd=0.01))
+  assert wrong.count("DISAGREES") == 4, wrong  # acc falls, FD lowest at w=1, diversity rises
