@@ -65,3 +65,29 @@ def test_guidance_verdict_resolves_only_beyond_the_spread():
   wrong = guidance._verdict(_results(acc=(0.1, 0.9, 0.8, 0.5), fd=(9.0, 4.0, 5.0, 6.0),
                                      div=(5.0, 2.0, 3.0, 4.0), sd=0.01))
   assert wrong.count("DISAGREES") == 4, wrong  # acc falls, FD lowest at w=1, diversity rises
+
+
+def _sampler_results(fd_low, fd_high):
+  """Two NFE budgets per sampler; fd_*: label -> per-seed FDs."""
+  out = []
+  for lab in fd_low:
+    for nfe, fd in ((5, fd_low[lab]), (50, fd_high[lab])):
+      out.append((lab, "m", nfe, nfe, {"fd": seeds.summarize(fd)}, 1.0))
+  return out
+
+
+def test_samplers_verdict_uses_per_seed_spreads():
+  from experiments.ablations import samplers  # pylint: disable=import-outside-toplevel
+  clear = samplers._verdict(_sampler_results(
+      {"DDIM eta=0": [2.0, 2.1, 2.2], "DDIM eta=1": [9.0, 9.2, 9.1]},
+      {"DDIM eta=0": [1.0, 1.1, 1.0], "DDIM eta=1": [1.2, 1.2, 1.3]}))
+  assert clear.count("agrees") == 2 and "DISAGREES" not in clear, clear
+  # eta = 1 better at few steps, and the samplers drift apart: both resolved the wrong way
+  wrong = samplers._verdict(_sampler_results(
+      {"DDIM eta=0": [9.0, 9.2, 9.1], "DDIM eta=1": [2.0, 2.1, 2.2]},
+      {"DDIM eta=0": [30.0, 31.0, 30.5], "DDIM eta=1": [1.2, 1.2, 1.3]}))
+  assert wrong.count("DISAGREES") == 2, wrong
+  noisy = samplers._verdict(_sampler_results(
+      {"DDIM eta=0": [2.0, 9.0, 4.0], "DDIM eta=1": [9.0, 2.0, 5.0]},
+      {"DDIM eta=0": [1.0, 3.0, 1.0], "DDIM eta=1": [3.0, 1.0, 1.3]}))
+  assert noisy.count(seeds.NOT_RESOLVED) == 2, noisy

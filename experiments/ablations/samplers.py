@@ -6,7 +6,9 @@ trained class-conditional MNIST LDM; sampling only.
 For every sampler (DDPM ancestral, DDIM eta 0 and 1, DPM-Solver++ 2M, Heun) and NFE budget, draws
 per_class samples of every digit from the same seed (conditional model, guidance w = 1) and scores
 them with `digit_judge.Judge` (FD, class accuracy, precision / recall) beside the real-vs-real
-floor. Writes <out>/samplers.md and <out>/samplers.png.
+floor. With --seeds=0,1,2 every cell is sampled once per seed (the same seeds in every cell): the
+table gives mean ± sd and each verdict needs a difference beyond the spread (seeds.py). Writes
+<out>/samplers.md and <out>/samplers.png.
 """
 
 import os
@@ -17,10 +19,13 @@ if __name__ == "__main__":
 
 import time  # pylint: disable=wrong-import-position
 
+import numpy as np  # pylint: disable=wrong-import-position
+
 from experiments.ablations import cli  # pylint: disable=wrong-import-position
 from experiments.ablations import digit_judge  # pylint: disable=wrong-import-position
 from experiments.ablations import report  # pylint: disable=wrong-import-position
 from experiments.ablations import sampling  # pylint: disable=wrong-import-position
+from experiments.ablations import seeds as seeds_lib  # pylint: disable=wrong-import-position
 
 NAME = "samplers"
 # (label, pipeline method, eta)
@@ -47,6 +52,7 @@ def main(argv=None):
   args = cli.parse_args(argv, __doc__, ldm=("workdirs/mnist/ldm", "The LDM run's workdir."),
                         per_class=(0, "Samples per class (0: the scale's)."),
                         nfe=("", "Comma-separated NFE budgets (default: the scale's)."))
+  seeds = seeds_lib.parse_seeds(args.seeds, args.seed)
   t_start = time.time()
   scale = SCALES[args.scale]
   per_class = args.per_class or scale["per_class"]
@@ -57,19 +63,23 @@ def main(argv=None):
   n = 10 * per_class
   floor = judge.floor(n, args.seed)
 
-  results = []  # (label, method, nfe, steps, scores, seconds)
+  results = []  # (label, method, nfe, steps, {metric: summary over seeds}, seconds per seed)
   for label, method, eta in SAMPLERS:
     for budget in budgets:
       steps = num_steps_for(method, budget)
-      images, labels, secs = sampling.sample_conditional(pipe, args.seed, per_class, method=method,
-                                                         num_steps=steps, eta=eta)
-      s = judge.scores(images, labels)
-      results.append((label, method, nfe_of(method, steps), steps, s, secs))
-      print(f"{label:16s} NFE {nfe_of(method, steps):4d}: FD {s['fd']:.3f} acc {s['acc']:.3f} "
-            f"({secs:.1f} s)", flush=True)
+      per_seed, secs = [], []
+      for seed in seeds:
+        images, labels, t = sampling.sample_conditional(pipe, seed, per_class, method=method,
+                                                        num_steps=steps, eta=eta)
+        per_seed.append(judge.scores(images, labels))
+        secs.append(t)
+      s = seeds_lib.summarize_scores(per_seed)
+      results.append((label, method, nfe_of(method, steps), steps, s, sum(secs) / len(secs)))
+      print(f"{label:16s} NFE {nfe_of(method, steps):4d}: FD {seeds_lib.cell(s['fd'])} acc "
+            f"{seeds_lib.cell(s['acc'])}", flush=True)
 
-  rows = [[lab, nfe, steps, s["fd"], s["acc"], s["precision"], s["recall"], secs]
-          for lab, _, nfe, steps, s, secs in results]
+  rows = [[lab, nfe, steps, *(seeds_lib.cell(s[k]) for k in ("fd", "acc", "precision", "recall")),
+           secs] for lab, _, nfe, steps, s, secs in results]
   rows.append(["real (floor)", "-", "-", floor["fd"], floor["acc"], floor["precision"],
                floor["recall"], "-"])
   verdict = _verdict(results)
@@ -78,14 +88,17 @@ def main(argv=None):
       args.out, NAME, title="Ablation 4: sampler and number of steps (MNIST LDM)", claim=CLAIM,
       setup=[f"Model: `{args.ldm}` (EMA weights), sampling only; classifier `{clf_path}`.",
              f"{per_class} samples per digit (N = {n}), labels 0-9, guidance w = 1 (conditional "
-             f"model, no guidance), seed {args.seed} for every cell (same initial noise).",
+             f"model, no guidance); seed{'s' if len(seeds) > 1 else ''} "
+             f"{', '.join(map(str, seeds))} for every cell (same initial noise per seed)"
+             + ("; cells: mean ± sd over the seeds, verdicts only on differences beyond "
+                "sd_a + sd_b." if len(seeds) > 1 else "; one seed, so no verdict is resolved."),
              "NFE = model evaluations per sample (Heun: 2S - 1 for S steps); the conditional "
              "model is called directly (`sampling.sample_conditional`, leading timestep grid as the "
              "pipeline's samplers); sampling s includes compilation and decoding.",
              report.floor_line(floor, n),
              f"Scale `{args.scale}`; wall time {wall:.0f} s on {report.devices_line()}."],
       header=["sampler", "NFE", "steps S", "FD (lower better)", "class acc", "precision", "recall",
-              "sampling s"],
+              "sampling s (per seed)"],
       rows=rows, verdict=verdict,
       notes=["FD is on the in-project classifier's features, comparable only within this project.",
              "DDPM here is diffusers' DDPMScheduler with a strided ('leading') grid and fixed-small "
@@ -94,30 +107,34 @@ def main(argv=None):
              "probability-flow ODE solution as NFE grows; if their FD levels off above the "
              "stochastic samplers', the gap is a property of this (small, briefly trained) model "
              "rather than of the discretisation: stochasticity corrects denoiser errors "
-             "(Karras et al. 2022, sec. 4).",
-             "One seed only; the FD spread between seeds was not measured."])
+             "(Karras et al. 2022, sec. 4)."])
   _plot(args.out, results, floor)
   return results
 
 
 def _verdict(results):
+  """Each part of the claim, judged on differences beyond the seeds' spread (seeds.py)."""
   by = {}
   for lab, _, nfe, _, s, _ in results:
     by.setdefault(lab, []).append((nfe, s["fd"]))
-  lowest = {lab: min(v)[1] for lab, v in by.items()}     # FD at the smallest NFE
-  highest = {lab: max(v)[1] for lab, v in by.items()}    # FD at the largest NFE
+  lowest = {lab: min(v, key=lambda x: x[0])[1] for lab, v in by.items()}   # FD at the fewest NFE
+  highest = {lab: max(v, key=lambda x: x[0])[1] for lab, v in by.items()}  # FD at the most NFE
   parts = []
   if "DDIM eta=0" in lowest and "DDIM eta=1" in lowest:
-    ok = lowest["DDIM eta=0"] < lowest["DDIM eta=1"]
-    parts.append(f"At the fewest steps DDIM eta=0 FD {lowest['DDIM eta=0']:.3f} vs eta=1 "
-                 f"{lowest['DDIM eta=1']:.3f}: {'agrees' if ok else 'DISAGREES'} (eta = 0 better at few steps).")
-  spread_low = max(lowest.values()) - min(lowest.values())
-  spread_high = max(highest.values()) - min(highest.values())
-  ok = spread_high < spread_low
-  parts.append(f"Spread of FD across samplers: {spread_low:.3f} at the fewest NFE, {spread_high:.3f} at "
-               f"the most: {'agrees' if ok else 'DISAGREES'} (samplers converge with more steps).")
-  best_low = min(lowest, key=lowest.get)
-  parts.append(f"Best sampler at the fewest NFE: {best_low}.")
+    a, b = lowest["DDIM eta=0"], lowest["DDIM eta=1"]
+    parts.append(f"At the fewest steps DDIM eta=0 FD {seeds_lib.cell(a)} vs eta=1 "
+                 f"{seeds_lib.cell(b)}: {seeds_lib.verdict(seeds_lib.compare(a, b), -1)} "
+                 "(eta = 0 better at few steps).")
+  # The spread of FD across samplers, per seed (the same seed in every cell), at each end.
+  spread = lambda cells: seeds_lib.summarize(
+      np.ptp([c["values"] for c in cells.values()], axis=0))
+  low, high = spread(lowest), spread(highest)
+  parts.append(f"Spread of FD across samplers: {seeds_lib.cell(low)} at the fewest NFE, "
+               f"{seeds_lib.cell(high)} at the most: "
+               f"{seeds_lib.verdict(seeds_lib.compare(high, low), -1)} (samplers converge with "
+               "more steps).")
+  best_low = min(lowest, key=lambda lab: lowest[lab]["mean"])
+  parts.append(f"Lowest mean FD at the fewest NFE: {best_low}.")
   return " ".join(parts)
 
 
@@ -126,8 +143,10 @@ def _plot(out, results, floor):
   labels = list(dict.fromkeys(r[0] for r in results))
   for lab in labels:
     pts = sorted((r[2], r[4]["fd"], r[4]["acc"]) for r in results if r[0] == lab)
-    ax1.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=lab)
-    ax2.plot([p[0] for p in pts], [p[2] for p in pts], "o-", label=lab)
+    nfe = [p[0] for p in pts]
+    for ax, i in ((ax1, 1), (ax2, 2)):
+      ax.errorbar(nfe, [p[i]["mean"] for p in pts], yerr=[p[i]["sd"] or 0.0 for p in pts],
+                  fmt="o-", capsize=3, label=lab)
   ax1.axhline(floor["fd"], color="gray", ls="--", label="real floor")
   ax2.axhline(floor["acc"], color="gray", ls="--", label="real floor")
   for ax, yl in ((ax1, "FD (classifier features)"), (ax2, "class accuracy")):
