@@ -1,6 +1,7 @@
 """Conditioning of the pipeline's denoiser: none, class labels (mixable), a context sequence or a
-concatenated map (LDM-SR's low-resolution image on the latent grid, `diffusion.concat`), always
-through classifier-free guidance (Ho & Salimans 2022) for conditional models.
+concatenated map (LDM-SR's low-resolution image on the latent grid, `diffusion.concat`), or a map
+and a context together (LDM's "hybrid": SD-inpainting's [z_t, mask, masked-image latents] with a
+prompt), always through classifier-free guidance (Ho & Salimans 2022) for conditional models.
 
 Class conditioning is a *label mixture* (y_a [B], y_b [B], w [B]): the UNet's class embedding is
 replaced by (1 - w) E[y_a] + w E[y_b], which is E[y_a] for w = 0. This is what `interpolate` lerps
@@ -16,8 +17,24 @@ import numpy as np
 from ldm_jax import samplers
 from ldm_jax.models.unet import concat_conditioning
 
-KINDS = ("none", "class", "context", "concat")
+KINDS = ("none", "class", "context", "concat", "concat_context")
 CLASS_EMBEDDING = "class_embedding"
+# What the unconditional branch of an inpainting model's guidance reads (the pipeline's
+# `inpainting_null`); the conditional branch reads c = [mask, masked-image latents] and the label
+# or prompt.
+INPAINTING_NULLS = {
+    "fully_masked": "c of the fully masked image (m = 1, masked image 0: nothing known) with the "
+                    "null label or the negative prompt; this project's training (concat.p_drop)",
+    "unchanged": "the same c as the conditional branch, only the label or prompt changes (the "
+                 "null label or the negative prompt); diffusers' StableDiffusionInpaintPipeline",
+}
+
+
+def check_inpainting_null(name):
+  if name not in INPAINTING_NULLS:
+    raise ValueError(f"Unknown inpainting_null {name!r}; valid choices: "
+                     + "; ".join(f"{k!r} ({v})" for k, v in INPAINTING_NULLS.items()) + ".")
+  return name
 
 
 def _mixed_class_apply(unet, params, x, t, mix):
@@ -40,7 +57,9 @@ def model_fn(unet, params, kind, cond, null_cond, guidance_scale):
   kind "none": cond is None. "class": cond = (y_a, y_b, w), null_cond the same with the null
   label. "context": cond, null_cond [B, L, D]. "concat": cond, null_cond maps [B, h, w, Cc]
   (the null map is zeros), the UNet reading [x_t, c]; a hybrid concat + class model's are pairs
-  (map, label mixture). guidance_scale: [B] (traced) for conditional kinds.
+  (map, label mixture). "concat_context": pairs (map [B, h, w, Cc], context [B, L, D]), the UNet
+  reading [x_t, c] and cross-attending to the context. guidance_scale: [B] (traced) for
+  conditional kinds.
   """
   if kind == "none":
     return lambda x, t: unet.apply({"params": params}, x, t)
@@ -53,6 +72,9 @@ def model_fn(unet, params, kind, cond, null_cond, guidance_scale):
       if isinstance(c, tuple):  # hybrid: (map, label mixture)
         return _mixed_class_apply(unet, params, concat_conditioning(x, c[0]), t, c[1])
       return unet.apply({"params": params}, concat_conditioning(x, c), t)
+  elif kind == "concat_context":
+    cond_fn = lambda x, t, c: unet.apply({"params": params}, concat_conditioning(x, c[0]), t,
+                                         context=c[1])
   else:
     raise ValueError(f"Unknown conditioning kind {kind!r}; valid choices: {', '.join(KINDS)}.")
   return samplers.classifier_free_guidance(cond_fn, cond, null_cond, guidance_scale)
@@ -74,6 +96,8 @@ def conditional_model_fn(unet, params, kind, cond):
       return _mixed_class_apply(unet, params, x, t, tiled)
     if kind == "concat":
       return unet.apply({"params": params}, concat_conditioning(x, tiled), t)
+    if kind == "concat_context":
+      return unet.apply({"params": params}, concat_conditioning(x, tiled[0]), t, context=tiled[1])
     return unet.apply({"params": params}, x, t, context=tiled)
 
   return fn

@@ -100,7 +100,13 @@ class LatentDiffusionPipeline:
       (`diffusion.concat.DEGRADATIONS`); its UNet reads [z_t, c]. Super-resolution ("image"
       kind): only `upscale` runs it; inpainting ("mask" kind, c = [mask, masked-image latents]):
       only `inpaint` runs it (`inpainting_model`); semantic synthesis ("segmentation" kind, c =
-      class fractions of a map): only `synthesize` runs it (`segmentation_model`).
+      class fractions of a map): only `synthesize` runs it (`segmentation_model`). With a text
+      encoder too (a diffusers StableDiffusionInpaintPipeline folder) the UNet also reads the
+      prompt's context.
+    inpainting_null: what the unconditional branch of an inpainting model's guidance reads
+      (`conditioning.INPAINTING_NULLS`): "fully_masked", c of the fully masked image (this
+      project's training, the default), or "unchanged", the same c as the conditional branch
+      (diffusers' StableDiffusionInpaintPipeline; `from_pretrained` sets it for such folders).
     sampler_grid: timestep grid keywords of `samplers.make_tables` for every method
       (`scheduler_config.GRID_KEYS`: timestep_spacing, steps_offset, set_alpha_to_one, ...).
     defaults: the sampling settings used where a call leaves them None (`DEFAULTS` keys).
@@ -112,7 +118,8 @@ class LatentDiffusionPipeline:
   def __init__(self, unet, unet_params, autoencoder, ae_params, schedule, *, scale_factor,
                latent_shape, shift_factor=0.0, prediction_type="epsilon", num_classes=None,
                max_batch=64, shard=True, persistent_cache=None, dtype=None, prompt_encoder=None,
-               sampler_grid=None, defaults=None, concat_degradation=None):
+               sampler_grid=None, defaults=None, concat_degradation=None,
+               inpainting_null="fully_masked"):
     unet_params, ae_params = nn.meta.unbox(unet_params), nn.meta.unbox(ae_params)
     if dtype is not None:
       dtype = precision.dtype(dtype, "dtype")
@@ -144,6 +151,12 @@ class LatentDiffusionPipeline:
       if unet.in_channels != want:
         raise ValueError(f"concat_degradation={concat_degradation!r} needs a UNet reading {what} = "
                          f"{want}, got in_channels={unet.in_channels}.")
+    self.inpainting_null = conditioning.check_inpainting_null(inpainting_null)
+    if (self.inpainting_model and inpainting_null == "unchanged" and num_classes is None
+        and prompt_encoder is None):
+      raise ValueError("inpainting_null='unchanged' guides on the label or prompt alone, and this "
+                       "inpainting model has neither (its guidance would compare c with itself); "
+                       "use inpainting_null='fully_masked'.")
     self.max_batch = checks.positive_int(max_batch, "max_batch")
     self.shard = bool(shard)
     self.trace_counts = collections.Counter()
@@ -198,6 +211,14 @@ class LatentDiffusionPipeline:
     if self.num_classes is not None:
       return "class"
     return "context" if getattr(self.unet, "has_cross_attention", False) else "none"
+
+  @property
+  def _model_kind(self):
+    """The denoiser's conditioning kind (`conditioning.KINDS`): `conditioning`, except
+    "concat_context" for a concat model that also reads a text context (SD-inpainting)."""
+    if self.concat_degradation is not None and self.text_conditioned:
+      return "concat_context"
+    return self.conditioning
 
   @property
   def context_dim(self):
@@ -354,13 +375,9 @@ class LatentDiffusionPipeline:
     prompts_lib.check_kind(kind, self.text_conditioned, labels=labels, prompts=prompts,
                            negative_prompts=negative_prompts, context=context,
                            null_context=null_context)
-    if self.text_conditioned:  # given contexts are checked before any prompt is encoded
-      if context is not None:
-        context = checks.context(context, n, self.context_dim)
-      if null_context is not None:
-        null_context = checks.context(null_context, n, self.context_dim, name="null_context")
-      context, null_context = prompts_lib.contexts(self._encode_prompts, n, prompts,
-                                                   negative_prompts, context, null_context)
+    if self.text_conditioned:
+      context, null_context = self._text_contexts(n, prompts, negative_prompts, context,
+                                                  null_context)
     if kind != "class":
       checks.labels(labels, n, None)
     if kind != "context":
@@ -377,6 +394,17 @@ class LatentDiffusionPipeline:
       return c, null
     return None, None
 
+  def _text_contexts(self, n, prompts, negative_prompts, context, null_context):
+    """(context, null context) of a text model: given contexts checked [n, L, D] before any prompt
+    is encoded, then prompts (the negative or the empty prompt for the null) encoded."""
+    dim = self.unet.cross_attention_dim
+    if context is not None:
+      context = checks.context(context, n, dim)
+    if null_context is not None:
+      null_context = checks.context(null_context, n, dim, name="null_context")
+    return prompts_lib.contexts(self._encode_prompts, n, prompts, negative_prompts, context,
+                                null_context)
+
   def _generate(self, rng, n, cond, null, *, method, num_steps, guidance_scale, eta, start,
                 z0=None, noise_weight=1.0, known_mask=None, resample=1, output, return_trajectory,
                 noise=None):
@@ -386,11 +414,11 @@ class LatentDiffusionPipeline:
     noise = self._noise(rng, index) if noise is None else noise
     z0 = np.zeros((n,) + self.latent_shape, np.float32) if z0 is None else z0
     w = checks.guidance(guidance_scale, n)
-    key = ("denoise", method, num_steps, min(n, self.max_batch), self.conditioning,
+    key = ("denoise", method, num_steps, min(n, self.max_batch), self._model_kind,
            known_mask is not None, resample, bool(return_trajectory))
     fn = self._program(key, lambda: programs.denoise_program(
         self.unet, self._tables(method, num_steps), self._count, method=method,
-        kind=self.conditioning, prediction_type=self.prediction_type,
+        kind=self._model_kind, prediction_type=self.prediction_type,
         inpaint=known_mask is not None, resample=resample, trajectory=bool(return_trajectory)))
     per_sample = {"index": index, "noise": noise, "cond": cond, "null": null, "w": w, "z0": z0,
                   "mask": known_mask}
@@ -526,27 +554,33 @@ class LatentDiffusionPipeline:
     the output equals `reconstruct(images)` up to the decoder's mixing across the mask border.
     resample: RePaint's U (Lugmayr et al. 2022): each step is redone U times with a jump back in
     between, which harmonises the filled region with the kept one (U model calls per step).
-    Trained inpainting models (`inpainting_model`: concat.degradation "inpaint_large_masks") take
-    the trained path instead (SD-inpainting): the mask must be binary; c = [mask on the latent
-    grid, latents of images * (mask < 0.5)] (`diffusion.concat.inpainting_conditioning`, the
-    training loss's function, with the encoder's posterior mean) and the UNet samples z from
+    Trained inpainting models (`inpainting_model`: concat.degradation "inpaint_large_masks", or a
+    diffusers StableDiffusionInpaintPipeline folder) take the trained path instead
+    (SD-inpainting): the mask must be binary; c = [mask on the latent grid (nearest, as torch's
+    F.interpolate), latents of images * (mask < 0.5)] (`diffusion.concat.inpainting_conditioning`,
+    the training loss's function, with the encoder's posterior mean) and the UNet samples z from
     [z_t, c]; nothing is replaced, so the kept region is the model's, not the reconstruction.
-    guidance_scale: w against the fully masked image (p_drop's null conditioning; with the null
-    label for a hybrid model), default 1. labels: a hybrid model's classes (concat.class_labels).
-    resample, strength, context and prompts belong to the training-free path: they must keep
-    their defaults.
+    guidance_scale: w against the unconditional branch of `inpainting_null` ("fully_masked": the
+    fully masked image, p_drop's null conditioning, with the null label of a hybrid model;
+    "unchanged": the same c with the null label or the negative prompt); default 1, or a text
+    model's `defaults` (7.5 for SD-inpainting folders). labels: a hybrid model's classes
+    (concat.class_labels). Text inpainting models take prompts / negative_prompts (or context /
+    null_context) as `sample` does; others must leave them None. resample and strength belong to
+    the training-free path: they must keep their defaults.
     Other arguments as `sample`.
     """
     if self.segmentation_model:
       self._refuse_concat("inpaint")  # names pipe.synthesize
     if self.inpainting_model:
+      text = {"context": context, "prompts": prompts, "negative_prompts": negative_prompts,
+              "null_context": null_context}
+      unused = {"resample": (resample, 1), "strength": (strength, 1.0)}
+      if not self.text_conditioned:
+        unused = {**{k: (v, None) for k, v in text.items()}, **unused}
       return self._inpaint_trained(
-          rng, images, mask, labels, method=method, num_steps=num_steps,
+          rng, images, mask, labels, text, method=method, num_steps=num_steps,
           guidance_scale=guidance_scale, eta=eta, output=output, return_trajectory=return_trajectory,
-          unused={"context": (context, None), "prompts": (prompts, None),
-                  "negative_prompts": (negative_prompts, None),
-                  "null_context": (null_context, None), "resample": (resample, 1),
-                  "strength": (strength, 1.0)})
+          unused=unused)
     method, num_steps, guidance_scale, eta = self._check_common(method, num_steps, guidance_scale,
                                                                 eta, output)
     resample = checks.positive_int(resample, "resample")
@@ -565,8 +599,8 @@ class LatentDiffusionPipeline:
                           known_mask=known, resample=resample, output=output,
                           return_trajectory=return_trajectory)
 
-  def _inpaint_trained(self, rng, images, mask, labels, *, method, num_steps, guidance_scale, eta,
-                       output, return_trajectory, unused):
+  def _inpaint_trained(self, rng, images, mask, labels, text, *, method, num_steps,
+                       guidance_scale, eta, output, return_trajectory, unused):
     """`inpaint` of a trained inpainting model (see there); inputs checked before compiling."""
     for name, (value, default) in unused.items():  # (value, its required default)
       if (value is not None) if default is None else (value != default):
@@ -575,9 +609,12 @@ class LatentDiffusionPipeline:
         raise ValueError(f"{name}={shown} is an option of the training-free inpainting path "
                          f"(RePaint on an unconditional, class or text model); this trained "
                          f"inpainting model ({self.concat_degradation!r}) needs {name}={default!r}.")
-    guidance_scale = 1.0 if guidance_scale is None else guidance_scale
+    if guidance_scale is None:  # a run's sample.guidance_scale is for its label-only sampling
+      guidance_scale = self.defaults["guidance_scale"] if self.text_conditioned else 1.0
     method, num_steps, guidance_scale, eta = self._check_common(method, num_steps, guidance_scale,
                                                                 eta, output)
+    if self.text_conditioned:
+      prompts_lib.check_kind("context", True, labels=labels, **text)
     x = checks.images(images, self.image_shape)
     n = x.shape[0]
     m = checks.mask(mask, n, *self.image_shape[:2])
@@ -592,10 +629,16 @@ class LatentDiffusionPipeline:
       raise ValueError(f"This inpainting model has no class labels (trained without "
                        f"concat.class_labels); labels must be None, got {labels!r:.60}.")
     y = checks.labels(labels, n, self.num_classes)
-    cond, null = self._inpainting_conditioning(images_lib.to_float(x), m[..., None])
-    if y is not None:  # hybrid: the pair (c, label mixture); null: fully masked and the null label
+    if self.text_conditioned:  # prompts encoded once everything else is checked
+      contexts = self._text_contexts(n, text["prompts"], text["negative_prompts"],
+                                     text["context"], text["null_context"])
+    cond, fully_masked = self._inpainting_conditioning(images_lib.to_float(x), m[..., None])
+    null = fully_masked if self.inpainting_null == "fully_masked" else cond
+    if y is not None:  # hybrid: the pairs (c, label mixture), (null c, the null label)
       cond = (cond, conditioning.class_mixture(y))
       null = (null, conditioning.class_mixture(np.full((n,), self.num_classes, np.int32)))
+    elif self.text_conditioned:  # SD-inpainting: (c, context), (null c, the negative context)
+      cond, null = (cond, contexts[0]), (null, contexts[1])
     return self._generate(rng, n, cond, null, method=method, num_steps=num_steps,
                           guidance_scale=guidance_scale, eta=eta, start=0, output=output,
                           return_trajectory=return_trajectory)

@@ -31,7 +31,12 @@ LDM_SCHEDULER = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_
 # The __call__ defaults of diffusers' text-to-image pipelines (model_index.json's _class_name);
 # other text folders (StableDiffusionImg2ImgPipeline, ...) take StableDiffusionPipeline's.
 TEXT_TO_IMAGE_DEFAULTS = {"StableDiffusionPipeline": {"num_steps": 50, "guidance_scale": 7.5},
+                          "StableDiffusionInpaintPipeline": {"num_steps": 50, "guidance_scale": 7.5},
                           "LDMTextToImagePipeline": {"num_steps": 50, "guidance_scale": 1.0}}
+# The degradation recorded for a UNet reading [z_t, mask, masked-image latents] (2 C + 1 channels
+# for C latent channels: SD-inpainting's 9 = 4 + 1 + 4): its "mask" kind makes `inpaint` take the
+# trained path (SD-inpainting was trained on LaMa-style large masks too).
+INPAINTING_DEGRADATION = "inpaint_large_masks"
 VAE_FOLDERS = ("vae", "vqvae")  # StableDiffusionPipeline / LDMPipeline and LDMTextToImagePipeline
 TEXT_FOLDERS = ("text_encoder", "bert")
 
@@ -201,7 +206,10 @@ def from_pretrained(path: str, num_classes: int | None = None,
 
   The latent scale factor is the VAE config's scaling_factor (and shift_factor). A class-conditional
   UNet (num_class_embeds = K + 1) is taken to have K classes with the null label K, unless
-  `num_classes` says otherwise.
+  `num_classes` says otherwise. A UNet reading 2 C + 1 channels for the autoencoder's C latent
+  channels (StableDiffusionInpaintPipeline: 9) is an inpainting model (`inpainting_unet`):
+  concat_degradation INPAINTING_DEGRADATION, and with a text encoder diffusers' guidance
+  (inpainting_null "unchanged": c in both branches, the prompt against the negative prompt).
   """
   from ldm_jax import convert  # pylint: disable=import-outside-toplevel
   components, pipeline_class = pipeline_components(path)
@@ -220,6 +228,7 @@ def from_pretrained(path: str, num_classes: int | None = None,
   size = tuple(size) if isinstance(size, (list, tuple)) else (size, size)
   if num_classes is None and unet.num_class_embeds is not None:
     num_classes = unet.num_class_embeds - 1
+  inpainting = inpainting_unet(path, unet, ae)
   text_defaults = TEXT_TO_IMAGE_DEFAULTS.get(pipeline_class,
                                              TEXT_TO_IMAGE_DEFAULTS["StableDiffusionPipeline"])
   defaults = {"method": method, **(text_defaults if prompt_encoder else {}),
@@ -227,5 +236,20 @@ def from_pretrained(path: str, num_classes: int | None = None,
   return dict(unet=unet, unet_params=unet_params, autoencoder=ae, ae_params=ae_params,
               schedule=schedule, scale_factor=ae.scaling_factor, shift_factor=ae.shift_factor,
               prediction_type=prediction_type, num_classes=num_classes,
-              latent_shape=(*size, unet.in_channels), prompt_encoder=prompt_encoder,
-              sampler_grid=grid, defaults=defaults)
+              latent_shape=(*size, ae.latent_channels), prompt_encoder=prompt_encoder,
+              sampler_grid=grid, defaults=defaults,
+              concat_degradation=INPAINTING_DEGRADATION if inpainting else None,
+              inpainting_null="unchanged" if inpainting and prompt_encoder else "fully_masked")
+
+
+def inpainting_unet(path: str, unet, ae) -> bool:
+  """Whether the UNet of folder `path` reads [z_t, mask, masked-image latents] (in_channels =
+  2 C + 1 for the autoencoder's C latent channels) rather than z_t (C); other counts (e.g. LDM-SR's
+  [z_t, low-res image]) are refused."""
+  c = ae.latent_channels
+  if unet.out_channels != c or unet.in_channels not in (c, 2 * c + 1):
+    raise ValueError(f"{path!r}: the UNet reads {unet.in_channels} and predicts "
+                     f"{unet.out_channels} channels, but the autoencoder has {c} latent channels; "
+                     f"supported: in_channels {c} (z_t) or {2 * c + 1} (inpainting: [z_t, mask, "
+                     f"masked-image latents] = {c} + 1 + {c}) with out_channels {c}.")
+  return unet.in_channels == 2 * c + 1

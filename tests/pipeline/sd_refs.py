@@ -1,5 +1,6 @@
-"""Tiny random-weight diffusers StableDiffusionPipelines (SD 1.x- and SD 2.x-style) saved with
-`save_pretrained`, and their reference images, for the pipeline's end-to-end parity tests."""
+"""Tiny random-weight diffusers StableDiffusionPipelines (SD 1.x- and SD 2.x-style, and their
+StableDiffusionInpaintPipeline twins with a 9-channel UNet) saved with `save_pretrained`, and their
+reference images, for the pipeline's end-to-end parity tests."""
 
 import json
 
@@ -7,7 +8,8 @@ import numpy as np
 import torch
 import transformers
 from diffusers import (AutoencoderKL, DDIMScheduler, DPMSolverMultistepScheduler,
-                       LDMTextToImagePipeline, StableDiffusionPipeline, UNet2DConditionModel)
+                       LDMTextToImagePipeline, StableDiffusionInpaintPipeline,
+                       StableDiffusionPipeline, UNet2DConditionModel)
 from diffusers.pipelines.latent_diffusion.pipeline_latent_diffusion import (LDMBertConfig,
                                                                             LDMBertModel)
 
@@ -48,9 +50,9 @@ def write_clip_tokenizer(path, pad):
   return transformers.CLIPTokenizer.from_pretrained(str(path))
 
 
-def _unet_vae_scheduler(seed, prediction_type="epsilon", **unet_kw):
+def _unet_vae_scheduler(seed, prediction_type="epsilon", in_channels=4, **unet_kw):
   unet = _perturb(UNet2DConditionModel(
-      sample_size=LATENT_SIZE, in_channels=4, out_channels=4, block_out_channels=(32, 64),
+      sample_size=LATENT_SIZE, in_channels=in_channels, out_channels=4, block_out_channels=(32, 64),
       layers_per_block=1, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
       up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=TEXT_DIM,
       norm_num_groups=8, **unet_kw), seed + 1)
@@ -64,22 +66,27 @@ def _unet_vae_scheduler(seed, prediction_type="epsilon", **unet_kw):
   return unet, vae, scheduler
 
 
-def tiny_sd_pipeline(root, variant="sd1", seed=0):
-  """Writes a StableDiffusionPipeline folder at root / variant; returns (folder, the torch
-  pipeline diffusers loads from it)."""
+def tiny_sd_pipeline(root, variant="sd1", seed=0, inpainting=False):
+  """Writes a StableDiffusionPipeline folder at root / variant (inpainting: a
+  StableDiffusionInpaintPipeline, its UNet reading [z_t, mask, masked-image latents], 4 + 1 + 4
+  channels, at root / (variant + "_inpaint")); returns (folder, the torch pipeline diffusers loads
+  from it)."""
   v = VARIANTS[variant]
+  cls = StableDiffusionInpaintPipeline if inpainting else StableDiffusionPipeline
+  name = variant + "_inpaint" if inpainting else variant
   torch.manual_seed(seed)
-  tokenizer = write_clip_tokenizer(root / "tok_src" / variant, v["pad"])
+  tokenizer = write_clip_tokenizer(root / "tok_src" / name, v["pad"])
   text_encoder = _perturb(transformers.CLIPTextModel(transformers.CLIPTextConfig(
       vocab_size=49408, hidden_size=TEXT_DIM, intermediate_size=64, num_hidden_layers=2,
       num_attention_heads=4, max_position_embeddings=77, hidden_act=v["act"])), seed)
-  unet, vae, scheduler = _unet_vae_scheduler(seed, v["prediction_type"], **v["unet"])
-  pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
-                                 unet=unet, scheduler=scheduler, safety_checker=None,
-                                 feature_extractor=None, requires_safety_checker=False)
-  folder = root / variant
+  unet, vae, scheduler = _unet_vae_scheduler(seed, v["prediction_type"],
+                                             in_channels=9 if inpainting else 4, **v["unet"])
+  pipe = cls(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+             scheduler=scheduler, safety_checker=None, feature_extractor=None,
+             requires_safety_checker=False)
+  folder = root / name
   pipe.save_pretrained(str(folder))
-  loaded = StableDiffusionPipeline.from_pretrained(str(folder))  # what a diffusers user runs
+  loaded = cls.from_pretrained(str(folder))  # what a diffusers user runs
   loaded.set_progress_bar_config(disable=True)
   return str(folder), loaded
 
@@ -117,11 +124,25 @@ def with_scheduler(pipe, method):
 
 
 def reference_images(pipe, latents_nhwc, prompts, *, num_steps, guidance_scale,
-                     negative_prompts=None):
-  """diffusers' images float [N, H, W, 3] in [0, 1] from the given initial latents (NHWC)."""
+                     negative_prompts=None, **inputs):
+  """diffusers' images float [N, H, W, 3] in [0, 1] from the given initial latents (NHWC);
+  inputs: further arguments of the pipeline's __call__ (the inpainting pipeline's image=, ...)."""
   latents = torch.from_numpy(np.ascontiguousarray(np.transpose(latents_nhwc, (0, 3, 1, 2))))
   with torch.no_grad():  # diffusers scales latents by init_noise_sigma, 1 for DDIM / DPM-Solver
     out = pipe(prompt=list(prompts), negative_prompt=negative_prompts, latents=latents,
                num_inference_steps=num_steps, guidance_scale=guidance_scale, output_type="np",
-               height=latents.shape[2] * 2, width=latents.shape[3] * 2)
+               height=latents.shape[2] * 2, width=latents.shape[3] * 2, **inputs)
   return out.images
+
+
+def inpainting_inputs(pipe, images, masks):
+  """What StableDiffusionInpaintPipeline makes of images float [N, H, W, 3] in [0, 1] and masks
+  [N, H, W, 1] in [0, 1], by its own processors: (mask_condition [N, 1, H, W], binarised at 0.5,
+  and masked_image_latents [N, 4, h, w] = scaling_factor x the VAE posterior's mode (its mean) of
+  init_image * (mask_condition < 0.5)). The pipeline itself samples the posterior with its
+  generator; passing these latents as masked_image_latents= makes it deterministic."""
+  init = pipe.image_processor.preprocess(images)  # [0, 1] -> [-1, 1]
+  mask = pipe.mask_processor.preprocess(masks)
+  with torch.no_grad():
+    z = pipe.vae.encode(init * (mask < 0.5)).latent_dist.mode()
+  return mask, z * pipe.vae.config.scaling_factor
