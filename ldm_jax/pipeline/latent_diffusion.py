@@ -197,7 +197,8 @@ class LatentDiffusionPipeline:
   def save_pretrained(self, folder: str) -> str:
     """Writes this pipeline as a diffusers pipeline folder (`saving.save_pretrained`: LDMPipeline
     with unet/, vqvae/ holding the latent scale factor, and scheduler/ with the training schedule,
-    prediction type, timestep grid and default method) that diffusers' `from_pretrained` and
+    prediction type, timestep grid and default method; StableDiffusionPipeline or
+    StableDiffusionInpaintPipeline for CLIP text models) that diffusers' `from_pretrained` and
     `LatentDiffusionPipeline.from_pretrained` load; returns the folder."""
     return saving.save_pretrained(self, folder)
 

@@ -162,12 +162,17 @@ def pipeline_components(path: str) -> tuple[set, str | None]:
   return listed, index.get("_class_name")
 
 
-def saved_sampling_defaults(path: str) -> dict:
-  """The num_steps / guidance_scale that `save_pretrained` recorded in model_index.json ({})."""
+def _saved(path: str, key: str, default):
+  """model_index.json's entry `key` (one `save_pretrained` recorded), else default."""
   index_file = os.path.join(path, "model_index.json")
   if not os.path.exists(index_file):
-    return {}
-  return _read_json(index_file).get("_ldm_jax_sampling_defaults", {})
+    return default
+  return _read_json(index_file).get(key, default)
+
+
+def saved_sampling_defaults(path: str) -> dict:
+  """The num_steps / guidance_scale that `save_pretrained` recorded in model_index.json ({})."""
+  return _saved(path, "_ldm_jax_sampling_defaults", {})
 
 
 def _scheduler(path, components, overrides):
@@ -209,7 +214,8 @@ def from_pretrained(path: str, num_classes: int | None = None,
   `num_classes` says otherwise. A UNet reading 2 C + 1 channels for the autoencoder's C latent
   channels (StableDiffusionInpaintPipeline: 9) is an inpainting model (`inpainting_unet`):
   concat_degradation INPAINTING_DEGRADATION, and with a text encoder diffusers' guidance
-  (inpainting_null "unchanged": c in both branches, the prompt against the negative prompt).
+  (inpainting_null "unchanged": c in both branches, the prompt against the negative prompt)
+  unless `save_pretrained` recorded another rule.
   """
   from ldm_jax import convert  # pylint: disable=import-outside-toplevel
   components, pipeline_class = pipeline_components(path)
@@ -239,7 +245,9 @@ def from_pretrained(path: str, num_classes: int | None = None,
               latent_shape=(*size, ae.latent_channels), prompt_encoder=prompt_encoder,
               sampler_grid=grid, defaults=defaults,
               concat_degradation=INPAINTING_DEGRADATION if inpainting else None,
-              inpainting_null="unchanged" if inpainting and prompt_encoder else "fully_masked")
+              inpainting_null=_saved(path, "_ldm_jax_inpainting_null",
+                                     "unchanged" if inpainting and prompt_encoder else
+                                     "fully_masked"))
 
 
 def inpainting_unet(path: str, unet, ae) -> bool:

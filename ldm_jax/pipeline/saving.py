@@ -3,7 +3,10 @@
   folder/model_index.json        LDMPipeline: unet, vqvae, scheduler; with a CLIP text encoder
                                  StableDiffusionPipeline: unet, vae, scheduler, text_encoder,
                                  tokenizer (no safety checker); with LDM's BERT text encoder
-                                 LDMTextToImagePipeline: unet, vqvae, scheduler, bert, tokenizer
+                                 LDMTextToImagePipeline: unet, vqvae, scheduler, bert, tokenizer;
+                                 a CLIP text inpainting model (UNet reading [z_t, mask,
+                                 masked-image latents]) StableDiffusionInpaintPipeline, the same
+                                 parts as StableDiffusionPipeline
   folder/text_encoder/           transformers CLIPTextModel config + model.safetensors
   folder/bert/                   diffusers LDMBertModel config + model.safetensors
   folder/tokenizer/              CLIPTokenizer vocab.json, merges.txt, its pad token and length;
@@ -22,7 +25,11 @@ diffusers' `DiffusionPipeline.from_pretrained(folder)` loads it (LDMPipeline div
 by vqvae.config.scaling_factor before decoding, as this pipeline does), and
 `LatentDiffusionPipeline.from_pretrained(folder)` reads it back with the same settings. A class-
 conditional UNet keeps its class embedding (num_class_embeds = K + 1, the null label K); diffusers
-has no pipeline class that passes labels, so drive its loop with `class_labels=`.
+has no pipeline class that passes labels, so drive its loop with `class_labels=`. An inpainting
+model's `inpainting_null` is recorded in model_index.json for `from_pretrained`; diffusers' own
+pipeline always guides with c in both branches ("unchanged"). Other concat models (super-resolution,
+semantic synthesis, inpainting without a CLIP text encoder) have no diffusers pipeline class here
+and are refused.
 """
 
 import json
@@ -37,6 +44,7 @@ DIFFUSERS_VERSION = "0.31.0"
 # model_index.json entry (private to diffusers: a leading "_") with the sampling defaults that no
 # diffusers file holds; the method is the scheduler's class.
 SAMPLING_KEY = "_ldm_jax_sampling_defaults"
+INPAINTING_NULL_KEY = "_ldm_jax_inpainting_null"  # an inpainting model's guidance rule
 # method -> the diffusers scheduler class written for it (SCHEDULER_METHODS inverted).
 SCHEDULER_CLASSES = {m: c for c, m in sched_lib.SCHEDULER_METHODS.items()}
 # Options of each class that diffusers defaults differently from the samplers (written explicitly).
@@ -85,11 +93,18 @@ def save_pretrained(pipe, folder: str) -> str:
   from ldm_jax import convert  # pylint: disable=import-outside-toplevel
   text = pipe.prompt_encoder is not None
   bert = text and text_saving.is_bert(pipe.prompt_encoder)
-  if pipe.conditioning == "concat":
-    raise ValueError("save_pretrained does not write concat-conditioned (super-resolution, "
-                     "inpainting, semantic synthesis) models yet (diffusers' "
-                     "LDMSuperResolutionPipeline layout); use the run's export with "
+  inpainting = pipe.inpainting_model
+  if inpainting and (not text or bert or pipe.num_classes is not None):
+    what = "class labels" if pipe.num_classes is not None else (
+        "LDM's BERT text encoder" if bert else "no text encoder")
+    raise ValueError(f"save_pretrained writes inpainting models as diffusers' "
+                     f"StableDiffusionInpaintPipeline, which needs a CLIP text encoder and no class "
+                     f"labels; this inpainting model has {what}. Use the run's export with "
                      "LatentDiffusionPipeline.from_workdir.")
+  if pipe.conditioning == "concat" and not inpainting:
+    raise ValueError("save_pretrained does not write concat-conditioned super-resolution or "
+                     "semantic synthesis models yet (diffusers' LDMSuperResolutionPipeline "
+                     "layout); use the run's export with LatentDiffusionPipeline.from_workdir.")
   if pipe.conditioning == "context" and not text:
     raise ValueError("A cross-attention UNet without a text encoder has no diffusers pipeline "
                      "class; save_pretrained saves text, class-conditional and unconditional "
@@ -111,8 +126,9 @@ def save_pretrained(pipe, folder: str) -> str:
   sched = scheduler_config(pipe)
   _write_json(os.path.join(folder, "scheduler", "scheduler_config.json"), sched)
   unet_class = convert.read_config(os.path.join(folder, "unet"))["_class_name"]
-  index = {"_class_name": ("LDMTextToImagePipeline" if bert else "StableDiffusionPipeline" if text
-                          else "LDMPipeline"),
+  index = {"_class_name": ("LDMTextToImagePipeline" if bert else
+                          "StableDiffusionInpaintPipeline" if inpainting else
+                          "StableDiffusionPipeline" if text else "LDMPipeline"),
            "_diffusers_version": DIFFUSERS_VERSION, "unet": ["diffusers", unet_class],
            vae_folder: ["diffusers", type(ae).__name__],
            "scheduler": ["diffusers", sched["_class_name"]],
@@ -127,5 +143,7 @@ def save_pretrained(pipe, folder: str) -> str:
                  tokenizer=["transformers", "CLIPTokenizer"], safety_checker=[None, None],
                  feature_extractor=[None, None], image_encoder=[None, None],
                  requires_safety_checker=False)
+  if inpainting:
+    index[INPAINTING_NULL_KEY] = pipe.inpainting_null
   _write_json(os.path.join(folder, "model_index.json"), index)
   return folder

@@ -8,9 +8,14 @@ diffusers samples the masked image's latents from the VAE posterior with its gen
 takes the posterior mean, so the reference is given masked_image_latents= (the mean, formed by
 diffusers' own image and mask processors, `sd_refs.inpainting_inputs`). The masks are not constant
 on the latent grid's 2 x 2 blocks, so the rule that brings them to the grid (nearest, as torch's
-F.interpolate) is exercised, not just assumed."""
+F.interpolate) is exercised, not just assumed. `save_pretrained` writes the loaded pipeline back as
+a StableDiffusionInpaintPipeline folder that diffusers runs to the same images."""
 
+import json
+import os
 import types
+
+import diffusers
 
 import jax
 import numpy as np
@@ -145,7 +150,34 @@ def test_bad_inputs_fail_before_compiling(pipes, inputs):
   assert dict(pipe.trace_counts) == before
 
 
-def test_inpainting_settings_are_checked(pipes):
+def test_save_pretrained_writes_an_inpaint_folder_diffusers_runs(pipes, inputs, tmp_path):
+  _, pipe, _ = pipes
+  x, m = inputs
+  saved = pipe.save_pretrained(str(tmp_path / "saved"))
+  with open(os.path.join(saved, "model_index.json"), encoding="utf-8") as f:
+    assert json.load(f)["_class_name"] == "StableDiffusionInpaintPipeline"
+  copy = diffusers.StableDiffusionInpaintPipeline.from_pretrained(saved)
+  copy.set_progress_bar_config(disable=True)
+  assert copy.unet.config.in_channels == 9 and type(copy.scheduler).__name__ == "DDIMScheduler"
+  noise = pipe.initial_noise(jax.random.key(0), 2)
+  for w, negative in CASES[1:]:  # the guided cases: prompts, negatives and c all act
+    ours = pipe.inpaint(jax.random.key(0), x, m, prompts=PROMPTS, negative_prompts=negative,
+                        method="ddim", num_steps=STEPS, guidance_scale=w, output="float")
+    diff = np.abs(np.clip(ours / 2.0 + 0.5, 0.0, 1.0) - _reference(copy, noise, x, m, w, negative))
+    assert diff.max() * 255 < 1.0, (w, negative, diff.max() * 255)
+  loaded = LatentDiffusionPipeline.from_pretrained(saved, max_batch=4)
+  for name in ("concat_degradation", "inpainting_null", "latent_shape", "scale_factor",
+               "prediction_type", "sampler_grid", "defaults"):
+    assert getattr(loaded, name) == getattr(pipe, name), name
+  assert jax.tree.all(jax.tree.map(np.array_equal, loaded.unet_params, pipe.unet_params))
+  # the project's rule is recorded for from_pretrained (diffusers itself always keeps c)
+  LatentDiffusionPipeline.from_pretrained(saved, inpainting_null="fully_masked").save_pretrained(
+      str(tmp_path / "fully_masked"))
+  assert LatentDiffusionPipeline.from_pretrained(
+      str(tmp_path / "fully_masked")).inpainting_null == "fully_masked"
+
+
+def test_inpainting_settings_are_checked(pipes, tmp_path):
   _, pipe, _ = pipes
   parts = dict(unet=pipe.unet, unet_params=pipe.unet_params, autoencoder=pipe.autoencoder,
                ae_params=pipe.ae_params, schedule=pipe.schedule, scale_factor=pipe.scale_factor,
@@ -155,6 +187,9 @@ def test_inpainting_settings_are_checked(pipes):
                             inpainting_null="diffusers")
   with pytest.raises(ValueError, match="compare c with itself"):  # no prompts, no labels
     LatentDiffusionPipeline(**parts, inpainting_null="unchanged")
+  with pytest.raises(ValueError, match="needs a CLIP text encoder.*has no text encoder"):
+    LatentDiffusionPipeline(**parts).save_pretrained(str(tmp_path / "refused"))
+  assert not os.path.exists(tmp_path / "refused")
   ae = types.SimpleNamespace(latent_channels=4)
   assert loading.inpainting_unet("f", types.SimpleNamespace(in_channels=9, out_channels=4), ae)
   assert not loading.inpainting_unet("f", types.SimpleNamespace(in_channels=4, out_channels=4), ae)
