@@ -234,7 +234,7 @@ def from_pretrained(path: str, num_classes: int | None = None,
   size = tuple(size) if isinstance(size, (list, tuple)) else (size, size)
   if num_classes is None and unet.num_class_embeds is not None:
     num_classes = unet.num_class_embeds - 1
-  inpainting = inpainting_unet(path, unet, ae)
+  inpainting = inpainting_unet(repr(path), unet, ae)
   text_defaults = TEXT_TO_IMAGE_DEFAULTS.get(pipeline_class,
                                              TEXT_TO_IMAGE_DEFAULTS["StableDiffusionPipeline"])
   defaults = {"method": method, **(text_defaults if prompt_encoder else {}),
@@ -250,13 +250,13 @@ def from_pretrained(path: str, num_classes: int | None = None,
                                      "fully_masked"))
 
 
-def inpainting_unet(path: str, unet, ae) -> bool:
-  """Whether the UNet of folder `path` reads [z_t, mask, masked-image latents] (in_channels =
-  2 C + 1 for the autoencoder's C latent channels) rather than z_t (C); other counts (e.g. LDM-SR's
-  [z_t, low-res image]) are refused."""
+def inpainting_unet(source: str, unet, ae) -> bool:
+  """Whether the UNet reads [z_t, mask, masked-image latents] (in_channels = 2 C + 1 for the
+  autoencoder's C latent channels) rather than z_t (C); other counts (e.g. LDM-SR's [z_t, low-res
+  image]) are refused, the error naming `source` (the folder, the checkpoint)."""
   c = ae.latent_channels
   if unet.out_channels != c or unet.in_channels not in (c, 2 * c + 1):
-    raise ValueError(f"{path!r}: the UNet reads {unet.in_channels} and predicts "
+    raise ValueError(f"{source}: the UNet reads {unet.in_channels} and predicts "
                      f"{unet.out_channels} channels, but the autoencoder has {c} latent channels; "
                      f"supported: in_channels {c} (z_t) or {2 * c + 1} (inpainting: [z_t, mask, "
                      f"masked-image latents] = {c} + 1 + {c}) with out_channels {c}.")

@@ -7,7 +7,12 @@ v1 or v2 is read from the text encoder inside the file, the one part that differ
 ``cond_stage_model.model.*`` (OpenCLIP ViT-H/14, SD 2.x); `version="v1"` / `"v2"` asserts it.
 The prediction type is not visible in the weights: SD 2.0-v / 2.1 (768 px) predict v, SD 2.x-base
 (512 px) and SD 1.x predict eps. It comes from `prediction_type`, else the LDM yaml `config`
-(``parameterization: "v"``), else v_prediction for v2 and epsilon for v1.
+(``parameterization: "v"``), else v_prediction for v2 and epsilon for v1 and for inpainting
+checkpoints (SD 2.0's 512-inpainting-ema predicts eps).
+
+Inpainting checkpoints (sd-v1-5-inpainting, 512-inpainting-ema: a UNet reading 9 = 4 + 1 + 4
+channels, [z_t, mask, masked-image latents]) load as `loading.from_pretrained` loads diffusers'
+StableDiffusionInpaintPipeline folders: `inpaint` takes the trained path with diffusers' guidance.
 """
 
 from collections.abc import Mapping
@@ -46,7 +51,7 @@ def sd_version(state_dict, version=None) -> str:
   return detected
 
 
-def _prediction_type(version, prediction_type, ldm_config):
+def _prediction_type(version, prediction_type, ldm_config, inpainting=False):
   if prediction_type is not None:
     if prediction_type not in PREDICTION_TYPES:
       raise ValueError(f"Unknown prediction_type {prediction_type!r}; valid choices: "
@@ -54,7 +59,7 @@ def _prediction_type(version, prediction_type, ldm_config):
     return prediction_type
   if ldm_config:
     return "v_prediction" if ldm_config.get("parameterization") == "v" else "epsilon"
-  return "v_prediction" if version == "v2" else "epsilon"
+  return "v_prediction" if version == "v2" and not inpainting else "epsilon"
 
 
 def _scheduler_config(ldm_config):
@@ -75,14 +80,17 @@ def from_single_file(path, *, version=None, prediction_type=None, config=None) -
   state_dict = path if isinstance(path, Mapping) else ldm_checkpoint.read_state_dict(path)
   version = sd_version(state_dict, version)
   ldm_config = ldm_checkpoint.read_ldm_config(config)
-  prediction_type = _prediction_type(version, prediction_type, ldm_config)
+  ckpt = convert.load_ldm_checkpoint(state_dict, config)
+  inpainting = loading.inpainting_unet("the checkpoint", ckpt.unet, ckpt.vae)
+  prediction_type = _prediction_type(version, prediction_type, ldm_config, inpainting)
   sched = _scheduler_config(ldm_config)
   schedule, _ = loading.schedule_from_diffusers(sched)
-  ckpt = convert.load_ldm_checkpoint(state_dict, config)
   encoder = text.prompt_encoder_from_checkpoint(state_dict)
   size = LATENT_SIZES.get(prediction_type, 64)
   return dict(unet=ckpt.unet, unet_params=ckpt.unet_params, autoencoder=ckpt.vae,
               ae_params=ckpt.vae_params, schedule=schedule, scale_factor=ckpt.scale_factor,
-              prediction_type=prediction_type, latent_shape=(size, size, ckpt.unet.in_channels),
+              prediction_type=prediction_type, latent_shape=(size, size, ckpt.vae.latent_channels),
               prompt_encoder=encoder, sampler_grid=sched_lib.grid_from_diffusers(sched),
-              defaults=SD_DEFAULTS)
+              defaults=SD_DEFAULTS,
+              concat_degradation=loading.INPAINTING_DEGRADATION if inpainting else None,
+              inpainting_null="unchanged" if inpainting else "fully_masked")

@@ -191,7 +191,8 @@ def test_inpainting_settings_are_checked(pipes, tmp_path):
     LatentDiffusionPipeline(**parts).save_pretrained(str(tmp_path / "refused"))
   assert not os.path.exists(tmp_path / "refused")
   ae = types.SimpleNamespace(latent_channels=4)
-  assert loading.inpainting_unet("f", types.SimpleNamespace(in_channels=9, out_channels=4), ae)
-  assert not loading.inpainting_unet("f", types.SimpleNamespace(in_channels=4, out_channels=4), ae)
-  with pytest.raises(ValueError, match="supported: in_channels 4 .z_t. or 9"):
-    loading.inpainting_unet("f", types.SimpleNamespace(in_channels=7, out_channels=4), ae)
+  unet = lambda channels: types.SimpleNamespace(in_channels=channels, out_channels=4)
+  assert loading.inpainting_unet("folder", unet(9), ae)
+  assert not loading.inpainting_unet("folder", unet(4), ae)
+  with pytest.raises(ValueError, match="folder: .*supported: in_channels 4 .z_t. or 9"):
+    loading.inpainting_unet("folder", unet(7), ae)

@@ -3,14 +3,16 @@ autoencoder layout) against the diffusers StableDiffusionPipeline assembled from
 single-file converters: SD 1.x-style (CLIP under cond_stage_model.transformer, conv projections,
 eps) and SD 2.x-style (OpenCLIP under cond_stage_model.model with a last block that SD drops,
 linear projections, heads from num_head_channels, v-prediction); and the v1 / v2 and
-prediction-type rules."""
+prediction-type rules. An SD 1.x-style inpainting file (UNet reading 9 = 4 + 1 + 4 channels) against
+diffusers' StableDiffusionInpaintPipeline."""
 
 import jax
 import numpy as np
 import pytest
 import torch
 import transformers
-from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import (AutoencoderKL, DDIMScheduler, StableDiffusionInpaintPipeline,
+                       StableDiffusionPipeline, UNet2DConditionModel)
 from diffusers.loaders import single_file_utils as sfu
 from safetensors.numpy import save_file
 
@@ -73,12 +75,20 @@ def _openclip(clip, rng):
 @pytest.fixture(scope="module", params=sorted(VERSIONS))
 def checkpoint(request, tmp_path_factory):
   """(version, path, LDM config dict, the diffusers reference pipeline) of a tiny single file."""
-  version = request.param
-  unet_kw, unet_params, act, extras = VERSIONS[version]
   threads = torch.get_num_threads()
   torch.set_num_threads(1)  # torch's pool spins on a shared 2-core machine
+  yield (request.param, *_tiny_checkpoint(request.param, tmp_path_factory.mktemp("single")))
+  torch.set_num_threads(threads)
+
+
+def _tiny_checkpoint(version, root, in_channels=4):
+  """(path, LDM config dict, the diffusers reference pipeline) of a tiny single file in root; with
+  in_channels=9 an inpainting UNet and a StableDiffusionInpaintPipeline reference."""
+  unet_kw, unet_params, act, extras = VERSIONS[version]
+  unet_params = {**unet_params, "in_channels": in_channels}
   rng = np.random.default_rng(0)
-  sd = {**_weights(ldm_unet_shapes(**{**unet_kw, "context_dim": WIDTH}), "model.diffusion_model.", rng),
+  sd = {**_weights(ldm_unet_shapes(**{**unet_kw, "context_dim": WIDTH, "in_channels": in_channels}),
+                   "model.diffusion_model.", rng),
         **_weights(ldm_vae_shapes(), "first_stage_model.", rng)}
   torch.manual_seed(0)
   clip = transformers.CLIPTextModel(transformers.CLIPTextConfig(
@@ -89,13 +99,11 @@ def checkpoint(request, tmp_path_factory):
     sd[tc.SD1_PREFIX + "embeddings.position_ids"] = np.arange(77)[None]
   else:
     sd.update(_openclip(clip, rng))
-  root = tmp_path_factory.mktemp("single")
   save_file(sd, str(root / f"tiny-{version}.safetensors"))
   config = {"unet_config": {"params": {**unet_params, "context_dim": WIDTH}},
             "first_stage_config": {"params": {"embed_dim": 4, "ddconfig": DDCONFIG}}, **extras}
-  yield version, str(root / f"tiny-{version}.safetensors"), config, _reference(
+  return str(root / f"tiny-{version}.safetensors"), config, _reference(
       version, sd, config, clip.config, root)
-  torch.set_num_threads(threads)
 
 
 def _reference(version, sd, config, clip_config, root):
@@ -122,9 +130,9 @@ def _reference(version, sd, config, clip_config, root):
                             prediction_type="v_prediction" if version == "v2" else "epsilon")
   variant = {"v1": "sd1", "v2": "sd2"}[version]
   tokenizer = sd_refs.write_clip_tokenizer(root / "tokenizer", sd_refs.VARIANTS[variant]["pad"])
-  pipe = StableDiffusionPipeline(vae=vae, text_encoder=clip, tokenizer=tokenizer, unet=unet,
-                                 scheduler=scheduler, safety_checker=None, feature_extractor=None,
-                                 requires_safety_checker=False)
+  cls = StableDiffusionInpaintPipeline if unet.config.in_channels == 9 else StableDiffusionPipeline
+  pipe = cls(vae=vae, text_encoder=clip, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+             safety_checker=None, feature_extractor=None, requires_safety_checker=False)
   pipe.set_progress_bar_config(disable=True)
   return pipe
 
@@ -143,6 +151,30 @@ def test_single_file_images_match_diffusers(checkpoint):
                        num_steps=4, guidance_scale=w, output="float")
     want = sd_refs.reference_images(reference, noise, PROMPTS, num_steps=4, guidance_scale=w,
                                     negative_prompts=negative)
+    diff = np.abs(np.clip(ours / 2.0 + 0.5, 0.0, 1.0) - want).max() * 255
+    assert diff < 1.0, (w, diff)
+
+
+def test_inpainting_single_file_matches_diffusers(tmp_path, torch_one_thread):  # pylint: disable=unused-argument
+  """An SD 1.x inpainting file (its yaml's in_channels = 9) inpaints as diffusers'
+  StableDiffusionInpaintPipeline built from diffusers' own conversion of it."""
+  path, config, reference = _tiny_checkpoint("v1", tmp_path, in_channels=9)
+  pipe = LatentDiffusionPipeline.from_single_file(path, config=config, latent_shape=(8, 8, 4),
+                                                  max_batch=4)
+  assert pipe.unet.in_channels == 9 and pipe.inpainting_model and pipe.text_conditioned
+  assert pipe.inpainting_null == "unchanged" and pipe.prediction_type == "epsilon"
+  x = np.random.default_rng(1).integers(0, 256, (2, 16, 16, 3), dtype=np.uint8)
+  m = np.zeros((2, 16, 16), np.float32)
+  m[0, 3:11, 5:12] = 1
+  m[1, :, 9:] = 1
+  images, masks = x.astype(np.float32) / 255.0, m[..., None]
+  _, z_masked = sd_refs.inpainting_inputs(reference, images, masks)
+  noise = pipe.initial_noise(jax.random.key(0), 2)
+  for w in (1.0, 7.5):
+    ours = pipe.inpaint(jax.random.key(0), x, m, prompts=PROMPTS, num_steps=4, guidance_scale=w,
+                        output="float")
+    want = sd_refs.reference_images(reference, noise, PROMPTS, num_steps=4, guidance_scale=w,
+                                    image=images, mask_image=masks, masked_image_latents=z_masked)
     diff = np.abs(np.clip(ours / 2.0 + 0.5, 0.0, 1.0) - want).max() * 255
     assert diff < 1.0, (w, diff)
 
@@ -166,5 +198,6 @@ def test_version_and_prediction_type_rules():
   assert rule("v2", None, {"parameterization": "eps"}) == "epsilon"
   assert rule("v1", None, {"parameterization": "v"}) == "v_prediction"
   assert rule("v2", "epsilon", {}) == "epsilon"  # SD 2.x-base (512 px)
+  assert rule("v2", None, {}, inpainting=True) == "epsilon"  # 512-inpainting-ema
   with pytest.raises(ValueError, match="Unknown prediction_type 'v'; valid choices: "):
     rule("v2", "v", {})
