@@ -14,6 +14,8 @@
 
   sd = LatentDiffusionPipeline.from_pretrained("stable-diffusion-v1-5")  # a diffusers folder
   images = sd.sample(jax.random.key(0), 2, prompts="a photo of a cat", negative_prompts="blurry")
+  sdi = LatentDiffusionPipeline.from_pretrained("stable-diffusion-inpainting")  # 9-channel UNet
+  filled = sdi.inpaint(jax.random.key(0), images, mask, prompts="a dog")  # diffusers' semantics
 
 Every method validates its inputs on the host (ValueError before anything compiles, naming the
 argument and its bad values): images uint8 in [0, 255] or float in [-1, 1] (floats within
@@ -255,9 +257,11 @@ class LatentDiffusionPipeline:
                        f"{self.concat_degradation!r}, its UNet reads [z_t, segmentation classes]): "
                        f"{what} does not run it; use pipe.synthesize(rng, segmentation).")
     if self.inpainting_model:
+      prompts = ", prompts=..." if self.text_conditioned else ""
       raise ValueError(f"This model is a trained inpainting model (concat.degradation="
                        f"{self.concat_degradation!r}, its UNet reads [z_t, mask, masked-image "
-                       f"latents]): {what} does not run it; use pipe.inpaint(rng, images, mask).")
+                       f"latents]): {what} does not run it; use pipe.inpaint(rng, images, "
+                       f"mask{prompts}).")
     if self.concat_degradation is not None:
       raise ValueError(f"This model is concat-conditioned (super-resolution from "
                        f"{self.concat_degradation!r} low-resolution images): {what} does not run "

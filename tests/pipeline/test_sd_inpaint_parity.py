@@ -147,6 +147,8 @@ def test_bad_inputs_fail_before_compiling(pipes, inputs):
     args = {"images": x, "mask": m, **kw, **change}
     with pytest.raises(ValueError, match=message):
       pipe.inpaint(0, args.pop("images"), args.pop("mask"), **args)
+  with pytest.raises(ValueError, match=r"use pipe.inpaint\(rng, images, mask, prompts=...\)"):
+    pipe.sample(0, 2, prompts=PROMPTS, num_steps=STEPS)
   assert dict(pipe.trace_counts) == before
 
 
