@@ -16,6 +16,8 @@
   images = sd.sample(jax.random.key(0), 2, prompts="a photo of a cat", negative_prompts="blurry")
   sdi = LatentDiffusionPipeline.from_pretrained("stable-diffusion-inpainting")  # 9-channel UNet
   filled = sdi.inpaint(jax.random.key(0), images, mask, prompts="a dog")  # diffusers' semantics
+  ldm_sr = LatentDiffusionPipeline.from_pretrained("ldm-super-resolution-4x-openimages")  # 6-ch UNet
+  upscaled = ldm_sr.upscale(jax.random.key(0), low_res)  # LDMSuperResolutionPipeline's semantics
 
 Every method validates its inputs on the host (ValueError before anything compiles, naming the
 argument and its bad values): images uint8 in [0, 255] or float in [-1, 1] (floats within
@@ -47,6 +49,7 @@ from ldm_jax.models.pooled_text import PooledText
 from ldm_jax.pipeline import checks
 from ldm_jax.pipeline import conditioning
 from ldm_jax.pipeline import loading
+from ldm_jax.pipeline import low_res
 from ldm_jax.pipeline import programs
 from ldm_jax.pipeline import prompts as prompts_lib
 from ldm_jax.pipeline import saving
@@ -109,6 +112,11 @@ class LatentDiffusionPipeline:
       (`conditioning.INPAINTING_NULLS`): "fully_masked", c of the fully masked image (this
       project's training, the default), or "unchanged", the same c as the conditional branch
       (diffusers' StableDiffusionInpaintPipeline; `from_pretrained` sets it for such folders).
+    low_res_input: which low-res images `upscale` takes (`low_res.LOW_RES_INPUTS`): "exact",
+      those of `low_res_shape` only (this project's SR models, the default), or "diffusers", also
+      uint8 images whose sides floored to a multiple of 32 give low_res_shape, first resized to it
+      by PIL's Lanczos filter (LDMSuperResolutionPipeline's preprocess of PIL images;
+      `from_pretrained` sets it for such folders). c is the same under both.
     sampler_grid: timestep grid keywords of `samplers.make_tables` for every method
       (`scheduler_config.GRID_KEYS`: timestep_spacing, steps_offset, set_alpha_to_one, ...).
     defaults: the sampling settings used where a call leaves them None (`DEFAULTS` keys).
@@ -121,7 +129,7 @@ class LatentDiffusionPipeline:
                latent_shape, shift_factor=0.0, prediction_type="epsilon", num_classes=None,
                max_batch=64, shard=True, persistent_cache=None, dtype=None, prompt_encoder=None,
                sampler_grid=None, defaults=None, concat_degradation=None,
-               inpainting_null="fully_masked"):
+               inpainting_null="fully_masked", low_res_input="exact"):
     unet_params, ae_params = nn.meta.unbox(unet_params), nn.meta.unbox(ae_params)
     if dtype is not None:
       dtype = precision.dtype(dtype, "dtype")
@@ -154,6 +162,7 @@ class LatentDiffusionPipeline:
         raise ValueError(f"concat_degradation={concat_degradation!r} needs a UNet reading {what} = "
                          f"{want}, got in_channels={unet.in_channels}.")
     self.inpainting_null = conditioning.check_inpainting_null(inpainting_null)
+    self.low_res_input = low_res.check_rule(low_res_input)
     if (self.inpainting_model and inpainting_null == "unchanged" and num_classes is None
         and prompt_encoder is None):
       raise ValueError("inpainting_null='unchanged' guides on the label or prompt alone, and this "
@@ -724,7 +733,11 @@ class LatentDiffusionPipeline:
 
     low_res_images: uint8 [N, h, w, C] in [0, 255] or float in [-1, 1], of `low_res_shape` (the
     model's image size / the degradation's factor, e.g. 8 x 8 for 32 x 32 images and
-    "bicubic_x4"). labels: int or int [N] in 0..num_classes-1 for a hybrid concat + class model
+    "bicubic_x4"); with low_res_input="diffusers" (diffusers' LDMSuperResolutionPipeline
+    folders) also uint8 images a little larger, Lanczos-resized to it as diffusers does
+    (`low_res`). A loaded LDMSuperResolutionPipeline folder (UNet reading [z_t, low-res image],
+    f = 4 VQModel) runs as diffusers does: DDIM from the folder's scheduler, 100 steps, eta 0,
+    no guidance, latents decoded without a scaling factor. labels: int or int [N] in 0..num_classes-1 for a hybrid concat + class model
     (concat.class_labels), None otherwise. guidance_scale: w against the zero map (p_drop's null
     conditioning; with the null label for a hybrid model); the default 1 is the conditional
     model alone (the only meaningful value when p_drop = 0).
@@ -739,15 +752,10 @@ class LatentDiffusionPipeline:
                        "conditioned (training-free alternatives: restore, img2img).")
     method, num_steps, guidance_scale, eta = self._check_common(method, num_steps, guidance_scale,
                                                                 eta, output)
-    want = self.low_res_shape
-    shape = np.shape(low_res_images)
-    if len(shape) != 4 or tuple(shape[1:]) != want:
-      h, w = self.image_shape[:2]
-      raise ValueError(
-          f"low_res_images must have shape [N, {want[0]}, {want[1]}, {want[2]}] (the model's "
-          f"{h}x{w} images downsampled x{h // want[0]} by {self.concat_degradation!r}), got "
-          f"{tuple(shape)}.")
-    x = checks.images(low_res_images, want, name="low_res_images")
+    want, (h, w) = self.low_res_shape, self.image_shape[:2]
+    x = low_res.images(low_res_images, want, self.low_res_input,
+                       f"the model's {h}x{w} images downsampled x{h // want[0]} by "
+                       f"{self.concat_degradation!r}")
     n = x.shape[0]
     checks.guidance(guidance_scale, n)
     y = self._concat_labels(labels, n, "super-resolution")
@@ -812,10 +820,10 @@ class LatentDiffusionPipeline:
       null = (null, conditioning.class_mixture(np.full((len(y),), self.num_classes, np.int32)))
     return cond, null
 
-  def _concat_map(self, low_res):
+  def _concat_map(self, x):
     fn = self._program(("concat_map",), lambda: programs.concat_map_program(
         self.latent_shape[:2], self._count))
-    return self._map(low_res.shape[0], lambda placement, take: fn(take(low_res)))
+    return self._map(x.shape[0], lambda placement, take: fn(take(x)))
 
   def _encode_with_gain(self, x, rng):
     fn = self._program(("encode_with_gain",), lambda: programs.encode_with_gain_program(

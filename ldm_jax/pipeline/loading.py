@@ -6,7 +6,8 @@ with `text_encoder/` (Stable Diffusion) or `bert/` (LDM txt2img)). Original sing
 Each returns the keyword arguments of `LatentDiffusionPipeline.__init__`, including the sampling
 `defaults`: a run's own `config.sample` settings, or the folder's scheduler class (its method)
 and, for text-to-image folders, the diffusers pipeline's own defaults (StableDiffusionPipeline:
-50 steps, w = 7.5; LDMTextToImagePipeline: 50 steps, w = 1).
+50 steps, w = 7.5; LDMTextToImagePipeline: 50 steps, w = 1; LDMSuperResolutionPipeline: 100
+steps, w = 1).
 """
 
 import json
@@ -37,6 +38,14 @@ TEXT_TO_IMAGE_DEFAULTS = {"StableDiffusionPipeline": {"num_steps": 50, "guidance
 # for C latent channels: SD-inpainting's 9 = 4 + 1 + 4): its "mask" kind makes `inpaint` take the
 # trained path (SD-inpainting was trained on LaMa-style large masks too).
 INPAINTING_DEGRADATION = "inpaint_large_masks"
+# The degradation recorded for a UNet reading [z_t, low-res image] (C + C channels on an f = 4
+# autoencoder with C = 3 image and latent channels: LDMSuperResolutionPipeline's 6 = 3 + 3): its
+# "image" kind and factor 4 make `upscale` take low-res images at 1/4 of the image size, which is
+# the latent size, concatenated as they are. (It names how this project trains such models; the
+# CompVis 4x model was trained on other degradations, which only training would see.)
+SUPER_RESOLUTION_DEGRADATION = "bicubic_x4"
+# LDMSuperResolutionPipeline.__call__'s defaults (100 steps, eta 0, no guidance).
+SUPER_RESOLUTION_DEFAULTS = {"num_steps": 100, "guidance_scale": 1.0}
 VAE_FOLDERS = ("vae", "vqvae")  # StableDiffusionPipeline / LDMPipeline and LDMTextToImagePipeline
 TEXT_FOLDERS = ("text_encoder", "bert")
 
@@ -212,10 +221,16 @@ def from_pretrained(path: str, num_classes: int | None = None,
   The latent scale factor is the VAE config's scaling_factor (and shift_factor). A class-conditional
   UNet (num_class_embeds = K + 1) is taken to have K classes with the null label K, unless
   `num_classes` says otherwise. A UNet reading 2 C + 1 channels for the autoencoder's C latent
-  channels (StableDiffusionInpaintPipeline: 9) is an inpainting model (`inpainting_unet`):
+  channels (StableDiffusionInpaintPipeline: 9) is an inpainting model (`unet_concat_kind`):
   concat_degradation INPAINTING_DEGRADATION, and with a text encoder diffusers' guidance
   (inpainting_null "unchanged": c in both branches, the prompt against the negative prompt)
-  unless `save_pretrained` recorded another rule.
+  unless `save_pretrained` recorded another rule. A UNet reading 2 C channels on an f = 4
+  autoencoder with C = 3 latent and image channels (LDMSuperResolutionPipeline: 6) is a
+  super-resolution model: concat_degradation SUPER_RESOLUTION_DEGRADATION, `upscale` taking the
+  low-res image at the latent size concatenated as it is ([z_t, image], diffusers' order), scale
+  factor 1 (that pipeline decodes its latents as they are, whatever vqvae's scaling_factor says),
+  LDMSuperResolutionPipeline's defaults (100 steps, no guidance) and low_res_input "diffusers"
+  (its Lanczos resize of larger uint8 images, `low_res`) unless `save_pretrained` recorded "exact".
   """
   from ldm_jax import convert  # pylint: disable=import-outside-toplevel
   components, pipeline_class = pipeline_components(path)
@@ -234,30 +249,61 @@ def from_pretrained(path: str, num_classes: int | None = None,
   size = tuple(size) if isinstance(size, (list, tuple)) else (size, size)
   if num_classes is None and unet.num_class_embeds is not None:
     num_classes = unet.num_class_embeds - 1
-  inpainting = inpainting_unet(repr(path), unet, ae)
+  kind = unet_concat_kind(repr(path), unet, ae)
+  inpainting, super_resolution = kind == "mask", kind == "image"
+  if super_resolution:
+    _check_super_resolution(path, ae, prompt_encoder)
   text_defaults = TEXT_TO_IMAGE_DEFAULTS.get(pipeline_class,
                                              TEXT_TO_IMAGE_DEFAULTS["StableDiffusionPipeline"])
   defaults = {"method": method, **(text_defaults if prompt_encoder else {}),
+              **(SUPER_RESOLUTION_DEFAULTS if super_resolution else {}),
               **saved_sampling_defaults(path)}
+  degradation = (INPAINTING_DEGRADATION if inpainting else
+                 SUPER_RESOLUTION_DEGRADATION if super_resolution else None)
+  # LDMSuperResolutionPipeline decodes its latents as they are: no scaling_factor.
+  scale, shift = (1.0, 0.0) if super_resolution else (ae.scaling_factor, ae.shift_factor)
   return dict(unet=unet, unet_params=unet_params, autoencoder=ae, ae_params=ae_params,
-              schedule=schedule, scale_factor=ae.scaling_factor, shift_factor=ae.shift_factor,
+              schedule=schedule, scale_factor=scale, shift_factor=shift,
               prediction_type=prediction_type, num_classes=num_classes,
               latent_shape=(*size, ae.latent_channels), prompt_encoder=prompt_encoder,
-              sampler_grid=grid, defaults=defaults,
-              concat_degradation=INPAINTING_DEGRADATION if inpainting else None,
+              sampler_grid=grid, defaults=defaults, concat_degradation=degradation,
+              low_res_input=_saved(path, "_ldm_jax_low_res_input", "diffusers")
+              if super_resolution else "exact",
               inpainting_null=_saved(path, "_ldm_jax_inpainting_null",
                                      "unchanged" if inpainting and prompt_encoder else
                                      "fully_masked"))
 
 
-def inpainting_unet(source: str, unet, ae) -> bool:
-  """Whether the UNet reads [z_t, mask, masked-image latents] (in_channels = 2 C + 1 for the
-  autoencoder's C latent channels) rather than z_t (C); other counts (e.g. LDM-SR's [z_t, low-res
-  image]) are refused, the error naming `source` (the folder, the checkpoint)."""
-  c = ae.latent_channels
-  if unet.out_channels != c or unet.in_channels not in (c, 2 * c + 1):
+def _check_super_resolution(path, ae, prompt_encoder):
+  """A [z_t, low-res image] UNet needs the low-res image on the latent grid (f = the degradation's
+  factor, 4) and no text encoder (LDMSuperResolutionPipeline has none)."""
+  factor = concat.get_degradation(SUPER_RESOLUTION_DEGRADATION).factor
+  if ae.downsampling_factor != factor:
+    raise ValueError(f"{path!r}: the UNet reads [z_t, low-res image] (super-resolution), which "
+                     f"needs an autoencoder with f = {factor} (the low-res image at the latent "
+                     f"resolution, x{factor} upscaling); this one has f = "
+                     f"{ae.downsampling_factor}.")
+  if prompt_encoder is not None:
+    raise ValueError(f"{path!r}: a super-resolution UNet ([z_t, low-res image]) with a text "
+                     "encoder is not supported (diffusers' LDMSuperResolutionPipeline has none).")
+
+
+def unet_concat_kind(source: str, unet, ae) -> str | None:
+  """What the UNet reads besides z_t, from its channel counts and the autoencoder's C latent and
+  C_x image channels: None (in_channels C: z_t alone), "mask" (2 C + 1: inpainting, [z_t, mask,
+  masked-image latents], SD-inpainting's 9 = 4 + 1 + 4) or "image" (2 C with C_x = C:
+  super-resolution, [z_t, low-res image], LDMSuperResolutionPipeline's 6 = 3 + 3; diffusers reads
+  the latent channels as in_channels // 2). Other counts are refused, the error naming `source`
+  (the folder, the checkpoint) and the supported counts."""
+  c, image = ae.latent_channels, ae.in_channels
+  kinds = {c: None, 2 * c + 1: "mask"}
+  supported = f"in_channels {c} (z_t) or {2 * c + 1} (inpainting: [z_t, mask, masked-image " \
+              f"latents] = {c} + 1 + {c})"
+  if image == c:
+    kinds[2 * c] = "image"
+    supported += f" or {2 * c} (super-resolution: [z_t, low-res image] = {c} + {image})"
+  if unet.out_channels != c or unet.in_channels not in kinds:
     raise ValueError(f"{source}: the UNet reads {unet.in_channels} and predicts "
-                     f"{unet.out_channels} channels, but the autoencoder has {c} latent channels; "
-                     f"supported: in_channels {c} (z_t) or {2 * c + 1} (inpainting: [z_t, mask, "
-                     f"masked-image latents] = {c} + 1 + {c}) with out_channels {c}.")
-  return unet.in_channels == 2 * c + 1
+                     f"{unet.out_channels} channels, but the autoencoder has {c} latent (and "
+                     f"{image} image) channels; supported: {supported}, with out_channels {c}.")
+  return kinds[unet.in_channels]

@@ -17,6 +17,8 @@ StableDiffusionInpaintPipeline folders: `inpaint` takes the trained path with di
 
 from collections.abc import Mapping
 
+import numpy as np
+
 from ldm_jax.diffusion.parameterization import PREDICTION_TYPES
 from ldm_jax.pipeline import loading
 from ldm_jax.pipeline import scheduler_config as sched_lib
@@ -51,6 +53,21 @@ def sd_version(state_dict, version=None) -> str:
   return detected
 
 
+def _refuse_text_free(state_dict):
+  """LDM checkpoints without a text encoder (LDM-SR's UNet reading [z_t, low-res image] = 3 + 3
+  channels, unconditional and class-conditional models) have no single-file loader here."""
+  if any(k.startswith("cond_stage_model.") for k in state_dict):
+    return
+  conv = state_dict.get("model.diffusion_model.input_blocks.0.0.weight")
+  reads = "" if conv is None else f" (its UNet reads {np.shape(conv)[1]} channels)"
+  raise ValueError(f"the checkpoint has no text encoder (no cond_stage_model.* keys){reads}: it "
+                   "is not a Stable Diffusion file. from_single_file loads SD 1.x / 2.x "
+                   "text-to-image and inpainting files; load LDM super-resolution models "
+                   "([z_t, low-res image]) and unconditional or class-conditional LDMs from "
+                   "diffusers folders (LDMSuperResolutionPipeline, LDMPipeline) with "
+                   "from_pretrained.")
+
+
 def _prediction_type(version, prediction_type, ldm_config, inpainting=False):
   if prediction_type is not None:
     if prediction_type not in PREDICTION_TYPES:
@@ -78,10 +95,17 @@ def from_single_file(path, *, version=None, prediction_type=None, config=None) -
   from ldm_jax import convert, text  # pylint: disable=import-outside-toplevel
   from ldm_jax.convert import ldm_checkpoint  # pylint: disable=import-outside-toplevel
   state_dict = path if isinstance(path, Mapping) else ldm_checkpoint.read_state_dict(path)
+  _refuse_text_free(state_dict)
   version = sd_version(state_dict, version)
   ldm_config = ldm_checkpoint.read_ldm_config(config)
   ckpt = convert.load_ldm_checkpoint(state_dict, config)
-  inpainting = loading.inpainting_unet("the checkpoint", ckpt.unet, ckpt.vae)
+  kind = loading.unet_concat_kind("the checkpoint", ckpt.unet, ckpt.vae)
+  if kind == "image":
+    raise ValueError("the checkpoint's UNet reads [z_t, low-res image] (super-resolution); "
+                     "single files load Stable Diffusion text-to-image and inpainting models "
+                     "only: load LDM super-resolution models from a diffusers "
+                     "LDMSuperResolutionPipeline folder with from_pretrained.")
+  inpainting = kind == "mask"
   prediction_type = _prediction_type(version, prediction_type, ldm_config, inpainting)
   sched = _scheduler_config(ldm_config)
   schedule, _ = loading.schedule_from_diffusers(sched)

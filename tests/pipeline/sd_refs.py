@@ -1,6 +1,7 @@
 """Tiny random-weight diffusers StableDiffusionPipelines (SD 1.x- and SD 2.x-style, and their
-StableDiffusionInpaintPipeline twins with a 9-channel UNet) saved with `save_pretrained`, and their
-reference images, for the pipeline's end-to-end parity tests."""
+StableDiffusionInpaintPipeline twins with a 9-channel UNet), LDMTextToImagePipeline and
+LDMSuperResolutionPipeline saved with `save_pretrained`, and their reference images, for the
+pipeline's end-to-end parity tests."""
 
 import json
 
@@ -8,8 +9,9 @@ import numpy as np
 import torch
 import transformers
 from diffusers import (AutoencoderKL, DDIMScheduler, DPMSolverMultistepScheduler,
-                       LDMTextToImagePipeline, StableDiffusionInpaintPipeline,
-                       StableDiffusionPipeline, UNet2DConditionModel)
+                       LDMSuperResolutionPipeline, LDMTextToImagePipeline,
+                       StableDiffusionInpaintPipeline, StableDiffusionPipeline, UNet2DConditionModel,
+                       UNet2DModel, VQModel)
 from diffusers.pipelines.latent_diffusion.pipeline_latent_diffusion import (LDMBertConfig,
                                                                             LDMBertModel)
 
@@ -111,6 +113,39 @@ def tiny_ldm_txt2img_pipeline(root, seed=3):
   folder = root / "ldm"
   pipe.save_pretrained(str(folder))
   loaded = LDMTextToImagePipeline.from_pretrained(str(folder))
+  loaded.set_progress_bar_config(disable=True)
+  return str(folder), loaded
+
+
+def tiny_vqvae(seed, levels=3, embeddings=64):
+  """A VQModel with 3 latent channels and f = 2^(levels - 1) (4: LDM-SR's VQ-f4), its codebook
+  N(0, 1) (diffusers' default U(-1/n, 1/n) would snap every latent to about 0)."""
+  vq = VQModel(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * levels,
+               up_block_types=("UpDecoderBlock2D",) * levels,
+               block_out_channels=(16,) * (levels - 1) + (32,), layers_per_block=1,
+               latent_channels=3, num_vq_embeddings=embeddings, norm_num_groups=8)
+  with torch.no_grad():
+    vq.quantize.embedding.weight.copy_(torch.randn(embeddings, 3,
+                                                   generator=torch.Generator().manual_seed(seed)))
+  return _perturb(vq, seed)
+
+
+def tiny_ldm_sr_pipeline(root, seed=5, low_res=16):
+  """Writes an LDMSuperResolutionPipeline folder (unet/ UNet2DModel reading [z_t, low-res image] =
+  3 + 3 channels at low_res x low_res, vqvae/ VQModel f = 4, scheduler/ DDIM) at root / "ldm_sr";
+  returns (folder, the torch pipeline loaded from it)."""
+  torch.manual_seed(seed)
+  unet = _perturb(UNet2DModel(
+      sample_size=low_res, in_channels=6, out_channels=3, block_out_channels=(32, 64),
+      layers_per_block=1, down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+      up_block_types=("AttnUpBlock2D", "UpBlock2D"), attention_head_dim=16, norm_num_groups=8),
+      seed + 1)
+  scheduler = DDIMScheduler(beta_start=0.0015, beta_end=0.0155, beta_schedule="scaled_linear",
+                            clip_sample=False, set_alpha_to_one=True, steps_offset=0)
+  pipe = LDMSuperResolutionPipeline(vqvae=tiny_vqvae(seed + 2), unet=unet, scheduler=scheduler)
+  folder = root / "ldm_sr"
+  pipe.save_pretrained(str(folder))
+  loaded = LDMSuperResolutionPipeline.from_pretrained(str(folder))
   loaded.set_progress_bar_config(disable=True)
   return str(folder), loaded
 

@@ -192,9 +192,9 @@ def test_inpainting_settings_are_checked(pipes, tmp_path):
   with pytest.raises(ValueError, match="needs a CLIP text encoder.*has no text encoder"):
     LatentDiffusionPipeline(**parts).save_pretrained(str(tmp_path / "refused"))
   assert not os.path.exists(tmp_path / "refused")
-  ae = types.SimpleNamespace(latent_channels=4)
+  ae = types.SimpleNamespace(latent_channels=4, in_channels=3)
   unet = lambda channels: types.SimpleNamespace(in_channels=channels, out_channels=4)
-  assert loading.inpainting_unet("folder", unet(9), ae)
-  assert not loading.inpainting_unet("folder", unet(4), ae)
-  with pytest.raises(ValueError, match="folder: .*supported: in_channels 4 .z_t. or 9"):
-    loading.inpainting_unet("folder", unet(7), ae)
+  assert loading.unet_concat_kind("folder", unet(9), ae) == "mask"
+  assert loading.unet_concat_kind("folder", unet(4), ae) is None
+  with pytest.raises(ValueError, match=r"folder: .*supported: in_channels 4 .z_t. or 9 .*\), with"):
+    loading.unet_concat_kind("folder", unet(7), ae)  # 4 + 3: not diffusers' SR (in_channels // 2)
