@@ -209,7 +209,9 @@ class LatentDiffusionPipeline:
     """Writes this pipeline as a diffusers pipeline folder (`saving.save_pretrained`: LDMPipeline
     with unet/, vqvae/ holding the latent scale factor, and scheduler/ with the training schedule,
     prediction type, timestep grid and default method; StableDiffusionPipeline or
-    StableDiffusionInpaintPipeline for CLIP text models) that diffusers' `from_pretrained` and
+    StableDiffusionInpaintPipeline for CLIP text models; LDMSuperResolutionPipeline for
+    super-resolution models on f = 4, the scale factor folded into the VQModel) that diffusers'
+    `from_pretrained` and
     `LatentDiffusionPipeline.from_pretrained` load; returns the folder."""
     return saving.save_pretrained(self, folder)
 

@@ -46,6 +46,7 @@ INPAINTING_DEGRADATION = "inpaint_large_masks"
 SUPER_RESOLUTION_DEGRADATION = "bicubic_x4"
 # LDMSuperResolutionPipeline.__call__'s defaults (100 steps, eta 0, no guidance).
 SUPER_RESOLUTION_DEFAULTS = {"num_steps": 100, "guidance_scale": 1.0}
+LOW_RES_INPUT_KEY = "_ldm_jax_low_res_input"  # model_index.json: `save_pretrained`'s record
 VAE_FOLDERS = ("vae", "vqvae")  # StableDiffusionPipeline / LDMPipeline and LDMTextToImagePipeline
 TEXT_FOLDERS = ("text_encoder", "bert")
 
@@ -267,7 +268,7 @@ def from_pretrained(path: str, num_classes: int | None = None,
               prediction_type=prediction_type, num_classes=num_classes,
               latent_shape=(*size, ae.latent_channels), prompt_encoder=prompt_encoder,
               sampler_grid=grid, defaults=defaults, concat_degradation=degradation,
-              low_res_input=_saved(path, "_ldm_jax_low_res_input", "diffusers")
+              low_res_input=_saved(path, LOW_RES_INPUT_KEY, "diffusers")
               if super_resolution else "exact",
               inpainting_null=_saved(path, "_ldm_jax_inpainting_null",
                                      "unchanged" if inpainting and prompt_encoder else

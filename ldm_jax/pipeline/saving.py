@@ -6,7 +6,10 @@
                                  LDMTextToImagePipeline: unet, vqvae, scheduler, bert, tokenizer;
                                  a CLIP text inpainting model (UNet reading [z_t, mask,
                                  masked-image latents]) StableDiffusionInpaintPipeline, the same
-                                 parts as StableDiffusionPipeline
+                                 parts as StableDiffusionPipeline; a super-resolution model
+                                 whose low-res image is on the latent grid (f = 4, C image =
+                                 C latent channels) LDMSuperResolutionPipeline: unet, vqvae,
+                                 scheduler
   folder/text_encoder/           transformers CLIPTextModel config + model.safetensors
   folder/bert/                   diffusers LDMBertModel config + model.safetensors
   folder/tokenizer/              CLIPTokenizer vocab.json, merges.txt, its pad token and length;
@@ -27,9 +30,11 @@ by vqvae.config.scaling_factor before decoding, as this pipeline does), and
 conditional UNet keeps its class embedding (num_class_embeds = K + 1, the null label K); diffusers
 has no pipeline class that passes labels, so drive its loop with `class_labels=`. An inpainting
 model's `inpainting_null` is recorded in model_index.json for `from_pretrained`; diffusers' own
-pipeline always guides with c in both branches ("unchanged"). Other concat models (super-resolution,
-semantic synthesis, inpainting without a CLIP text encoder) have no diffusers pipeline class here
-and are refused.
+pipeline always guides with c in both branches ("unchanged"). A super-resolution model's latent
+scale factor s is folded into its VQModel (`fold_scale`), because LDMSuperResolutionPipeline
+decodes its latents as they are; its `low_res_input` is recorded. Other concat models (semantic
+synthesis, super-resolution with class labels, f != 4 or a KL autoencoder with s != 1,
+inpainting without a CLIP text encoder) have no diffusers pipeline class here and are refused.
 """
 
 import json
@@ -45,6 +50,7 @@ DIFFUSERS_VERSION = "0.31.0"
 # diffusers file holds; the method is the scheduler's class.
 SAMPLING_KEY = "_ldm_jax_sampling_defaults"
 INPAINTING_NULL_KEY = "_ldm_jax_inpainting_null"  # an inpainting model's guidance rule
+LOW_RES_INPUT_KEY = "_ldm_jax_low_res_input"  # a super-resolution model's low_res_input
 # method -> the diffusers scheduler class written for it (SCHEDULER_METHODS inverted).
 SCHEDULER_CLASSES = {m: c for c, m in sched_lib.SCHEDULER_METHODS.items()}
 # Options of each class that diffusers defaults differently from the samplers (written explicitly).
@@ -88,6 +94,42 @@ def scheduler_config(pipe) -> dict:
   return config
 
 
+def _check_super_resolution(pipe):
+  """LDMSuperResolutionPipeline concatenates the low-res image itself to latents of its size and
+  in_channels // 2 channels, with no labels or text: refuse models it would run otherwise."""
+  low, latent = pipe.low_res_shape, pipe.latent_shape
+  problems = []
+  if low[:2] != latent[:2] or low[2] != latent[2]:
+    problems.append(f"its low-res images {low} are not latent-sized with the latent channels "
+                    f"{latent} (diffusers needs f = 4 and as many image as latent channels)")
+  if pipe.num_classes is not None or pipe.text_conditioned:
+    problems.append("it has class labels or a text encoder")
+  if not hasattr(pipe.autoencoder, "num_embeddings") and (pipe.scale_factor, pipe.shift_factor) \
+      != (1.0, 0.0):
+    problems.append(f"its KL autoencoder's scale factor {pipe.scale_factor} (shift "
+                    f"{pipe.shift_factor}) cannot be folded into the weights (VQModel's can)")
+  if problems:
+    raise ValueError("save_pretrained writes concat-conditioned super-resolution models as "
+                     "diffusers' LDMSuperResolutionPipeline, which this one does not fit: "
+                     + "; ".join(problems) + ". Use the run's export with "
+                     "LatentDiffusionPipeline.from_workdir.")
+
+
+def fold_scale(params, s):
+  """VQModel params whose latents are the diffusion latents s z (LDMSuperResolutionPipeline
+  decodes latents as they are): quant_conv's outputs and the codebook times s, post_quant_conv's
+  kernel over s. Nearest codes are unchanged (|s z - s e| = s |z - e|), so decode(s z) of the
+  result is decode(z) of the original."""
+  scaled = lambda a, f: (np.asarray(a, np.float32) * f).astype(np.asarray(a).dtype)
+  out = dict(params)
+  out["quant_conv"] = {k: scaled(v, s) for k, v in params["quant_conv"].items()}
+  out["post_quant_conv"] = {**params["post_quant_conv"],
+                            "kernel": scaled(params["post_quant_conv"]["kernel"], 1.0 / s)}
+  out["quantize"] = {"embedding": {"embedding": scaled(
+      params["quantize"]["embedding"]["embedding"], s)}}
+  return out
+
+
 def save_pretrained(pipe, folder: str) -> str:
   """Writes `pipe` as a diffusers pipeline folder (module docstring); returns the folder."""
   from ldm_jax import convert  # pylint: disable=import-outside-toplevel
@@ -101,10 +143,13 @@ def save_pretrained(pipe, folder: str) -> str:
                      f"StableDiffusionInpaintPipeline, which needs a CLIP text encoder and no class "
                      f"labels; this inpainting model has {what}. Use the run's export with "
                      "LatentDiffusionPipeline.from_workdir.")
-  if pipe.conditioning == "concat" and not inpainting:
-    raise ValueError("save_pretrained does not write concat-conditioned super-resolution or "
-                     "semantic synthesis models yet (diffusers' LDMSuperResolutionPipeline "
-                     "layout); use the run's export with LatentDiffusionPipeline.from_workdir.")
+  super_resolution = pipe.low_res_shape is not None
+  if super_resolution:
+    _check_super_resolution(pipe)
+  elif pipe.conditioning == "concat" and not inpainting:
+    raise ValueError("save_pretrained does not write concat-conditioned semantic synthesis "
+                     "models (diffusers has no pipeline class for them); use the run's export "
+                     "with LatentDiffusionPipeline.from_workdir.")
   if pipe.conditioning == "context" and not text:
     raise ValueError("A cross-attention UNet without a text encoder has no diffusers pipeline "
                      "class; save_pretrained saves text, class-conditional and unconditional "
@@ -113,14 +158,16 @@ def save_pretrained(pipe, folder: str) -> str:
   if text:
     text_saving.save_prompt_encoder(pipe.prompt_encoder, folder)
   vae_folder = "vae" if text and not bert else "vqvae"
-  ae = pipe.autoencoder.clone(scaling_factor=pipe.scale_factor)
+  ae, ae_params = pipe.autoencoder.clone(scaling_factor=pipe.scale_factor), pipe.ae_params
+  if super_resolution and pipe.scale_factor != 1.0:
+    ae, ae_params = ae.clone(scaling_factor=1.0), fold_scale(ae_params, pipe.scale_factor)
   if hasattr(ae, "shift_factor"):
     ae = ae.clone(shift_factor=pipe.shift_factor)
   elif pipe.shift_factor:
     raise ValueError(f"{type(ae).__name__} has no shift_factor; the pipeline's is {pipe.shift_factor}.")
   convert.save_diffusers(pipe.unet, pipe.unet_params, os.path.join(folder, "unet"),
                          sample_size=_size(pipe.latent_shape))
-  convert.save_diffusers(ae, pipe.ae_params, os.path.join(folder, vae_folder),
+  convert.save_diffusers(ae, ae_params, os.path.join(folder, vae_folder),
                          sample_size=_size(pipe.image_shape))
   os.makedirs(os.path.join(folder, "scheduler"), exist_ok=True)
   sched = scheduler_config(pipe)
@@ -128,6 +175,7 @@ def save_pretrained(pipe, folder: str) -> str:
   unet_class = convert.read_config(os.path.join(folder, "unet"))["_class_name"]
   index = {"_class_name": ("LDMTextToImagePipeline" if bert else
                           "StableDiffusionInpaintPipeline" if inpainting else
+                          "LDMSuperResolutionPipeline" if super_resolution else
                           "StableDiffusionPipeline" if text else "LDMPipeline"),
            "_diffusers_version": DIFFUSERS_VERSION, "unet": ["diffusers", unet_class],
            vae_folder: ["diffusers", type(ae).__name__],
@@ -145,5 +193,7 @@ def save_pretrained(pipe, folder: str) -> str:
                  requires_safety_checker=False)
   if inpainting:
     index[INPAINTING_NULL_KEY] = pipe.inpainting_null
+  if super_resolution:
+    index[LOW_RES_INPUT_KEY] = pipe.low_res_input
   _write_json(os.path.join(folder, "model_index.json"), index)
   return folder

@@ -7,7 +7,11 @@ within 1/255 per pixel, for DDIM and DPM-Solver++(2M), uint8 and float inputs.
 LDMSuperResolutionPipeline.__call__ takes no latents: it draws them with `randn_tensor(shape,
 generator=...)`; the reference's `randn_tensor` is replaced by one that checks the shape it is asked
 for (B, in_channels // 2, h, w: the low-res size) and returns the noise of
-`pipe.initial_noise(rng, B)`. Everything else runs diffusers' own code."""
+`pipe.initial_noise(rng, B)`. Everything else runs diffusers' own code.
+
+`save_pretrained` writes a super-resolution model with a latent scale factor s != 1 (as this
+project's runs have) as an LDMSuperResolutionPipeline folder, s folded into the VQModel, which
+diffusers runs to the same images."""
 
 import json
 import os
@@ -175,3 +179,42 @@ def test_only_supported_channel_counts_load(pipes, tmp_path):
   conv = np.zeros((32, 6, 3, 3), np.float32)  # CompVis LDM-SR: no cond_stage_model
   with pytest.raises(ValueError, match=r"no text encoder .*reads 6 channels.*from_pretrained"):
     single_file.from_single_file({"model.diffusion_model.input_blocks.0.0.weight": conv})
+
+
+def test_save_pretrained_writes_a_folder_diffusers_runs(pipes, low_res_images, monkeypatch,
+                                                        tmp_path):
+  """A project-style SR model (scale factor 0.5, low_res_input "exact") saved and run by
+  diffusers' LDMSuperResolutionPipeline gives its images; loaded back it is the same model."""
+  _, loaded, _ = pipes
+  parts = {k: getattr(loaded, k) for k in ("unet", "unet_params", "autoencoder", "ae_params",
+                                           "schedule", "latent_shape", "concat_degradation",
+                                           "sampler_grid")}
+  pipe = LatentDiffusionPipeline(**parts, scale_factor=0.5, max_batch=4,
+                                 defaults={"method": "ddim", "num_steps": 50})
+  saved = pipe.save_pretrained(str(tmp_path / "saved"))
+  with open(os.path.join(saved, "model_index.json"), encoding="utf-8") as f:
+    index = json.load(f)
+  assert index["_class_name"] == "LDMSuperResolutionPipeline" and "vqvae" in index
+  copy = ref_sr.LDMSuperResolutionPipeline.from_pretrained(saved)
+  copy.set_progress_bar_config(disable=True)
+  x = low_res_images
+  noise = pipe.initial_noise(jax.random.key(1), 2)
+  tensor = torch.from_numpy(np.ascontiguousarray(to_float(x).transpose(0, 3, 1, 2)))
+  want = _reference(copy, noise, tensor, monkeypatch)
+  ours = pipe.upscale(jax.random.key(1), x, method="ddim", num_steps=STEPS, output="float")
+  diff = np.abs(np.clip(ours / 2.0 + 0.5, 0.0, 1.0) - want).max() * 255
+  assert diff < 1.0, diff
+  # s reaches the images (so folding it is what makes diffusers agree)
+  unscaled = loaded.upscale(jax.random.key(1), x, method="ddim", num_steps=STEPS, output="float")
+  assert np.abs(unscaled - ours).max() * 127.5 > 10
+  back = LatentDiffusionPipeline.from_pretrained(saved, max_batch=4)
+  assert (back.scale_factor, back.low_res_input, back.concat_degradation) == (
+      1.0, "exact", pipe.concat_degradation)
+  assert back.defaults == pipe.defaults and back.latent_shape == pipe.latent_shape
+  again = back.upscale(jax.random.key(1), x, method="ddim", num_steps=STEPS, output="float")
+  assert np.abs(again - ours).max() * 127.5 < 0.1
+  with pytest.raises(ValueError, match="LDMSuperResolutionPipeline, which this one does not fit: "
+                                       "it has class labels"):
+    LatentDiffusionPipeline(**parts, scale_factor=1.0, num_classes=3).save_pretrained(
+        str(tmp_path / "refused"))
+  assert not os.path.exists(tmp_path / "refused")
