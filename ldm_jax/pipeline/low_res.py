@@ -54,7 +54,7 @@ def images(values, low_res_shape, rule, describe):
   if len(shape) == 4 and tuple(shape[1:]) != want and rule == "diffusers":
     floored = tuple(s - s % MULTIPLE for s in shape[1:3])
     x = np.asarray(values)
-    if x.dtype == np.uint8 and shape[3] == want[2] and floored == want[:2]:
+    if x.dtype == np.uint8 and shape[0] >= 1 and shape[3] == want[2] and floored == want[:2]:
       return _lanczos(x, want[:2])
     raise ValueError(
         f"low_res_images must have shape [N, {want[0]}, {want[1]}, {want[2]}] ({describe}), or "

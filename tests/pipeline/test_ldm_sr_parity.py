@@ -120,7 +120,8 @@ def test_diffusers_low_res_input_is_its_preprocess():
   bad = [(big, "exact", r"must have shape \[N, 32, 32, 3\] \(a test\), got \(2, 45, 37, 3\)"),
          (to_float(big), "diffusers", "be uint8 .* got float32"),
          (np.zeros((2, 64, 64, 3), np.uint8), "diffusers", r"h - h % 32 = 32"),
-         (big[..., :1], "diffusers", "must have shape")]
+         (big[..., :1], "diffusers", "must have shape"),
+         (big[:0], "diffusers", "must have shape")]
   for values, rule, message in bad:
     with pytest.raises(ValueError, match=message):
       low_res.images(values, (32, 32, 3), rule, "a test")
