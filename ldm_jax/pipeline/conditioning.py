@@ -51,6 +51,13 @@ def _mixed_class_apply(unet, params, x, t, mix):
     return unet.apply({"params": params}, x, t, y=y_a)
 
 
+def _concat_context_apply(unet, params, x, t, c):
+  """The UNet on [x_t, map] cross-attending to the context: c = (map, context), or (map, context,
+  y int32 [B]) with y its class labels (the SD x4 upscaler's noise level)."""
+  y = c[2] if len(c) > 2 else None
+  return unet.apply({"params": params}, concat_conditioning(x, c[0]), t, context=c[1], y=y)
+
+
 def model_fn(unet, params, kind, cond, null_cond, guidance_scale):
   """model_fn(x_t, t) for the samplers.
 
@@ -58,7 +65,8 @@ def model_fn(unet, params, kind, cond, null_cond, guidance_scale):
   label. "context": cond, null_cond [B, L, D]. "concat": cond, null_cond maps [B, h, w, Cc]
   (the null map is zeros), the UNet reading [x_t, c]; a hybrid concat + class model's are pairs
   (map, label mixture). "concat_context": pairs (map [B, h, w, Cc], context [B, L, D]), the UNet
-  reading [x_t, c] and cross-attending to the context. guidance_scale: [B] (traced) for
+  reading [x_t, c] and cross-attending to the context; with a third entry y int32 [B] the UNet's
+  class labels too (the SD x4 upscaler's noise level, the same in both branches). guidance_scale: [B] (traced) for
   conditional kinds.
   """
   if kind == "none":
@@ -73,8 +81,7 @@ def model_fn(unet, params, kind, cond, null_cond, guidance_scale):
         return _mixed_class_apply(unet, params, concat_conditioning(x, c[0]), t, c[1])
       return unet.apply({"params": params}, concat_conditioning(x, c), t)
   elif kind == "concat_context":
-    cond_fn = lambda x, t, c: unet.apply({"params": params}, concat_conditioning(x, c[0]), t,
-                                         context=c[1])
+    cond_fn = lambda x, t, c: _concat_context_apply(unet, params, x, t, c)
   else:
     raise ValueError(f"Unknown conditioning kind {kind!r}; valid choices: {', '.join(KINDS)}.")
   return samplers.classifier_free_guidance(cond_fn, cond, null_cond, guidance_scale)
@@ -97,7 +104,7 @@ def conditional_model_fn(unet, params, kind, cond):
     if kind == "concat":
       return unet.apply({"params": params}, concat_conditioning(x, tiled), t)
     if kind == "concat_context":
-      return unet.apply({"params": params}, concat_conditioning(x, tiled[0]), t, context=tiled[1])
+      return _concat_context_apply(unet, params, x, t, tiled)
     return unet.apply({"params": params}, x, t, context=tiled)
 
   return fn

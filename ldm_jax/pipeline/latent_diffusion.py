@@ -50,6 +50,7 @@ from ldm_jax.pipeline import checks
 from ldm_jax.pipeline import conditioning
 from ldm_jax.pipeline import loading
 from ldm_jax.pipeline import low_res
+from ldm_jax.pipeline import noise_augmentation as noise_aug
 from ldm_jax.pipeline import programs
 from ldm_jax.pipeline import prompts as prompts_lib
 from ldm_jax.pipeline import saving
@@ -117,6 +118,10 @@ class LatentDiffusionPipeline:
       uint8 images whose sides floored to a multiple of 32 give low_res_shape, first resized to it
       by PIL's Lanczos filter (LDMSuperResolutionPipeline's preprocess of PIL images;
       `from_pretrained` sets it for such folders). c is the same under both.
+    noise_augmentation: `noise_augmentation.NoiseAugmentation` of a text-conditioned
+      super-resolution model whose UNet reads the low-res image noised to a level s and s as its
+      class label (diffusers' StableDiffusionUpscalePipeline; `from_pretrained` sets it for such
+      folders); None: the low-res image is concatenated as it is.
     sampler_grid: timestep grid keywords of `samplers.make_tables` for every method
       (`scheduler_config.GRID_KEYS`: timestep_spacing, steps_offset, set_alpha_to_one, ...).
     defaults: the sampling settings used where a call leaves them None (`DEFAULTS` keys).
@@ -129,7 +134,7 @@ class LatentDiffusionPipeline:
                latent_shape, shift_factor=0.0, prediction_type="epsilon", num_classes=None,
                max_batch=64, shard=True, persistent_cache=None, dtype=None, prompt_encoder=None,
                sampler_grid=None, defaults=None, concat_degradation=None,
-               inpainting_null="fully_masked", low_res_input="exact"):
+               inpainting_null="fully_masked", low_res_input="exact", noise_augmentation=None):
     unet_params, ae_params = nn.meta.unbox(unet_params), nn.meta.unbox(ae_params)
     if dtype is not None:
       dtype = precision.dtype(dtype, "dtype")
@@ -163,6 +168,13 @@ class LatentDiffusionPipeline:
                          f"{want}, got in_channels={unet.in_channels}.")
     self.inpainting_null = conditioning.check_inpainting_null(inpainting_null)
     self.low_res_input = low_res.check_rule(low_res_input)
+    self.noise_augmentation = noise_augmentation
+    if noise_augmentation is not None:
+      if self.low_res_shape is None or not self.text_conditioned:
+        raise ValueError("noise_augmentation belongs to a text-conditioned super-resolution model "
+                         "(a concat_degradation of the 'image' kind and a prompt_encoder: the SD "
+                         "x4 upscaler).")
+      noise_aug.check(noise_augmentation, unet.num_class_embeds)
     if (self.inpainting_model and inpainting_null == "unchanged" and num_classes is None
         and prompt_encoder is None):
       raise ValueError("inpainting_null='unchanged' guides on the label or prompt alone, and this "
@@ -362,6 +374,18 @@ class LatentDiffusionPipeline:
     """The noise x_T [N, h, w, c] that `sample(rng, N, ...)` starts from (sample b: fold_in(rng, b))."""
     n = checks.positive_int(num_samples, "num_samples")
     return self._noise(_key(rng), np.arange(n, dtype=np.int32))
+
+  def low_res_noise(self, rng, num_samples: int) -> np.ndarray:
+    """The noise eps [N, h, w, C] (on the latent grid, the low-res image's channels) that
+    `upscale(rng, ...)` of a noise-augmented model adds to the low-res images (image b:
+    fold_in(fold_in(rng, b), noise_augmentation.LOW_RES_NOISE))."""
+    if self.noise_augmentation is None:
+      raise ValueError("low_res_noise belongs to noise-augmented super-resolution models "
+                       "(noise_augmentation, the SD x4 upscaler); this one adds no noise.")
+    n = checks.positive_int(num_samples, "num_samples")
+    shape = self.latent_shape[:2] + self.low_res_shape[2:]
+    fn = self._program(("low_res_noise",), lambda: noise_aug.noise_program(shape, self._count))
+    return self._map(n, lambda _, take: fn(_key(rng), take(np.arange(n, dtype=np.int32))))
 
   def _noise(self, rng, index):
     fn = self._program(("noise",), lambda: programs.noise_program(self.latent_shape, self._count))
@@ -726,9 +750,9 @@ class LatentDiffusionPipeline:
                           guidance_scale=guidance_scale, eta=0.0, start=start, z0=z,
                           noise_weight=0.0, output=output, return_trajectory=False)
 
-  def upscale(self, rng, low_res_images, labels=None, *, method=None, num_steps=None,
-              guidance_scale=1.0, eta: float = 0.0, output: str = "uint8",
-              return_trajectory: bool = False):
+  def upscale(self, rng, low_res_images, labels=None, *, prompts=None, negative_prompts=None,
+              noise_level=None, method=None, num_steps=None, guidance_scale=None, eta: float = 0.0,
+              output: str = "uint8", return_trajectory: bool = False):
     """Super-resolution with a concat-conditioned model (LDM-SR, Rombach et al. 2022 sec. 4.4):
     samples z ~ p(z | c) with the UNet reading [z_t, c], c the low-resolution images on the latent
     grid (`diffusion.concat.to_latent_grid`, as in training), and decodes.
@@ -739,10 +763,21 @@ class LatentDiffusionPipeline:
     folders) also uint8 images a little larger, Lanczos-resized to it as diffusers does
     (`low_res`). A loaded LDMSuperResolutionPipeline folder (UNet reading [z_t, low-res image],
     f = 4 VQModel) runs as diffusers does: DDIM from the folder's scheduler, 100 steps, eta 0,
-    no guidance, latents decoded without a scaling factor. labels: int or int [N] in 0..num_classes-1 for a hybrid concat + class model
-    (concat.class_labels), None otherwise. guidance_scale: w against the zero map (p_drop's null
-    conditioning; with the null label for a hybrid model); the default 1 is the conditional
-    model alone (the only meaningful value when p_drop = 0).
+    no guidance, latents decoded without a scaling factor. labels: int or int [N] in
+    0..num_classes-1 for a hybrid concat + class model (concat.class_labels), None otherwise.
+    guidance_scale: w against the zero map (p_drop's null conditioning; with the null label for a
+    hybrid model); None is 1, the conditional model alone (the only meaningful value when
+    p_drop = 0).
+
+    Text models (a diffusers StableDiffusionUpscalePipeline folder, the SD x4 upscaler) take
+    prompts, a str or a list of N str, and negative_prompts (the empty prompt by default), and
+    guide the prompt against the negative prompt with the same c in both branches (None:
+    `defaults`, 9 for such folders). Their `noise_augmentation` noises the low-res image to
+    noise_level s before it is concatenated (`noise_augmentation`: an int, or int [N], in
+    [0, max_level], None: its default_level, 20), the UNet reading s as its class label; that
+    noise is drawn from `rng` (image b: fold_in(fold_in(rng, b), LOW_RES_NOISE), what
+    `low_res_noise(rng, N)` returns), independently of the initial noise `initial_noise(rng, N)`.
+    Other models must leave prompts, negative_prompts and noise_level None.
     Returns images [N, H, W, C] (uint8; float with output="float"; latents with output="latent").
     Other arguments as `sample`.
     """
@@ -752,6 +787,8 @@ class LatentDiffusionPipeline:
       raise ValueError(f"upscale needs a concat-conditioned (super-resolution) model, trained with "
                        f"diffusion.conditioning='concat'; this one is {self.conditioning!r}-"
                        "conditioned (training-free alternatives: restore, img2img).")
+    if guidance_scale is None:  # a run's sample.guidance_scale is for its label-only sampling
+      guidance_scale = self.defaults["guidance_scale"] if self.text_conditioned else 1.0
     method, num_steps, guidance_scale, eta = self._check_common(method, num_steps, guidance_scale,
                                                                 eta, output)
     want, (h, w) = self.low_res_shape, self.image_shape[:2]
@@ -760,11 +797,34 @@ class LatentDiffusionPipeline:
                        f"{self.concat_degradation!r}")
     n = x.shape[0]
     checks.guidance(guidance_scale, n)
-    y = self._concat_labels(labels, n, "super-resolution")
-    cond, null = self._concat_pair(self._concat_map(images_lib.to_float(x)), y)
+    self._check_upscale_text(labels, prompts, negative_prompts, noise_level)
+    aug = self.noise_augmentation
+    s = None if aug is None else noise_aug.levels(noise_level, n, aug)
+    if not self.text_conditioned:
+      y = self._concat_labels(labels, n, "super-resolution")
+      cond, null = self._concat_pair(self._concat_map(images_lib.to_float(x)), y)
+    else:  # prompts encoded once everything else is checked; c the same in both branches
+      context, negative = self._text_contexts(n, prompts, negative_prompts, None, None)
+      c = (self._concat_map(images_lib.to_float(x)) if aug is None else
+           self._noised_concat_map(images_lib.to_float(x), _key(rng), s))
+      cond, null = (c, context), (c, negative)
+      if s is not None:  # the noise level is the UNet's class label in both branches
+        cond, null = cond + (s,), null + (s,)
     return self._generate(rng, n, cond, null, method=method, num_steps=num_steps,
                           guidance_scale=guidance_scale, eta=eta, start=0, output=output,
                           return_trajectory=return_trajectory)
+
+  def _check_upscale_text(self, labels, prompts, negative_prompts, noise_level):
+    """upscale's prompts, negative_prompts and noise_level fit the model (before compiling)."""
+    if self.text_conditioned:
+      prompts_lib.check_kind("context", True, labels=labels, prompts=prompts,
+                             negative_prompts=negative_prompts)
+    elif prompts is not None or negative_prompts is not None:
+      raise ValueError("This super-resolution model has no text encoder; prompts and "
+                       "negative_prompts must be None.")
+    if self.noise_augmentation is None and noise_level is not None:
+      raise ValueError(f"This super-resolution model concatenates the low-res image as it is (no "
+                       f"noise_augmentation); noise_level must be None, got {noise_level!r:.60}.")
 
   def synthesize(self, rng, segmentation, labels=None, *, method=None, num_steps=None,
                  guidance_scale=1.0, eta: float = 0.0, output: str = "uint8",
@@ -821,6 +881,12 @@ class LatentDiffusionPipeline:
       cond = (c, conditioning.class_mixture(y))
       null = (null, conditioning.class_mixture(np.full((len(y),), self.num_classes, np.int32)))
     return cond, null
+
+  def _noised_concat_map(self, x, rng, s):
+    fn = self._program(("noised_concat_map",), lambda: noise_aug.noised_map_program(
+        self.latent_shape[:2], self.noise_augmentation.schedule, self._count))
+    index = np.arange(x.shape[0], dtype=np.int32)
+    return self._map(x.shape[0], lambda placement, take: fn(take(x), rng, *take((index, s))))
 
   def _concat_map(self, x):
     fn = self._program(("concat_map",), lambda: programs.concat_map_program(

@@ -7,7 +7,7 @@ Each returns the keyword arguments of `LatentDiffusionPipeline.__init__`, includ
 `defaults`: a run's own `config.sample` settings, or the folder's scheduler class (its method)
 and, for text-to-image folders, the diffusers pipeline's own defaults (StableDiffusionPipeline:
 50 steps, w = 7.5; LDMTextToImagePipeline: 50 steps, w = 1; LDMSuperResolutionPipeline: 100
-steps, w = 1).
+steps, w = 1; StableDiffusionUpscalePipeline: 75 steps, w = 9).
 """
 
 import json
@@ -33,7 +33,8 @@ LDM_SCHEDULER = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_
 # other text folders (StableDiffusionImg2ImgPipeline, ...) take StableDiffusionPipeline's.
 TEXT_TO_IMAGE_DEFAULTS = {"StableDiffusionPipeline": {"num_steps": 50, "guidance_scale": 7.5},
                           "StableDiffusionInpaintPipeline": {"num_steps": 50, "guidance_scale": 7.5},
-                          "LDMTextToImagePipeline": {"num_steps": 50, "guidance_scale": 1.0}}
+                          "LDMTextToImagePipeline": {"num_steps": 50, "guidance_scale": 1.0},
+                          "StableDiffusionUpscalePipeline": {"num_steps": 75, "guidance_scale": 9.0}}
 # The degradation recorded for a UNet reading [z_t, mask, masked-image latents] (2 C + 1 channels
 # for C latent channels: SD-inpainting's 9 = 4 + 1 + 4): its "mask" kind makes `inpaint` take the
 # trained path (SD-inpainting was trained on LaMa-style large masks too).
@@ -46,6 +47,9 @@ INPAINTING_DEGRADATION = "inpaint_large_masks"
 SUPER_RESOLUTION_DEGRADATION = "bicubic_x4"
 # LDMSuperResolutionPipeline.__call__'s defaults (100 steps, eta 0, no guidance).
 SUPER_RESOLUTION_DEFAULTS = {"num_steps": 100, "guidance_scale": 1.0}
+# StableDiffusionUpscalePipeline decodes latents / 0.08333, whatever the VAE config says (its
+# __init__ overwrites any other scaling_factor).
+UPSCALER_SCALING_FACTOR = 0.08333
 LOW_RES_INPUT_KEY = "_ldm_jax_low_res_input"  # model_index.json: `save_pretrained`'s record
 VAE_FOLDERS = ("vae", "vqvae")  # StableDiffusionPipeline / LDMPipeline and LDMTextToImagePipeline
 TEXT_FOLDERS = ("text_encoder", "bert")
@@ -232,6 +236,14 @@ def from_pretrained(path: str, num_classes: int | None = None,
   factor 1 (that pipeline decodes its latents as they are, whatever vqvae's scaling_factor says),
   LDMSuperResolutionPipeline's defaults (100 steps, no guidance) and low_res_input "diffusers"
   (its Lanczos resize of larger uint8 images, `low_res`) unless `save_pretrained` recorded "exact".
+  A UNet reading C + C_x channels with class embeddings and cross-attention, on an f = 4 autoencoder
+  with a text encoder (StableDiffusionUpscalePipeline, the SD x4 upscaler: 7 = 4 + 3) is a
+  noise-augmented super-resolution model: the same degradation, `upscale` taking prompts and the
+  low-res image noised to a level s by low_res_scheduler/'s schedule, s the UNet's class label
+  (`noise_augmentation`, max_noise_level from model_index.json), scale factor 0.08333 (the
+  pipeline's, whatever the VAE config says), low_res_input "exact" (diffusers resizes only images
+  whose sides are not multiples of 4, which are not the latent size), that pipeline's defaults
+  (75 steps, w = 9).
   """
   from ldm_jax import convert  # pylint: disable=import-outside-toplevel
   components, pipeline_class = pipeline_components(path)
@@ -251,51 +263,79 @@ def from_pretrained(path: str, num_classes: int | None = None,
   if num_classes is None and unet.num_class_embeds is not None:
     num_classes = unet.num_class_embeds - 1
   kind = unet_concat_kind(repr(path), unet, ae)
-  inpainting, super_resolution = kind == "mask", kind == "image"
+  inpainting, super_resolution = kind == "mask", kind in ("image", "noisy_image")
+  augmentation = None
   if super_resolution:
-    _check_super_resolution(path, ae, prompt_encoder)
+    _check_super_resolution(path, ae, prompt_encoder, kind)
+  if kind == "noisy_image":
+    augmentation = _noise_augmentation(path, components)
+    num_classes = None  # the class labels are noise levels
   text_defaults = TEXT_TO_IMAGE_DEFAULTS.get(pipeline_class,
                                              TEXT_TO_IMAGE_DEFAULTS["StableDiffusionPipeline"])
   defaults = {"method": method, **(text_defaults if prompt_encoder else {}),
-              **(SUPER_RESOLUTION_DEFAULTS if super_resolution else {}),
+              **(SUPER_RESOLUTION_DEFAULTS if kind == "image" else {}),
               **saved_sampling_defaults(path)}
   degradation = (INPAINTING_DEGRADATION if inpainting else
                  SUPER_RESOLUTION_DEGRADATION if super_resolution else None)
-  # LDMSuperResolutionPipeline decodes its latents as they are: no scaling_factor.
-  scale, shift = (1.0, 0.0) if super_resolution else (ae.scaling_factor, ae.shift_factor)
+  # LDMSuperResolutionPipeline decodes its latents as they are: no scaling_factor;
+  # StableDiffusionUpscalePipeline decodes latents / 0.08333.
+  scale, shift = ((UPSCALER_SCALING_FACTOR, 0.0) if augmentation else (1.0, 0.0)
+                  if super_resolution else (ae.scaling_factor, ae.shift_factor))
   return dict(unet=unet, unet_params=unet_params, autoencoder=ae, ae_params=ae_params,
               schedule=schedule, scale_factor=scale, shift_factor=shift,
               prediction_type=prediction_type, num_classes=num_classes,
               latent_shape=(*size, ae.latent_channels), prompt_encoder=prompt_encoder,
               sampler_grid=grid, defaults=defaults, concat_degradation=degradation,
               low_res_input=_saved(path, LOW_RES_INPUT_KEY, "diffusers")
-              if super_resolution else "exact",
+              if kind == "image" else "exact", noise_augmentation=augmentation,
               inpainting_null=_saved(path, "_ldm_jax_inpainting_null",
                                      "unchanged" if inpainting and prompt_encoder else
                                      "fully_masked"))
 
 
-def _check_super_resolution(path, ae, prompt_encoder):
+def _noise_augmentation(path, components):
+  """The NoiseAugmentation of a StableDiffusionUpscalePipeline folder: low_res_scheduler/'s
+  schedule (its DDPMScheduler's add_noise) and model_index.json's max_noise_level (350 where
+  absent, the pipeline's __init__ default)."""
+  from ldm_jax.pipeline import noise_augmentation  # pylint: disable=import-outside-toplevel
+  sched_file = os.path.join(path, "low_res_scheduler", "scheduler_config.json")
+  if "low_res_scheduler" not in components or not os.path.exists(sched_file):
+    raise FileNotFoundError(f"{path!r}: the UNet reads [z_t, noised low-res image] with the noise "
+                            "level as class label (StableDiffusionUpscalePipeline), which needs "
+                            "low_res_scheduler/scheduler_config.json (the low-res noise schedule).")
+  schedule, _ = schedule_from_diffusers(_read_json(sched_file))
+  return noise_augmentation.NoiseAugmentation(
+      schedule, int(_saved(path, "max_noise_level", noise_augmentation.MAX_LEVEL)))
+
+
+def _check_super_resolution(path, ae, prompt_encoder, kind):
   """A [z_t, low-res image] UNet needs the low-res image on the latent grid (f = the degradation's
-  factor, 4) and no text encoder (LDMSuperResolutionPipeline has none)."""
+  factor, 4); "image" (LDMSuperResolutionPipeline) has no text encoder, "noisy_image"
+  (StableDiffusionUpscalePipeline) needs one."""
   factor = concat.get_degradation(SUPER_RESOLUTION_DEGRADATION).factor
   if ae.downsampling_factor != factor:
     raise ValueError(f"{path!r}: the UNet reads [z_t, low-res image] (super-resolution), which "
                      f"needs an autoencoder with f = {factor} (the low-res image at the latent "
                      f"resolution, x{factor} upscaling); this one has f = "
                      f"{ae.downsampling_factor}.")
-  if prompt_encoder is not None:
+  if kind == "image" and prompt_encoder is not None:
     raise ValueError(f"{path!r}: a super-resolution UNet ([z_t, low-res image]) with a text "
                      "encoder is not supported (diffusers' LDMSuperResolutionPipeline has none).")
+  if kind == "noisy_image" and prompt_encoder is None:
+    raise ValueError(f"{path!r}: the UNet reads [z_t, noised low-res image] and cross-attends "
+                     "(StableDiffusionUpscalePipeline), but the folder has no tokenizer/ and "
+                     "text_encoder/.")
 
 
 def unet_concat_kind(source: str, unet, ae) -> str | None:
   """What the UNet reads besides z_t, from its channel counts and the autoencoder's C latent and
   C_x image channels: None (in_channels C: z_t alone), "mask" (2 C + 1: inpainting, [z_t, mask,
-  masked-image latents], SD-inpainting's 9 = 4 + 1 + 4) or "image" (2 C with C_x = C:
+  masked-image latents], SD-inpainting's 9 = 4 + 1 + 4), "image" (2 C with C_x = C:
   super-resolution, [z_t, low-res image], LDMSuperResolutionPipeline's 6 = 3 + 3; diffusers reads
-  the latent channels as in_channels // 2). Other counts are refused, the error naming `source`
-  (the folder, the checkpoint) and the supported counts."""
+  the latent channels as in_channels // 2) or "noisy_image" (C + C_x on a UNet with class
+  embeddings and cross-attention: [z_t, noised low-res image], the noise level its class label,
+  StableDiffusionUpscalePipeline's 7 = 4 + 3). Other counts are refused, the error naming
+  `source` (the folder, the checkpoint) and the supported counts."""
   c, image = ae.latent_channels, ae.in_channels
   kinds = {c: None, 2 * c + 1: "mask"}
   supported = f"in_channels {c} (z_t) or {2 * c + 1} (inpainting: [z_t, mask, masked-image " \
@@ -303,6 +343,13 @@ def unet_concat_kind(source: str, unet, ae) -> str | None:
   if image == c:
     kinds[2 * c] = "image"
     supported += f" or {2 * c} (super-resolution: [z_t, low-res image] = {c} + {image})"
+  augmented = (getattr(unet, "num_class_embeds", None) is not None
+               and getattr(unet, "has_cross_attention", False))
+  if augmented:
+    kinds[c + image] = "noisy_image"
+  supported += (f" or {c + image} with class embeddings and cross-attention (noise-augmented "
+                f"super-resolution: [z_t, noised low-res image] = {c} + {image}, the noise level "
+                f"the class label)")
   if unet.out_channels != c or unet.in_channels not in kinds:
     raise ValueError(f"{source}: the UNet reads {unet.in_channels} and predicts "
                      f"{unet.out_channels} channels, but the autoencoder has {c} latent (and "

@@ -144,6 +144,10 @@ def save_pretrained(pipe, folder: str) -> str:
                      f"labels; this inpainting model has {what}. Use the run's export with "
                      "LatentDiffusionPipeline.from_workdir.")
   super_resolution = pipe.low_res_shape is not None
+  if pipe.noise_augmentation is not None:
+    raise ValueError("save_pretrained does not write noise-augmented super-resolution models "
+                     "(StableDiffusionUpscalePipeline folders) yet; keep the folder it was "
+                     "loaded from.")
   if super_resolution:
     _check_super_resolution(pipe)
   elif pipe.conditioning == "concat" and not inpainting:

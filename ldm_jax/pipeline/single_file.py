@@ -100,11 +100,12 @@ def from_single_file(path, *, version=None, prediction_type=None, config=None) -
   ldm_config = ldm_checkpoint.read_ldm_config(config)
   ckpt = convert.load_ldm_checkpoint(state_dict, config)
   kind = loading.unet_concat_kind("the checkpoint", ckpt.unet, ckpt.vae)
-  if kind == "image":
+  if kind in ("image", "noisy_image"):
     raise ValueError("the checkpoint's UNet reads [z_t, low-res image] (super-resolution); "
                      "single files load Stable Diffusion text-to-image and inpainting models "
-                     "only: load LDM super-resolution models from a diffusers "
-                     "LDMSuperResolutionPipeline folder with from_pretrained.")
+                     "only: load super-resolution models from a diffusers "
+                     "LDMSuperResolutionPipeline or StableDiffusionUpscalePipeline folder with "
+                     "from_pretrained.")
   inpainting = kind == "mask"
   prediction_type = _prediction_type(version, prediction_type, ldm_config, inpainting)
   sched = _scheduler_config(ldm_config)

@@ -1,17 +1,17 @@
 """Tiny random-weight diffusers StableDiffusionPipelines (SD 1.x- and SD 2.x-style, and their
 StableDiffusionInpaintPipeline twins with a 9-channel UNet), LDMTextToImagePipeline and
-LDMSuperResolutionPipeline saved with `save_pretrained`, and their reference images, for the
-pipeline's end-to-end parity tests."""
+LDMSuperResolutionPipeline and StableDiffusionUpscalePipeline saved with `save_pretrained`, and
+their reference images, for the pipeline's end-to-end parity tests."""
 
 import json
 
 import numpy as np
 import torch
 import transformers
-from diffusers import (AutoencoderKL, DDIMScheduler, DPMSolverMultistepScheduler,
+from diffusers import (AutoencoderKL, DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler,
                        LDMSuperResolutionPipeline, LDMTextToImagePipeline,
-                       StableDiffusionInpaintPipeline, StableDiffusionPipeline, UNet2DConditionModel,
-                       UNet2DModel, VQModel)
+                       StableDiffusionInpaintPipeline, StableDiffusionPipeline,
+                       StableDiffusionUpscalePipeline, UNet2DConditionModel, UNet2DModel, VQModel)
 from diffusers.pipelines.latent_diffusion.pipeline_latent_diffusion import (LDMBertConfig,
                                                                             LDMBertModel)
 
@@ -52,16 +52,19 @@ def write_clip_tokenizer(path, pad):
   return transformers.CLIPTokenizer.from_pretrained(str(path))
 
 
-def _unet_vae_scheduler(seed, prediction_type="epsilon", in_channels=4, **unet_kw):
+def _unet_vae_scheduler(seed, prediction_type="epsilon", in_channels=4, vae_levels=2,
+                        sample_size=LATENT_SIZE, vae_kw=None, **unet_kw):
+  """UNet2DConditionModel, AutoencoderKL (f = 2^(vae_levels - 1)) and DDIMScheduler."""
   unet = _perturb(UNet2DConditionModel(
-      sample_size=LATENT_SIZE, in_channels=in_channels, out_channels=4, block_out_channels=(32, 64),
+      sample_size=sample_size, in_channels=in_channels, out_channels=4, block_out_channels=(32, 64),
       layers_per_block=1, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
       up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=TEXT_DIM,
       norm_num_groups=8, **unet_kw), seed + 1)
   vae = _perturb(AutoencoderKL(
-      in_channels=3, out_channels=3, block_out_channels=(16, 32), layers_per_block=1,
-      down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-      latent_channels=4, norm_num_groups=8, sample_size=2 * LATENT_SIZE), seed + 2)
+      in_channels=3, out_channels=3, block_out_channels=(16,) * (vae_levels - 1) + (32,),
+      layers_per_block=1, down_block_types=("DownEncoderBlock2D",) * vae_levels,
+      up_block_types=("UpDecoderBlock2D",) * vae_levels, latent_channels=4, norm_num_groups=8,
+      sample_size=2 * LATENT_SIZE, **(vae_kw or {})), seed + 2)
   scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                             clip_sample=False, set_alpha_to_one=False, steps_offset=1,
                             prediction_type=prediction_type)
@@ -77,10 +80,7 @@ def tiny_sd_pipeline(root, variant="sd1", seed=0, inpainting=False):
   cls = StableDiffusionInpaintPipeline if inpainting else StableDiffusionPipeline
   name = variant + "_inpaint" if inpainting else variant
   torch.manual_seed(seed)
-  tokenizer = write_clip_tokenizer(root / "tok_src" / name, v["pad"])
-  text_encoder = _perturb(transformers.CLIPTextModel(transformers.CLIPTextConfig(
-      vocab_size=49408, hidden_size=TEXT_DIM, intermediate_size=64, num_hidden_layers=2,
-      num_attention_heads=4, max_position_embeddings=77, hidden_act=v["act"])), seed)
+  tokenizer, text_encoder = _clip_text(root, name, v, seed)
   unet, vae, scheduler = _unet_vae_scheduler(seed, v["prediction_type"],
                                              in_channels=9 if inpainting else 4, **v["unet"])
   pipe = cls(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
@@ -89,6 +89,40 @@ def tiny_sd_pipeline(root, variant="sd1", seed=0, inpainting=False):
   folder = root / name
   pipe.save_pretrained(str(folder))
   loaded = cls.from_pretrained(str(folder))  # what a diffusers user runs
+  loaded.set_progress_bar_config(disable=True)
+  return str(folder), loaded
+
+
+def _clip_text(root, name, v, seed):
+  """(CLIPTokenizer, tiny random CLIPTextModel) of the VARIANTS entry v."""
+  tokenizer = write_clip_tokenizer(root / "tok_src" / name, v["pad"])
+  text_encoder = _perturb(transformers.CLIPTextModel(transformers.CLIPTextConfig(
+      vocab_size=49408, hidden_size=TEXT_DIM, intermediate_size=64, num_hidden_layers=2,
+      num_attention_heads=4, max_position_embeddings=77, hidden_act=v["act"])), seed)
+  return tokenizer, text_encoder
+
+
+def tiny_sd_upscale_pipeline(root, seed=7, low_res=16):
+  """Writes a StableDiffusionUpscalePipeline folder at root / "sd_upscale" in the
+  stabilityai/stable-diffusion-x4-upscaler layout: unet/ reading [z_t, noised low-res image] =
+  4 + 3 channels at low_res x low_res with 1000 class embeddings (the noise level) and
+  cross-attention, vae/ AutoencoderKL f = 4 (scaling_factor 0.08333), SD 2.x-style text encoder,
+  scheduler/ DDIM (v-prediction), low_res_scheduler/ DDPM (scaled_linear 1e-4..0.02),
+  max_noise_level 350; returns (folder, the torch pipeline loaded from it)."""
+  v = VARIANTS["sd2"]
+  torch.manual_seed(seed)
+  tokenizer, text_encoder = _clip_text(root, "sd_upscale", v, seed)
+  unet, vae, scheduler = _unet_vae_scheduler(
+      seed, v["prediction_type"], in_channels=7, vae_levels=3, sample_size=low_res,
+      vae_kw=dict(scaling_factor=0.08333), num_class_embeds=1000, **v["unet"])
+  low_res_scheduler = DDPMScheduler(beta_start=0.0001, beta_end=0.02,
+                                    beta_schedule="scaled_linear")
+  pipe = StableDiffusionUpscalePipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+                                        unet=unet, low_res_scheduler=low_res_scheduler,
+                                        scheduler=scheduler, max_noise_level=350)
+  folder = root / "sd_upscale"
+  pipe.save_pretrained(str(folder))
+  loaded = StableDiffusionUpscalePipeline.from_pretrained(str(folder))
   loaded.set_progress_bar_config(disable=True)
   return str(folder), loaded
 

@@ -169,7 +169,8 @@ def test_only_supported_channel_counts_load(pipes, tmp_path):
                                        r"\(z_t\) or 7 .* or 6 \(super-resolution"):
     loading.unet_concat_kind("folder", unet(5), ae)
   kl4 = types.SimpleNamespace(latent_channels=4, in_channels=3)
-  with pytest.raises(ValueError, match=r"supported: in_channels 4 \(z_t\) or 9 [^)]*\), with"):
+  with pytest.raises(ValueError, match=r"supported: in_channels 4 \(z_t\) or 9 [^)]*\) or 7 with "
+                                       r"class embeddings .*\), with out_channels 4"):
     loading.unet_concat_kind("folder", types.SimpleNamespace(in_channels=8, out_channels=4), kl4)
   f8 = tmp_path / "f8"
   shutil.copytree(folder, f8)
