@@ -51,6 +51,7 @@ SUPER_RESOLUTION_DEFAULTS = {"num_steps": 100, "guidance_scale": 1.0}
 # __init__ overwrites any other scaling_factor).
 UPSCALER_SCALING_FACTOR = 0.08333
 LOW_RES_INPUT_KEY = "_ldm_jax_low_res_input"  # model_index.json: `save_pretrained`'s record
+DEFAULT_NOISE_LEVEL_KEY = "_ldm_jax_default_noise_level"  # the same, of noise_augmentation
 VAE_FOLDERS = ("vae", "vqvae")  # StableDiffusionPipeline / LDMPipeline and LDMTextToImagePipeline
 TEXT_FOLDERS = ("text_encoder", "bert")
 
@@ -295,8 +296,9 @@ def from_pretrained(path: str, num_classes: int | None = None,
 
 def _noise_augmentation(path, components):
   """The NoiseAugmentation of a StableDiffusionUpscalePipeline folder: low_res_scheduler/'s
-  schedule (its DDPMScheduler's add_noise) and model_index.json's max_noise_level (350 where
-  absent, the pipeline's __init__ default)."""
+  schedule (its DDPMScheduler's add_noise), model_index.json's max_noise_level (350 where
+  absent, the pipeline's __init__ default) and the default level `save_pretrained` recorded
+  (else 20, the pipeline's __call__ default)."""
   from ldm_jax.pipeline import noise_augmentation  # pylint: disable=import-outside-toplevel
   sched_file = os.path.join(path, "low_res_scheduler", "scheduler_config.json")
   if "low_res_scheduler" not in components or not os.path.exists(sched_file):
@@ -305,7 +307,8 @@ def _noise_augmentation(path, components):
                             "low_res_scheduler/scheduler_config.json (the low-res noise schedule).")
   schedule, _ = schedule_from_diffusers(_read_json(sched_file))
   return noise_augmentation.NoiseAugmentation(
-      schedule, int(_saved(path, "max_noise_level", noise_augmentation.MAX_LEVEL)))
+      schedule, int(_saved(path, "max_noise_level", noise_augmentation.MAX_LEVEL)),
+      int(_saved(path, DEFAULT_NOISE_LEVEL_KEY, noise_augmentation.DEFAULT_LEVEL)))
 
 
 def _check_super_resolution(path, ae, prompt_encoder, kind):

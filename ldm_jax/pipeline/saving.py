@@ -9,7 +9,11 @@
                                  parts as StableDiffusionPipeline; a super-resolution model
                                  whose low-res image is on the latent grid (f = 4, C image =
                                  C latent channels) LDMSuperResolutionPipeline: unet, vqvae,
-                                 scheduler
+                                 scheduler; a noise-augmented one (the SD x4 upscaler, scale
+                                 factor 0.08333) StableDiffusionUpscalePipeline: the
+                                 StableDiffusionPipeline parts plus low_res_scheduler/ (a
+                                 DDPMScheduler with the noise schedule's trained_betas) and
+                                 max_noise_level
   folder/text_encoder/           transformers CLIPTextModel config + model.safetensors
   folder/bert/                   diffusers LDMBertModel config + model.safetensors
   folder/tokenizer/              CLIPTokenizer vocab.json, merges.txt, its pad token and length;
@@ -51,6 +55,8 @@ DIFFUSERS_VERSION = "0.31.0"
 SAMPLING_KEY = "_ldm_jax_sampling_defaults"
 INPAINTING_NULL_KEY = "_ldm_jax_inpainting_null"  # an inpainting model's guidance rule
 LOW_RES_INPUT_KEY = "_ldm_jax_low_res_input"  # a super-resolution model's low_res_input
+DEFAULT_NOISE_LEVEL_KEY = "_ldm_jax_default_noise_level"  # noise_augmentation.default_level
+UPSCALER_SCALING_FACTOR = 0.08333  # what StableDiffusionUpscalePipeline decodes with, always
 # method -> the diffusers scheduler class written for it (SCHEDULER_METHODS inverted).
 SCHEDULER_CLASSES = {m: c for c, m in sched_lib.SCHEDULER_METHODS.items()}
 # Options of each class that diffusers defaults differently from the samplers (written explicitly).
@@ -115,6 +121,34 @@ def _check_super_resolution(pipe):
                      "LatentDiffusionPipeline.from_workdir.")
 
 
+def _check_upscaler(pipe, bert):
+  """StableDiffusionUpscalePipeline concatenates the low-res image at the latent size, reads a
+  CLIP text encoder and decodes latents / 0.08333 whatever the VAE says: refuse others."""
+  low, latent = pipe.low_res_shape, pipe.latent_shape
+  problems = []
+  if low[:2] != latent[:2]:
+    problems.append(f"its low-res images {low} are not latent-sized {latent} (f = 4)")
+  if bert or pipe.num_classes is not None:
+    problems.append("it has class labels or LDM's BERT text encoder (diffusers needs CLIP)")
+  if (pipe.scale_factor, pipe.shift_factor) != (UPSCALER_SCALING_FACTOR, 0.0):
+    problems.append(f"its latent scale factor {pipe.scale_factor} (shift {pipe.shift_factor}) "
+                    f"is not the pipeline's fixed {UPSCALER_SCALING_FACTOR}")
+  if problems:
+    raise ValueError("save_pretrained writes noise-augmented super-resolution models as "
+                     "diffusers' StableDiffusionUpscalePipeline, which this one does not fit: "
+                     + "; ".join(problems) + ".")
+
+
+def low_res_scheduler_config(schedule) -> dict:
+  """The low_res_scheduler/ config of a noise-augmentation schedule: a DDPMScheduler whose
+  add_noise uses exactly its betas (trained_betas)."""
+  betas = np.asarray(schedule.betas, np.float64)
+  return {"_class_name": "DDPMScheduler", "_diffusers_version": DIFFUSERS_VERSION,
+          "num_train_timesteps": int(betas.shape[0]), "beta_schedule": "linear",
+          "beta_start": float(betas[0]), "beta_end": float(betas[-1]),
+          "trained_betas": betas.tolist(), **_CLASS_OPTIONS["DDPMScheduler"]}
+
+
 def fold_scale(params, s):
   """VQModel params whose latents are the diffusion latents s z (LDMSuperResolutionPipeline
   decodes latents as they are): quant_conv's outputs and the codebook times s, post_quant_conv's
@@ -144,11 +178,10 @@ def save_pretrained(pipe, folder: str) -> str:
                      f"labels; this inpainting model has {what}. Use the run's export with "
                      "LatentDiffusionPipeline.from_workdir.")
   super_resolution = pipe.low_res_shape is not None
-  if pipe.noise_augmentation is not None:
-    raise ValueError("save_pretrained does not write noise-augmented super-resolution models "
-                     "(StableDiffusionUpscalePipeline folders) yet; keep the folder it was "
-                     "loaded from.")
-  if super_resolution:
+  upscaler = pipe.noise_augmentation is not None
+  if upscaler:
+    _check_upscaler(pipe, bert)
+  elif super_resolution:
     _check_super_resolution(pipe)
   elif pipe.conditioning == "concat" and not inpainting:
     raise ValueError("save_pretrained does not write concat-conditioned semantic synthesis "
@@ -163,7 +196,7 @@ def save_pretrained(pipe, folder: str) -> str:
     text_saving.save_prompt_encoder(pipe.prompt_encoder, folder)
   vae_folder = "vae" if text and not bert else "vqvae"
   ae, ae_params = pipe.autoencoder.clone(scaling_factor=pipe.scale_factor), pipe.ae_params
-  if super_resolution and pipe.scale_factor != 1.0:
+  if super_resolution and not upscaler and pipe.scale_factor != 1.0:
     ae, ae_params = ae.clone(scaling_factor=1.0), fold_scale(ae_params, pipe.scale_factor)
   if hasattr(ae, "shift_factor"):
     ae = ae.clone(shift_factor=pipe.shift_factor)
@@ -179,6 +212,7 @@ def save_pretrained(pipe, folder: str) -> str:
   unet_class = convert.read_config(os.path.join(folder, "unet"))["_class_name"]
   index = {"_class_name": ("LDMTextToImagePipeline" if bert else
                           "StableDiffusionInpaintPipeline" if inpainting else
+                          "StableDiffusionUpscalePipeline" if upscaler else
                           "LDMSuperResolutionPipeline" if super_resolution else
                           "StableDiffusionPipeline" if text else "LDMPipeline"),
            "_diffusers_version": DIFFUSERS_VERSION, "unet": ["diffusers", unet_class],
@@ -190,6 +224,16 @@ def save_pretrained(pipe, folder: str) -> str:
     index.update(bert=["latent_diffusion", "LDMBertModel"],
                  tokenizer=["transformers",
                             "PreTrainedTokenizerFast" if word_level else "BertTokenizer"])
+  elif upscaler:
+    index.update(text_encoder=["transformers", "CLIPTextModel"],
+                 tokenizer=["transformers", "CLIPTokenizer"], safety_checker=[None, None],
+                 feature_extractor=[None, None], watermarker=[None, None],
+                 low_res_scheduler=["diffusers", "DDPMScheduler"],
+                 max_noise_level=int(pipe.noise_augmentation.max_level))
+    index[DEFAULT_NOISE_LEVEL_KEY] = int(pipe.noise_augmentation.default_level)
+    os.makedirs(os.path.join(folder, "low_res_scheduler"), exist_ok=True)
+    _write_json(os.path.join(folder, "low_res_scheduler", "scheduler_config.json"),
+                low_res_scheduler_config(pipe.noise_augmentation.schedule))
   elif text:
     index.update(text_encoder=["transformers", "CLIPTextModel"],
                  tokenizer=["transformers", "CLIPTokenizer"], safety_checker=[None, None],
@@ -197,7 +241,7 @@ def save_pretrained(pipe, folder: str) -> str:
                  requires_safety_checker=False)
   if inpainting:
     index[INPAINTING_NULL_KEY] = pipe.inpainting_null
-  if super_resolution:
+  if super_resolution and not upscaler:
     index[LOW_RES_INPUT_KEY] = pipe.low_res_input
   _write_json(os.path.join(folder, "model_index.json"), index)
   return folder

@@ -9,7 +9,10 @@ without guidance, with guidance and with negative prompts, at several noise leve
 The same noise: the reference gets `latents=pipe.initial_noise(rng, N)`, and its module's
 `randn_tensor` (which draws the low-res noise, the only draw left once latents are given) is
 replaced by one that checks the shape it is asked for (the low-res image's) and returns
-`pipe.low_res_noise(rng, N)`. Everything else runs diffusers' own code, on PIL images."""
+`pipe.low_res_noise(rng, N)`. Everything else runs diffusers' own code, on PIL images.
+
+`save_pretrained` writes such a model back as a StableDiffusionUpscalePipeline folder (with a
+default noise level and sampling defaults of its own) that diffusers runs to the same images."""
 
 import json
 import os
@@ -202,8 +205,10 @@ def test_bad_inputs_fail_before_compiling(pipes, low_res_images, tmp_path):
       plain.upscale(0, x, num_steps=STEPS, **kwargs)
   with pytest.raises(ValueError, match="low_res_noise belongs to noise-augmented"):
     plain.low_res_noise(0, 2)
-  with pytest.raises(ValueError, match="does not write noise-augmented super-resolution"):
-    pipe.save_pretrained(str(tmp_path / "refused"))
+  with pytest.raises(ValueError, match="StableDiffusionUpscalePipeline, which this one does not "
+                                       "fit: its latent scale factor 0.5"):
+    LatentDiffusionPipeline(**{**parts, "scale_factor": 0.5},
+                            noise_augmentation=aug).save_pretrained(str(tmp_path / "refused"))
   assert not os.path.exists(tmp_path / "refused")
   assert dict(pipe.trace_counts) == before
   assert not plain.trace_counts
@@ -235,3 +240,44 @@ def test_only_supported_channel_counts_load(pipes, tmp_path):
     (copy / "model_index.json").write_text(json.dumps(index))
     with pytest.raises((ValueError, FileNotFoundError), match=message):
       LatentDiffusionPipeline.from_pretrained(str(copy))
+
+
+def test_save_pretrained_writes_a_folder_diffusers_runs(pipes, low_res_images, monkeypatch,
+                                                        tmp_path):
+  """The loaded model, with its own defaults and default noise level, saved as a
+  StableDiffusionUpscalePipeline folder: diffusers runs it to the same images (w = 9, level 100,
+  negative prompts), and loaded back it is the same model."""
+  _, loaded, _ = pipes
+  parts = {k: getattr(loaded, k) for k in (
+      "unet", "unet_params", "autoencoder", "ae_params", "schedule", "scale_factor", "latent_shape",
+      "concat_degradation", "prompt_encoder", "prediction_type", "sampler_grid")}
+  pipe = LatentDiffusionPipeline(
+      **parts, max_batch=4, defaults={"method": "dpmpp_2m", "num_steps": 30, "guidance_scale": 5.0},
+      noise_augmentation=loaded.noise_augmentation._replace(max_level=250, default_level=40))
+  saved = pipe.save_pretrained(str(tmp_path / "saved"))
+  with open(os.path.join(saved, "model_index.json"), encoding="utf-8") as f:
+    index = json.load(f)
+  assert index["_class_name"] == "StableDiffusionUpscalePipeline"
+  assert index["max_noise_level"] == 250 and index["low_res_scheduler"][1] == "DDPMScheduler"
+  copy = ref_up.StableDiffusionUpscalePipeline.from_pretrained(saved)
+  copy.set_progress_bar_config(disable=True)
+  assert type(copy.scheduler).__name__ == "DPMSolverMultistepScheduler"
+  rng, x = jax.random.key(2), low_res_images
+  want = _reference(copy, pipe, rng, x, monkeypatch, PROMPTS, 9.0, NEGATIVE, 100)
+  ours = pipe.upscale(rng, x, prompts=PROMPTS, negative_prompts=NEGATIVE, noise_level=100,
+                      guidance_scale=9.0, num_steps=STEPS, output="float")
+  diff = np.abs(np.clip(ours / 2.0 + 0.5, 0.0, 1.0) - want).max() * 255
+  assert diff < 1.0, diff
+  with pytest.raises(ValueError, match=r"must lie in \[0, 250\]"):
+    pipe.upscale(rng, x, prompts=PROMPTS, noise_level=251)
+  back = LatentDiffusionPipeline.from_pretrained(saved, max_batch=4)
+  assert back.defaults == pipe.defaults and back.latent_shape == pipe.latent_shape
+  assert (back.noise_augmentation.max_level, back.noise_augmentation.default_level) == (250, 40)
+  assert (back.scale_factor, back.prediction_type) == (0.08333, "v_prediction")
+  again = back.upscale(rng, x, prompts=PROMPTS, negative_prompts=NEGATIVE, noise_level=100,
+                       guidance_scale=9.0, num_steps=STEPS, output="float")
+  assert np.abs(again - ours).max() * 127.5 < 0.1
+  # the default level (40) is the model's, not diffusers' 20
+  default = back.upscale(rng, x, prompts=PROMPTS, num_steps=STEPS, output="float")
+  np.testing.assert_allclose(default, back.upscale(rng, x, prompts=PROMPTS, noise_level=40,
+                                                   num_steps=STEPS, output="float"), atol=1e-6)
