@@ -18,7 +18,7 @@ CLASS_NAMES = ("UNet2DModel", "UNet2DConditionModel")
 _FIXED = {
     "center_input_sample": (False,), "time_embedding_type": ("positional",),
     "act_fn": ("silu", "swish"), "class_embed_type": (None,), "downsample_type": ("conv",),
-    "upsample_type": ("conv",), "only_cross_attention": (False,), "dual_cross_attention": (False,),
+    "upsample_type": ("conv",), "dual_cross_attention": (False,),
     "reverse_transformer_layers_per_block": (None,), "encoder_hid_dim": (None,),
     "encoder_hid_dim_type": (None,), "num_attention_heads": (None,),
     "addition_embed_type": (None,), "addition_time_embed_dim": (None,),
@@ -38,7 +38,7 @@ _COMMON = ("in_channels", "out_channels", "block_out_channels", "down_block_type
            "time_embedding_dim", "num_class_embeds", "layers_per_block", "attention_head_dim")
 _OWN = {"UNet2DModel": ("attn_norm_num_groups", "add_attention"),
         "UNet2DConditionModel": ("cross_attention_dim", "transformer_layers_per_block",
-                                 "use_linear_projection")}
+                                 "use_linear_projection", "only_cross_attention")}
 _BLOCKS = {"UNet2DModel": ({"DownBlock2D", "AttnDownBlock2D"}, {"UpBlock2D", "AttnUpBlock2D"},
                            {None, "UNetMidBlock2D"}),
            "UNet2DConditionModel": ({"DownBlock2D", "CrossAttnDownBlock2D"},
@@ -73,8 +73,7 @@ def unet_from_config(config):
     if key not in known:
       raise ValueError(f"unknown diffusers {cls} option {key!r}")
     if key in _FIXED:
-      v = any(value) if key == "only_cross_attention" and isinstance(value, list) else value
-      if v not in _FIXED[key]:
+      if value not in _FIXED[key]:
         raise _unsupported(key, value, _FIXED[key])
   down_ok, up_ok, mid_ok = _BLOCKS[cls]
   for key, ok in (("down_block_types", down_ok), ("up_block_types", up_ok)):
@@ -110,7 +109,9 @@ def unet_from_config(config):
               mid_block_attention=config.get("add_attention", True))
   else:  # diffusers' "attention_head_dim" of this class is the number of heads
     depth = config.get("transformer_layers_per_block", 1)
-    kw.update(num_attention_heads=heads, attention_head_dim=None,
+    only_cross = config.get("only_cross_attention", False)
+    kw.update(only_cross_attention=tuple(only_cross) if isinstance(only_cross, list) else only_cross,
+              num_attention_heads=heads, attention_head_dim=None,
               cross_attention_dim=_one_value(config, "cross_attention_dim"),
               transformer_layers_per_block=tuple(depth) if isinstance(depth, list) else depth,
               use_linear_projection=config.get("use_linear_projection", False),
@@ -160,7 +161,10 @@ def unet_config_from_module(module):
                   attention_head_dim=counts[0] if len(set(counts)) == 1 else counts,
                   cross_attention_dim=module.cross_attention_dim,
                   transformer_layers_per_block=depth if isinstance(depth, int) else list(depth),
-                  use_linear_projection=module.use_linear_projection)
+                  use_linear_projection=module.use_linear_projection,
+                  only_cross_attention=(module.only_cross_attention
+                                        if isinstance(module.only_cross_attention, bool)
+                                        else list(module.only_cross_attention)))
   else:
     if module.mid_block_type == "UNetMidBlock2D" and module.mid_block_layers != 1:
       raise ValueError("UNet2DModel's mid block always has two resnets (mid_block_layers=1)")

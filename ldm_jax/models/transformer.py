@@ -67,9 +67,13 @@ class FeedForward(nn.Module):
 
 
 class BasicTransformerBlock(nn.Module):
-  """x += attn1(norm1(x)); x += attn2(norm2(x), context); x += ff(norm3(x)).  [B, L, C]."""
+  """x += attn1(norm1(x)); x += attn2(norm2(x), context); x += ff(norm3(x)).  [B, L, C].
+
+  only_cross_attention: attn1 attends to the context too (LDM's disable_self_attn, diffusers'
+  only_cross_attention; the SD x4 upscaler's first levels)."""
   heads: int
   head_dim: int
+  only_cross_attention: bool = False
   dropout: float = 0.0
   norm_eps: float = 1e-5
   attention_impl: str | None = None
@@ -83,7 +87,7 @@ class BasicTransformerBlock(nn.Module):
                                   implementation=self.attention_impl, **kw)
     norm = lambda h, name: layer_norm(h, name=name, epsilon=self.norm_eps, **kw)
     drop = lambda h: nn.Dropout(self.dropout, deterministic=not train)(h)
-    x = x + drop(attn("attn1")(norm(x, "norm1")))
+    x = x + drop(attn("attn1")(norm(x, "norm1"), context if self.only_cross_attention else None))
     x = x + drop(attn("attn2")(norm(x, "norm2"), context))
     return x + FeedForward(dropout=self.dropout, name="ff", **kw)(norm(x, "norm3"), train=train)
 
@@ -101,6 +105,7 @@ class SpatialTransformer(nn.Module):
   dropout: float = 0.0
   attention_impl: str | None = None  # jax.nn.dot_product_attention implementation
   position_embedding: str = "none"  # POSITION_EMBEDDINGS
+  only_cross_attention: bool = False  # BasicTransformerBlock's
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -124,6 +129,7 @@ class SpatialTransformer(nn.Module):
     for i in range(self.depth):
       h = BasicTransformerBlock(self.heads, self.head_dim, dropout=self.dropout,
                                 attention_impl=self.attention_impl,
+                                only_cross_attention=self.only_cross_attention,
                                 name=f"transformer_blocks_{i}", **kw)(h, context, train=train)
     if self.use_linear_projection:
       h = logical_dense(c, ("embed", "embed"), name="proj_out", **kw)(h)

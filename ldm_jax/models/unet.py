@@ -93,6 +93,7 @@ class _Block(nn.Module):
   downsample_padding: int = 1
   attention_impl: str | None = None
   position_embedding: str = "none"
+  only_cross_attention: bool = False  # the SpatialTransformer's attn1 reads the context too
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -115,7 +116,9 @@ def _attend(blk, x, context, i, train):
     return SpatialTransformer(blk.heads, blk.head_dim, depth=blk.transformer_depth,
                               groups=blk.groups, use_linear_projection=blk.use_linear_projection,
                               attention_impl=blk.attention_impl,
-                              position_embedding=blk.position_embedding, **kw)(x, context, train=train)
+                              position_embedding=blk.position_embedding,
+                              only_cross_attention=blk.only_cross_attention,
+                              **kw)(x, context, train=train)
   return x
 
 
@@ -199,6 +202,9 @@ class UNet(nn.Module):
   cross_attention_dim: int | None = 768
   transformer_layers_per_block: int | Sequence[int] = 1
   use_linear_projection: bool = False
+  # Per level (or one bool): the cross-attention blocks' first attention reads the context too
+  # (diffusers' only_cross_attention; the mid block never does, as in diffusers).
+  only_cross_attention: bool | Sequence[bool] = False
   num_class_embeds: int | None = None
   # How y enters: "timestep" adds a learned class vector to the time embedding (diffusers,
   # ADM); "context" is LDM's ClassEmbedder (cin-ldm configs, conditioning_key crossattn): y ->
@@ -316,11 +322,14 @@ class UNet(nn.Module):
                 time_embedding_norm=self.resnet_time_scale_shift,
                 downsample_padding=self.downsample_padding,
                 attention_impl=self.attention_impl,
-                position_embedding=self.attention_position_embedding, dtype=self.dtype,
-                param_dtype=self.param_dtype)
+                position_embedding=self.attention_position_embedding,
+                only_cross_attention=bool(_per_level(self.only_cross_attention, level,
+                                                     "only_cross_attention", self.levels)),
+                dtype=self.dtype, param_dtype=self.param_dtype)
 
   def _mid_block(self):
     kw = self._block_kwargs(self.levels - 1, self.mid_block_type, self.block_out_channels[-1])
+    kw["only_cross_attention"] = False  # UNetMidBlock2DCrossAttn has no such option
     if self.mid_block_type == "UNetMidBlock2D":
       if not self.mid_block_attention:
         kw["attention"] = None

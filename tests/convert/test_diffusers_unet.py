@@ -47,6 +47,15 @@ CONFIGS = {
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), mid_block_type="UNetMidBlock2D",
         attention_head_dim=4, norm_num_groups=8, cross_attention_dim=16, num_class_embeds=4,
         time_embedding_dim=48), ("context", "y")),
+    # the SD x4 upscaler's pattern: attn1 cross-attends on the first levels (per level, the up
+    # blocks reversed), class labels and context, context width != channels
+    "cond_only_cross_attention_per_level": (UNet2DConditionModel, dict(
+        in_channels=7, out_channels=4, block_out_channels=(16, 32, 32), layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        only_cross_attention=[True, True, False], attention_head_dim=4, norm_num_groups=8,
+        cross_attention_dim=24, num_class_embeds=6, use_linear_projection=True),
+        ("context", "y")),
 }
 
 
@@ -163,7 +172,7 @@ def _tiny_cond_config():
 @pytest.mark.parametrize("option,value", [
     ("class_embed_type", "timestep"), ("time_embedding_type", "fourier"),
     ("num_attention_heads", 8), ("addition_embed_type", "text_time"),
-    ("only_cross_attention", True), ("down_block_types", ["SimpleCrossAttnDownBlock2D"] * 2),
+    ("dual_cross_attention", True), ("down_block_types", ["SimpleCrossAttnDownBlock2D"] * 2),
     ("not_an_option", 1),
 ])
 def test_unsupported_config_option_is_named(option, value):

@@ -106,7 +106,7 @@ def tiny_sd_upscale_pipeline(root, seed=7, low_res=16):
   """Writes a StableDiffusionUpscalePipeline folder at root / "sd_upscale" in the
   stabilityai/stable-diffusion-x4-upscaler layout: unet/ reading [z_t, noised low-res image] =
   4 + 3 channels at low_res x low_res with 1000 class embeddings (the noise level) and
-  cross-attention, vae/ AutoencoderKL f = 4 (scaling_factor 0.08333), SD 2.x-style text encoder,
+  cross-attention (only cross-attention at level 0, as the published UNet's first levels), vae/ AutoencoderKL f = 4 (scaling_factor 0.08333), SD 2.x-style text encoder,
   scheduler/ DDIM (v-prediction), low_res_scheduler/ DDPM (scaled_linear 1e-4..0.02),
   max_noise_level 350; returns (folder, the torch pipeline loaded from it)."""
   v = VARIANTS["sd2"]
@@ -114,7 +114,8 @@ def tiny_sd_upscale_pipeline(root, seed=7, low_res=16):
   tokenizer, text_encoder = _clip_text(root, "sd_upscale", v, seed)
   unet, vae, scheduler = _unet_vae_scheduler(
       seed, v["prediction_type"], in_channels=7, vae_levels=3, sample_size=low_res,
-      vae_kw=dict(scaling_factor=0.08333), num_class_embeds=1000, **v["unet"])
+      vae_kw=dict(scaling_factor=0.08333), num_class_embeds=1000,
+      only_cross_attention=[True, False], **v["unet"])
   low_res_scheduler = DDPMScheduler(beta_start=0.0001, beta_end=0.02,
                                     beta_schedule="scaled_linear")
   pipe = StableDiffusionUpscalePipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
