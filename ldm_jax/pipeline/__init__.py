@@ -10,7 +10,9 @@
 Files: latent_diffusion.py (the class), programs.py (jitted programs around `samplers.driver.run`
 with a traced start step, inpainting and RePaint), conditioning.py (labels / context / concat map and guidance),
 prompts.py (prompt validation and the text encoder program), checks.py (input validation),
-loading.py (workdir and diffusers folders), single_file.py (original SD 1.x / 2.x checkpoints),
+loading.py (workdir and diffusers folders), low_res.py and noise_augmentation.py (upscale's
+low-res input rule and the SD x4 upscaler's noised low-res conditioning), saving.py (diffusers
+folders out), single_file.py (original SD 1.x / 2.x checkpoints),
 scheduler_config.py (a diffusers scheduler config as timestep grid and default method),
 images.py (conversions, masks, grids), persistent_cache.py, random_init.py (untrained
 parameters for demos and tests).

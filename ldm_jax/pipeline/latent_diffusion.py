@@ -18,6 +18,8 @@
   filled = sdi.inpaint(jax.random.key(0), images, mask, prompts="a dog")  # diffusers' semantics
   ldm_sr = LatentDiffusionPipeline.from_pretrained("ldm-super-resolution-4x-openimages")  # 6-ch UNet
   upscaled = ldm_sr.upscale(jax.random.key(0), low_res)  # LDMSuperResolutionPipeline's semantics
+  x4 = LatentDiffusionPipeline.from_pretrained("stable-diffusion-x4-upscaler")  # 7-channel UNet
+  upscaled = x4.upscale(jax.random.key(0), low_res, prompts="a cat", noise_level=20)  # noised c
 
 Every method validates its inputs on the host (ValueError before anything compiles, naming the
 argument and its bad values): images uint8 in [0, 255] or float in [-1, 1] (floats within
@@ -286,9 +288,10 @@ class LatentDiffusionPipeline:
                        f"latents]): {what} does not run it; use pipe.inpaint(rng, images, "
                        f"mask{prompts}).")
     if self.concat_degradation is not None:
+      prompts = ", prompts=..." if self.text_conditioned else ""
       raise ValueError(f"This model is concat-conditioned (super-resolution from "
                        f"{self.concat_degradation!r} low-resolution images): {what} does not run "
-                       "it; use pipe.upscale(rng, low_res_images).")
+                       f"it; use pipe.upscale(rng, low_res_images{prompts}).")
 
   def _tables(self, method, num_steps):
     grid = scheduler_config.grid_for(self.sampler_grid, method)

@@ -189,6 +189,10 @@ def test_bad_inputs_fail_before_compiling(pipes, low_res_images, tmp_path):
     args = {"low_res_images": x, "prompts": PROMPTS, "num_steps": STEPS, **change}
     with pytest.raises(ValueError, match=message):
       pipe.upscale(0, args.pop("low_res_images"), **args)
+  for call in (lambda: pipe.sample(0, 2, prompts=PROMPTS, num_steps=STEPS),
+               lambda: pipe.img2img(0, np.zeros((2, 64, 64, 3), np.uint8), 0.5, prompts=PROMPTS)):
+    with pytest.raises(ValueError, match=r"use pipe.upscale\(rng, low_res_images, prompts=\.\.\.\)"):
+      call()
   parts = {k: getattr(pipe, k) for k in ("unet", "unet_params", "autoencoder", "ae_params",
                                          "schedule", "scale_factor", "latent_shape",
                                          "concat_degradation", "prompt_encoder")}
