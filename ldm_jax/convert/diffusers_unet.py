@@ -110,7 +110,8 @@ def unet_from_config(config):
   else:  # diffusers' "attention_head_dim" of this class is the number of heads
     depth = config.get("transformer_layers_per_block", 1)
     only_cross = config.get("only_cross_attention", False)
-    kw.update(only_cross_attention=tuple(only_cross) if isinstance(only_cross, list) else only_cross,
+    kw.update(only_cross_attention=(tuple(only_cross) if isinstance(only_cross, list)
+                                    else only_cross),
               num_attention_heads=heads, attention_head_dim=None,
               cross_attention_dim=_one_value(config, "cross_attention_dim"),
               transformer_layers_per_block=tuple(depth) if isinstance(depth, list) else depth,

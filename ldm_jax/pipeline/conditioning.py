@@ -66,8 +66,8 @@ def model_fn(unet, params, kind, cond, null_cond, guidance_scale):
   (the null map is zeros), the UNet reading [x_t, c]; a hybrid concat + class model's are pairs
   (map, label mixture). "concat_context": pairs (map [B, h, w, Cc], context [B, L, D]), the UNet
   reading [x_t, c] and cross-attending to the context; with a third entry y int32 [B] the UNet's
-  class labels too (the SD x4 upscaler's noise level, the same in both branches). guidance_scale: [B] (traced) for
-  conditional kinds.
+  class labels too (the SD x4 upscaler's noise level, the same in both branches).
+  guidance_scale: [B] (traced) for conditional kinds.
   """
   if kind == "none":
     return lambda x, t: unet.apply({"params": params}, x, t)

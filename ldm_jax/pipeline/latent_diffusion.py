@@ -776,9 +776,9 @@ class LatentDiffusionPipeline:
     prompts, a str or a list of N str, and negative_prompts (the empty prompt by default), and
     guide the prompt against the negative prompt with the same c in both branches (None:
     `defaults`, 9 for such folders). Their `noise_augmentation` noises the low-res image to
-    noise_level s before it is concatenated (`noise_augmentation`: an int, or int [N], in
-    [0, max_level], None: its default_level, 20), the UNet reading s as its class label; that
-    noise is drawn from `rng` (image b: fold_in(fold_in(rng, b), LOW_RES_NOISE), what
+    level s = noise_level before it is concatenated (an int, or int [N], in
+    [0, noise_augmentation.max_level]; None: its default_level, 20), the UNet reading s as its
+    class label; that noise is drawn from `rng` (image b: fold_in(fold_in(rng, b), LOW_RES_NOISE), what
     `low_res_noise(rng, N)` returns), independently of the initial noise `initial_noise(rng, N)`.
     Other models must leave prompts, negative_prompts and noise_level None.
     Returns images [N, H, W, C] (uint8; float with output="float"; latents with output="latent").

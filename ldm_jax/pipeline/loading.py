@@ -34,7 +34,8 @@ LDM_SCHEDULER = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_
 TEXT_TO_IMAGE_DEFAULTS = {"StableDiffusionPipeline": {"num_steps": 50, "guidance_scale": 7.5},
                           "StableDiffusionInpaintPipeline": {"num_steps": 50, "guidance_scale": 7.5},
                           "LDMTextToImagePipeline": {"num_steps": 50, "guidance_scale": 1.0},
-                          "StableDiffusionUpscalePipeline": {"num_steps": 75, "guidance_scale": 9.0}}
+                          "StableDiffusionUpscalePipeline": {"num_steps": 75,
+                                                             "guidance_scale": 9.0}}
 # The degradation recorded for a UNet reading [z_t, mask, masked-image latents] (2 C + 1 channels
 # for C latent channels: SD-inpainting's 9 = 4 + 1 + 4): its "mask" kind makes `inpaint` take the
 # trained path (SD-inpainting was trained on LaMa-style large masks too).

@@ -106,7 +106,8 @@ def tiny_sd_upscale_pipeline(root, seed=7, low_res=16):
   """Writes a StableDiffusionUpscalePipeline folder at root / "sd_upscale" in the
   stabilityai/stable-diffusion-x4-upscaler layout: unet/ reading [z_t, noised low-res image] =
   4 + 3 channels at low_res x low_res with 1000 class embeddings (the noise level) and
-  cross-attention (only cross-attention at level 0, as the published UNet's first levels), vae/ AutoencoderKL f = 4 (scaling_factor 0.08333), SD 2.x-style text encoder,
+  cross-attention (only cross-attention at level 0, as the published UNet's first levels), vae/
+  AutoencoderKL f = 4 (scaling_factor 0.08333), SD 2.x-style text encoder,
   scheduler/ DDIM (v-prediction), low_res_scheduler/ DDPM (scaled_linear 1e-4..0.02),
   max_noise_level 350; returns (folder, the torch pipeline loaded from it)."""
   v = VARIANTS["sd2"]

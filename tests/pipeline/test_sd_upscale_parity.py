@@ -75,7 +75,8 @@ def _reference(reference, pipe, rng, x, monkeypatch, prompts, w, negative, level
   level = {} if level is None else {"noise_level": level}
   with torch.no_grad():
     out = reference(prompt=list(prompts), negative_prompt=negative,
-                    image=[Image.fromarray(i) for i in x], latents=_nchw(pipe.initial_noise(rng, len(x))),
+                    image=[Image.fromarray(i) for i in x],
+                    latents=_nchw(pipe.initial_noise(rng, len(x))),
                     num_inference_steps=STEPS, guidance_scale=w, eta=0.0, output_type="np",
                     **level).images
   assert asked == [(len(x), 3, 16, 16)]  # the low-res noise only: latents were given
@@ -191,13 +192,15 @@ def test_bad_inputs_fail_before_compiling(pipes, low_res_images, tmp_path):
       pipe.upscale(0, args.pop("low_res_images"), **args)
   for call in (lambda: pipe.sample(0, 2, prompts=PROMPTS, num_steps=STEPS),
                lambda: pipe.img2img(0, np.zeros((2, 64, 64, 3), np.uint8), 0.5, prompts=PROMPTS)):
-    with pytest.raises(ValueError, match=r"use pipe.upscale\(rng, low_res_images, prompts=\.\.\.\)"):
+    with pytest.raises(ValueError,
+                       match=r"use pipe.upscale\(rng, low_res_images, prompts=\.\.\.\)"):
       call()
   parts = {k: getattr(pipe, k) for k in ("unet", "unet_params", "autoencoder", "ae_params",
                                          "schedule", "scale_factor", "latent_shape",
                                          "concat_degradation", "prompt_encoder")}
   aug = pipe.noise_augmentation
-  with pytest.raises(ValueError, match=r"max_level \(1000\) < the UNet's num_class_embeds \(1000\)"):
+  with pytest.raises(ValueError,
+                     match=r"max_level \(1000\) < the UNet's num_class_embeds \(1000\)"):
     LatentDiffusionPipeline(**parts, noise_augmentation=aug._replace(max_level=1000))
   with pytest.raises(ValueError, match="noise_augmentation belongs to a text-conditioned"):
     LatentDiffusionPipeline(**{**parts, "prompt_encoder": None}, noise_augmentation=aug)
