@@ -217,3 +217,12 @@ def inpainting_inputs(pipe, images, masks):
   with torch.no_grad():
     z = pipe.vae.encode(init * (mask < 0.5)).latent_dist.mode()
   return mask, z * pipe.vae.config.scaling_factor
+
+
+def colour_ramps():
+  """uint8 [2, 16, 16, 3] low-res test images: smooth colour ramps plus noise (both kinds of
+  content reach the conditioning)."""
+  yy, xx = np.mgrid[0:16, 0:16] / 15.0
+  ramps = np.stack([np.stack([xx, yy, 1 - xx], -1), np.stack([yy, 1 - yy, xx * yy], -1)])
+  noise = np.random.default_rng(0).normal(0, 0.15, ramps.shape)
+  return np.clip(np.round((ramps + noise) * 255), 0, 255).astype(np.uint8)

@@ -47,11 +47,7 @@ def pipes(tmp_path_factory, torch_one_thread):  # pylint: disable=unused-argumen
 
 @pytest.fixture(scope="module")
 def low_res_images():
-  """uint8 [2, 16, 16, 3]: smooth colour ramps plus noise (both kinds of content reach c)."""
-  yy, xx = np.mgrid[0:16, 0:16] / 15.0
-  ramps = np.stack([np.stack([xx, yy, 1 - xx], -1), np.stack([yy, 1 - yy, xx * yy], -1)])
-  noise = np.random.default_rng(0).normal(0, 0.15, ramps.shape)
-  return np.clip(np.round((ramps + noise) * 255), 0, 255).astype(np.uint8)
+  return sd_refs.colour_ramps()
 
 
 def _reference(reference, noise, low_res_nchw, monkeypatch, method="ddim"):
