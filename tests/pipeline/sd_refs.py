@@ -226,3 +226,8 @@ def colour_ramps():
   ramps = np.stack([np.stack([xx, yy, 1 - xx], -1), np.stack([yy, 1 - yy, xx * yy], -1)])
   noise = np.random.default_rng(0).normal(0, 0.15, ramps.shape)
   return np.clip(np.round((ramps + noise) * 255), 0, 255).astype(np.uint8)
+
+
+# The parity tests' prompts (a short one and one with capitals and punctuation) and negatives.
+PROMPTS = ["a photo of a cat", "An astronaut riding a horse on Mars, 4k!"]
+NEGATIVE = ["blurry", "a drawing"]

@@ -31,8 +31,7 @@ from ldm_jax.pipeline import loading
 pytestmark = [pytest.mark.slow,  # end to end, torch + jax
               pytest.mark.filterwarnings("ignore::UserWarning"),
               pytest.mark.filterwarnings("ignore::FutureWarning")]
-PROMPTS = ["a photo of a cat", "An astronaut riding a horse on Mars, 4k!"]
-NEGATIVE = ["blurry", "a drawing"]
+PROMPTS, NEGATIVE = sd_refs.PROMPTS, sd_refs.NEGATIVE
 STEPS = 4
 CASES = [(1.0, None), (7.5, None), (7.5, NEGATIVE)]  # (guidance_scale, negative_prompts)
 

@@ -15,8 +15,7 @@ from ldm_jax.pipeline import LatentDiffusionPipeline
 
 pytestmark = [pytest.mark.slow,  # end to end, torch + jax
               pytest.mark.filterwarnings("ignore::UserWarning")]
-PROMPTS = ["a photo of a cat", "An astronaut riding a horse on Mars, 4k!"]
-NEGATIVE = ["blurry", "a drawing"]
+PROMPTS, NEGATIVE = sd_refs.PROMPTS, sd_refs.NEGATIVE
 STEPS = 5
 # (guidance_scale, negative_prompts): diffusers runs the conditional model alone for w <= 1, the
 # pipeline computes uncond + 1 (cond - uncond); both guided cases use w = 7.5 (SD's default).

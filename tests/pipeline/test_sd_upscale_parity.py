@@ -35,8 +35,7 @@ from ldm_jax.pipeline import noise_augmentation as noise_aug
 pytestmark = [pytest.mark.slow,  # end to end, torch + jax
               pytest.mark.filterwarnings("ignore::UserWarning"),
               pytest.mark.filterwarnings("ignore::FutureWarning")]
-PROMPTS = ["a photo of a cat", "An astronaut riding a horse on Mars, 4k!"]
-NEGATIVE = ["blurry", "a drawing"]
+PROMPTS, NEGATIVE = sd_refs.PROMPTS, sd_refs.NEGATIVE
 STEPS = 4
 # (prompts, guidance_scale, negative_prompts, noise_level): level None is the default 20
 CASES = [(PROMPTS, 1.0, None, None), (PROMPTS, 9.0, None, 100),
