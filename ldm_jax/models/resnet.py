@@ -24,6 +24,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from ldm_jax.models.embeddings import logical_dense
+from ldm_jax.models.group_norm import GroupNorm
 
 Dtype = Any
 # Logical axis names of a conv kernel [kh, kw, C_in, C_out] (``ldm_jax.train.axis_rules`` maps
@@ -41,9 +42,8 @@ def group_norm(x, *, name, groups, epsilon, dtype, param_dtype=jnp.float32):
   """
   if x.shape[-1] % groups:
     raise ValueError(f"GroupNorm {name!r}: channels {x.shape[-1]} not divisible by groups={groups}")
-  norm = nn.GroupNorm(num_groups=groups, epsilon=epsilon, dtype=jnp.float32,
-                      param_dtype=param_dtype, use_fast_variance=False, name=name)
-  return norm(x.astype(jnp.float32)).astype(dtype)
+  norm = GroupNorm(num_groups=groups, epsilon=epsilon, param_dtype=param_dtype, name=name)
+  return norm(x).astype(dtype)
 
 
 def conv(features, kernel, *, name, dtype, param_dtype, stride=1, padding=None, use_bias=True,
