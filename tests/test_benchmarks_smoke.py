@@ -182,3 +182,22 @@ def test_accelerator_cpu_smoke_prints_labelled_table():
   assert float(rows[2][9]) <= float(rows[0][9]) * 1.05
   assert "MLPerf Training v4.0" in out.stdout and "~131 images/s per GPU" in out.stdout
   assert "not run" not in out.stdout
+
+
+def test_op_profile_quick_classifies_the_step():
+  """op_profile --quick on the tiny UNet: every class row, each side's classes sum to its total,
+  and the JAX HLO classifier finds all three convolution kinds, the optimizer and GroupNorm."""
+  from experiments.benchmarks import op_profile  # pylint: disable=import-outside-toplevel
+  jax_ms, torch_ms = op_profile.main(["--quick"])
+  for c in ("convolution forward", "convolution input gradient", "convolution weight gradient",
+            "optimizer (AdamW)", "GroupNorm (fwd + bwd, with a fused SiLU)"):
+    assert jax_ms[c] > 0, (c, dict(jax_ms))
+  assert torch_ms["convolution forward"] > 0 and torch_ms[op_profile.CONV_BACKWARD] > 0
+  assert torch_ms["optimizer (AdamW)"] > 0 and torch_ms["GroupNorm (fwd + bwd, with a fused SiLU)"] > 0
+  assert set(jax_ms) <= set(op_profile.CLASSES) and set(torch_ms) <= set(op_profile.CLASSES) | {
+      op_profile.CONV_BACKWARD}
+  rows = _table_rows(op_profile.table(jax_ms, torch_ms, 10.0, 10.0))
+  assert [r[0] for r in rows[1:len(op_profile.CLASSES) + 1]] == list(op_profile.CLASSES)
+  total = next(r for r in rows if r[0] == "sum of the op classes")
+  assert abs(float(total[1]) - sum(jax_ms.values())) < 0.1
+  assert abs(float(total[2]) - sum(torch_ms.values())) < 0.1
