@@ -4,19 +4,20 @@
 
 jaxlib 0.10 sends CPU convolutions to YNNPACK, which runs a convolution's weight gradient as a
 direct convolution with a window the size of the whole activation. Eigen's convolutions (the
-back end before YNNPACK) do it as a matrix product. Which is faster depends on the program
-(`experiments/benchmarks/cpu_setup.py`, README "CPU setup"; 2 cores, 2 simulated devices, ratio of
-step time to YNNPACK's): the MNIST autoencoder stage step 0.50x with single-threaded Eigen
-convolutions (its weight gradients at 32 x 32 dominate), but the LDM stage step 1.09x and sampling
-1.19x (YNNPACK's fused small convolutions win at 8 x 8 latents). Both are compile-time options of
-one program (`DebugOptions`), so a stage chooses its own without restarting the process:
+back end before YNNPACK) do it as a matrix product. Which is faster depends on the machine and
+the program (`experiments/benchmarks/cpu_setup.py`, README "CPU setup"; 2 cores, 2 simulated
+devices, step time over YNNPACK's): on the first 2-core machine the MNIST autoencoder stage step
+was 0.50x with single-threaded Eigen convolutions under load and 0.95x idle; on the 2026-12-04
+machine (AVX-512, 2.5x faster) it was 1.11x, and the LDM step and sampling were 1.06-1.24x
+slower with Eigen on both. So "auto" keeps jaxlib's default, and the other choices stay for
+machines where they measure faster. They are compile-time options of one program
+(`DebugOptions`), so a stage chooses its own without restarting the process:
 
   choice          convolutions                    compiler options
   "ynnpack"       YNNPACK (jaxlib's default)      none
   "eigen"         Eigen, multi-threaded           ynn fusions: individual dots only
   "eigen_1thread" Eigen, one thread per device    the same + xla_cpu_multi_thread_eigen=False
-  "auto"          the measured choice: "eigen_1thread" for the autoencoder stage when each core
-                  has its own simulated device ("eigen" on one device), "ynnpack" otherwise
+  "auto"          "ynnpack" for every stage (the measured choice above)
 
 Nothing changes on GPU/TPU backends, and an XLA_FLAGS that sets either option is the user's
 choice: it is left to apply (XLA_FLAGS are the defaults that compiler options override).
@@ -50,18 +51,14 @@ def check_choice(choice: str, key: str = "parallel.cpu_convolutions") -> str:
   return choice
 
 
-def resolve(choice: str, stage: str, local_devices: int, cores: int | None = None) -> str:
-  """The concrete back end of `choice` ("auto" resolved for `stage` and the device layout)."""
+def resolve(choice: str, stage: str, local_devices: int, cores: int | None = None) -> str:  # pylint: disable=unused-argument
+  """The concrete back end of `choice` for `stage` on `local_devices` devices of `cores` cores
+  ("auto" resolves to "ynnpack" everywhere since 2026-12-04; the layout is kept in the signature
+  for a measured choice that depends on it)."""
   check_choice(choice)
   if stage not in STAGES:
     raise ValueError(f"stage {stage!r}; valid choices: {', '.join(STAGES)}")
-  if choice != "auto":
-    return choice
-  if stage != "autoencoder":
-    return "ynnpack"
-  cores = (os.cpu_count() or 1) if cores is None else cores
-  # One device per core: each device's convolution on one thread; one device: Eigen's threads.
-  return "eigen_1thread" if local_devices > 1 and local_devices >= cores else "eigen"
+  return "ynnpack" if choice == "auto" else choice
 
 
 def user_flags(xla_flags: str | None = None) -> list[str]:
