@@ -1,6 +1,7 @@
 """Validation of the pipeline's user inputs: every error is a ValueError raised on the host,
 before anything is traced or compiled, naming the bad value and what is expected."""
 
+import jax
 import numpy as np
 
 from ldm_jax import samplers
@@ -13,6 +14,11 @@ IMAGE_MARGIN = 0.25
 IMAGE_RANGES = "uint8 in [0, 255] or float in [-1, 1]"
 
 OUTPUTS = ("uint8", "float", "latent")
+
+
+def rng_key(rng):
+  """A typed JAX key: `rng` itself, or jax.random.key(rng) for a Python / NumPy int seed."""
+  return jax.random.key(int(rng)) if isinstance(rng, (int, np.integer)) else rng
 
 
 def _array(values, name, dtype=None):
