@@ -1,0 +1,155 @@
+"""Ablation 8 (experiments/ablations/super_resolution.py) at tiny scale with two seeds: the report's
+rows and mean ± sd cells, a verdict that follows from the table, inputs made as the training loss
+makes c, reuse of the trained LDM-SR runs on a rerun, and clear errors for bad flags.
+
+The module fixture trains what tests/test_ablations.py's session fixture trains (a quick digit
+classifier, the tiny KL autoencoder and class-conditional LDM, 2 steps each; same programs, so the
+persistent compilation cache serves them).
+"""
+
+import os
+import re
+
+import numpy as np
+import pytest
+
+from experiments.ablations import digit_judge
+from experiments.ablations import seeds as seeds_lib
+from experiments.ablations import super_resolution as sr
+from experiments.ablations import training
+from ldm_jax.data import to_float
+from ldm_jax.diffusion import concat
+from ldm_jax.metrics import classifier
+
+pytestmark = pytest.mark.slow  # end-to-end runs of the ablation script
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+  root = tmp_path_factory.mktemp("sr_ablation")
+  x, y = digit_judge.split(digit_judge.TRAIN)
+  clf = str(root / "classifier.msgpack")
+  classifier.save_params(clf, classifier.train_classifier(x[:2000], y[:2000], steps=30, seed=0))
+  ae = str(root / "ae")
+  training.autoencoder_run(ae, "tiny")
+  ldm = str(root / "ldm")
+  training.ldm_run(ldm, ae, "tiny")
+  return {"root": root, "classifier": clf, "ae": ae, "ldm": ldm}
+
+
+def _argv(tiny, *extra):
+  return ["--scale=tiny", f"--out={tiny['root'] / 'results'}", f"--workdir={tiny['root'] / 'work'}",
+          f"--classifier={tiny['classifier']}", f"--ae={tiny['ae']}", *extra]
+
+
+def _run(tiny, *extra):
+  results = sr.main(_argv(tiny, *extra))
+  out = tiny["root"] / "results"
+  with open(out / f"{sr.NAME}.png", "rb") as f:
+    assert f.read(8) == PNG_MAGIC
+  return results, (out / f"{sr.NAME}.md").read_text(encoding="utf-8")
+
+
+def _table(md):
+  """{first cell: [other cells]} of the markdown table body."""
+  lines = [l for l in md.splitlines() if l.startswith("| ")][1:]
+  return {c[0]: c[1:] for c in ([p.strip() for p in l.split("|")[1:-1]] for l in lines)}
+
+
+def _cell(text):
+  """seeds.summarize-like dict of a "mean ± sd" table cell."""
+  mean, sd = (float(v) for v in text.split("±"))
+  return {"mean": mean, "sd": sd}
+
+
+def _checkpoint_mtimes(root):
+  return {os.path.join(d, f): os.path.getmtime(os.path.join(d, f))
+          for d, _, files in os.walk(root) for f in files}
+
+
+def test_low_res_inputs_are_the_training_conditioning():
+  """The 8x8 inputs are c = conditioning_map(bicubic_x4) of the loss (f = 4: the latent grid is
+  8x8, so c is D(x) itself), and the bicubic row upsamples them back to 32x32."""
+  x, _ = digit_judge.split(digit_judge.HELD_OUT)
+  low = sr.low_res(x[:4])
+  c = concat.conditioning_map(sr.DEGRADATION, None, to_float(x[:4]), (8, 8))
+  np.testing.assert_array_equal(low, np.asarray(c))
+  up = sr.upsample_bicubic(low, (32, 32))
+  assert low.shape == (4, 8, 8, 1) and up.shape == (4, 32, 32, 1)
+  assert up.min() >= -1 and up.max() <= 1
+
+
+def test_two_seeds_report_verdict_and_reuse(tiny):
+  results, md = _run(tiny, f"--ldm={tiny['ldm']}", "--seeds=0,1")
+  for heading in ("**Paper claim tested.**", "**Setup.**", "**Does this reproduction agree?**",
+                  "wall time", "seeds 0, 1"):
+    assert heading in md
+  table = _table(md)
+  sdedit = sr.sdedit_label(sr.SCALES["tiny"]["strengths"][0])
+  assert list(table) == [sr.BICUBIC, sdedit, sr.LDM_SR, sr.RECON, sr.ORIGINALS, sr.FLOOR]
+  for label in (sr.BICUBIC, sdedit, sr.LDM_SR, sr.RECON):  # PSNR, SSIM, FD, acc, precision, recall
+    assert sum("±" in c for c in table[label]) == 6, table[label]
+  assert table[sr.ORIGINALS][:2] == ["inf", "1.000 ± 0.000"]
+  assert "null label alone" in md  # the tiny LDM trained label dropout: SDEdit without labels
+
+  rows = results["rows"]
+  fd = rows[sr.LDM_SR]["fd"]["values"]
+  assert len(fd) == 2 and fd[0] != fd[1]  # two models (and noises): two different scores
+  assert rows[sr.BICUBIC]["psnr"]["sd"] == 0.0  # deterministic
+  assert np.isfinite(rows[sr.LDM_SR]["psnr"]["mean"]) and -1 <= rows[sr.LDM_SR]["ssim"]["mean"] <= 1
+
+  # The verdict follows from the table's own cells (FD: column 3, PSNR: column 1).
+  verdict = md.split("**Does this reproduction agree?**")[1].split("**Notes.**")[0]
+  want_fd = seeds_lib.verdict(seeds_lib.compare(_cell(table[sr.LDM_SR][2]),
+                                                _cell(table[sr.BICUBIC][2])), -1)
+  want_psnr = seeds_lib.verdict(seeds_lib.compare(_cell(table[sr.LDM_SR][0]),
+                                                  _cell(table[sr.BICUBIC][0])), -1)
+  parts = re.findall(r": (agrees|DISAGREES|not resolved at this scale) \(the claim: LDM-SR lower\)",
+                     verdict)
+  assert parts == [want_fd, want_psnr], verdict
+
+  # One LDM-SR run per seed, trained now; a rerun reuses both (no training, same files and scores).
+  root = tiny["root"] / "work" / sr.NAME / "tiny"
+  assert sorted(os.listdir(root)) == ["seed0", "seed1"]
+  assert [r["reused"] for r in results["runs"]] == [False, False]
+  assert all(r["steps"] == sr.SCALES["tiny"]["sr_steps"] for r in results["runs"])
+  before = _checkpoint_mtimes(root)
+  again, md2 = _run(tiny, f"--ldm={tiny['ldm']}", "--seeds=0,1")
+  assert [r["reused"] for r in again["runs"]] == [True, True]
+  assert _checkpoint_mtimes(root) == before
+  assert again["rows"][sr.LDM_SR]["fd"]["values"] == fd
+  assert "reused runs" in md2
+
+
+def test_without_ldm_the_sdedit_row_is_skipped_with_a_note(tiny):
+  results, md = _run(tiny, "--ldm=")
+  assert list(_table(md)) == [sr.BICUBIC, sr.LDM_SR, sr.RECON, sr.ORIGINALS, sr.FLOOR]
+  assert "SDEdit row skipped: --ldm was empty." in md
+  assert "one seed, so no verdict is resolved" in md
+  assert [r["steps"] for r in results["runs"]] == [sr.SCALES["tiny"]["sr_steps"]]
+
+
+@pytest.mark.parametrize("flag, match", [
+    ("--ldm=/no/such/run", r"--ldm='/no/such/run' does not exist"),
+    ("--strengths=0.5,1.5", r"--strengths='0.5,1.5': each SDEdit strength must lie in \(0, 1\]"),
+    ("--strengths=half", "--strengths='half' is not a comma-separated list of numbers"),
+    ("--seeds=0,0", "the seeds must be distinct"),
+])
+def test_bad_flags_fail_before_training(tmp_path, flag, match):
+  argv = ["--scale=tiny", f"--out={tmp_path / 'out'}", f"--workdir={tmp_path / 'work'}", flag]
+  with pytest.raises(ValueError, match=match):
+    sr.main(argv)
+  assert not (tmp_path / "work").exists()
+
+
+def test_ldm_flag_must_be_a_finished_image_run(tiny, tmp_path):
+  (tmp_path / "half").mkdir()
+  with pytest.raises(ValueError, match="has no export/config.json: it is not a finished LDM run"):
+    sr.main(_argv(tiny, f"--ldm={tmp_path / 'half'}"))
+  (tmp_path / "sr" / "export").mkdir(parents=True)  # an LDM-SR run's export, as far as read
+  (tmp_path / "sr" / "export" / "config.json").write_text(
+      '{"diffusion": {"conditioning": "concat"}}')
+  with pytest.raises(ValueError, match="is a 'concat'-conditioned run; the SDEdit row needs"):
+    sr.main(_argv(tiny, f"--ldm={tmp_path / 'sr'}"))
