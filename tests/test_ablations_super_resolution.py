@@ -123,6 +123,19 @@ def test_two_seeds_report_verdict_and_reuse(tiny):
   assert "reused runs" in md2
 
 
+def test_a_finished_run_on_another_autoencoder_is_refused(tiny, tmp_path):
+  """Run dirs are keyed by scale and seed, not by --ae: a finished run on another autoencoder is
+  not reused (nor scored) when --ae changes."""
+  workdir = tmp_path / "work"
+  sr_run = workdir / sr.NAME / "tiny" / "seed0" / "ldm_sr"
+  (sr_run / "export").mkdir(parents=True)
+  (sr_run / "export" / "config.json").write_text('{"first_stage": {"workdir": "/elsewhere/ae"}}')
+  argv = _argv(tiny, "--ldm=")
+  argv[2] = f"--workdir={workdir}"
+  with pytest.raises(ValueError, match="was trained on the autoencoder '/elsewhere/ae', not on"):
+    sr.main(argv)
+
+
 def test_without_ldm_the_sdedit_row_is_skipped_with_a_note(tiny):
   results, md = _run(tiny, "--ldm=")
   assert list(_table(md)) == [sr.BICUBIC, sr.LDM_SR, sr.RECON, sr.ORIGINALS, sr.FLOOR]

@@ -3,11 +3,14 @@ concatenated to z_t) against bicubic upsampling and a training-free SDEdit of th
 with the class-conditional main-job LDM, on held-out MNIST digits (8x8 -> 32x32).
 
   nice -n 19 python -m experiments.ablations.super_resolution --scale=cpu --seeds=0,1,2 \
-      --ldm=workdirs/mnist/ldm --classifier=workdirs/mnist/classifier.msgpack [--ae=...]
+      --ae=workdirs/mnist/autoencoder --ldm=workdirs/mnist/ldm \
+      --classifier=workdirs/mnist/classifier.msgpack --workdir=workdirs/ablations
 
 One LDM-SR per seed (`diffusion.conditioning="concat"`, `concat.degradation="bicubic_x4"`,
-p_drop 0: no guidance) on the shared KL f = 4 autoencoder (8x8 latents: the low-res image has the
-latent's size), run dirs <workdir>/super_resolution/<scale>/seed<s>/ldm_sr, reused when finished.
+p_drop 0: no guidance) on a KL f = 4 autoencoder (8x8 latents: the low-res image has the latent's
+size): --ae, best the --ldm run's own (then both diffusion rows share the first stage), else the
+ablations' shared one (trained if missing). Run dirs <workdir>/super_resolution/<scale>/seed<s>/
+ldm_sr, reused when finished.
 The low-res inputs are made as training makes them: the degradation's own function on the [-1, 1]
 originals. Rows: bicubic x4 (`concat.resize_bicubic`: jax.image.resize, Keys a = -0.5, clipped),
 SDEdit from the bicubic image with the `--ldm` run (`img2img` at each `--strengths`; skipped when
@@ -89,6 +92,7 @@ def main(argv=None):
   runs, sr_scores, sr_secs = [], [], []
   for seed in seeds:
     workdir = os.path.join(root, f"seed{seed}", "ldm_sr")
+    _check_first_stage(workdir, ae_dir)
     runs.append(training.ldm_run(workdir, ae_dir, args.scale, seed=seed, steps=scale["sr_steps"],
                                  extra={"diffusion.conditioning": "concat",
                                         "concat.degradation": DEGRADATION, "concat.p_drop": 0.0}))
@@ -197,6 +201,20 @@ def _load_ldm(workdir, image_shape):
   return (pipe, lambda y: {"labels": y, "guidance_scale": 1.0},
           "the TRUE labels (w = 1; this run trained no null label, p_uncond = 0): the row reads "
           "class information the LDM-SR does not")
+
+
+def _check_first_stage(workdir, ae_dir):
+  """A finished LDM-SR run in workdir must have been trained on ae_dir: the run dirs are keyed by
+  scale and seed, not by --ae, and a reused run on another autoencoder would be scored silently."""
+  path = os.path.join(workdir, "export", "config.json")
+  if not os.path.exists(path):
+    return
+  with open(path, encoding="utf-8") as f:
+    trained_on = json.load(f)["first_stage"]["workdir"]
+  if os.path.realpath(trained_on) != os.path.realpath(ae_dir):
+    raise ValueError(f"{workdir} was trained on the autoencoder {trained_on!r}, not on "
+                     f"{os.path.abspath(ae_dir)!r} (--ae); remove it, or point --workdir "
+                     "elsewhere, to train an LDM-SR on this one.")
 
 
 def _verdict(results):
