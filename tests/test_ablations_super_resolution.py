@@ -39,13 +39,14 @@ def tiny(tmp_path_factory):
   return {"root": root, "classifier": clf, "ae": ae, "ldm": ldm}
 
 
-def _argv(tiny, *extra):
-  return ["--scale=tiny", f"--out={tiny['root'] / 'results'}", f"--workdir={tiny['root'] / 'work'}",
+def _argv(tiny, work, *extra):
+  """The script's flags with the fixture's classifier and autoencoder; runs under root / work."""
+  return ["--scale=tiny", f"--out={tiny['root'] / 'results'}", f"--workdir={tiny['root'] / work}",
           f"--classifier={tiny['classifier']}", f"--ae={tiny['ae']}", *extra]
 
 
-def _run(tiny, *extra):
-  results = sr.main(_argv(tiny, *extra))
+def _run(tiny, work, *extra):
+  results = sr.main(_argv(tiny, work, *extra))
   out = tiny["root"] / "results"
   with open(out / f"{sr.NAME}.png", "rb") as f:
     assert f.read(8) == PNG_MAGIC
@@ -82,7 +83,7 @@ def test_low_res_inputs_are_the_training_conditioning():
 
 
 def test_two_seeds_report_verdict_and_reuse(tiny):
-  results, md = _run(tiny, f"--ldm={tiny['ldm']}", "--seeds=0,1")
+  results, md = _run(tiny, "work_seeds", f"--ldm={tiny['ldm']}", "--seeds=0,1")
   for heading in ("**Paper claim tested.**", "**Setup.**", "**Does this reproduction agree?**",
                   "wall time", "seeds 0, 1"):
     assert heading in md
@@ -111,12 +112,12 @@ def test_two_seeds_report_verdict_and_reuse(tiny):
   assert parts == [want_fd, want_psnr], verdict
 
   # One LDM-SR run per seed, trained now; a rerun reuses both (no training, same files and scores).
-  root = tiny["root"] / "work" / sr.NAME / "tiny"
+  root = tiny["root"] / "work_seeds" / sr.NAME / "tiny"
   assert sorted(os.listdir(root)) == ["seed0", "seed1"]
   assert [r["reused"] for r in results["runs"]] == [False, False]
   assert all(r["steps"] == sr.SCALES["tiny"]["sr_steps"] for r in results["runs"])
   before = _checkpoint_mtimes(root)
-  again, md2 = _run(tiny, f"--ldm={tiny['ldm']}", "--seeds=0,1")
+  again, md2 = _run(tiny, "work_seeds", f"--ldm={tiny['ldm']}", "--seeds=0,1")
   assert [r["reused"] for r in again["runs"]] == [True, True]
   assert _checkpoint_mtimes(root) == before
   assert again["rows"][sr.LDM_SR]["fd"]["values"] == fd
@@ -126,18 +127,15 @@ def test_two_seeds_report_verdict_and_reuse(tiny):
 def test_a_finished_run_on_another_autoencoder_is_refused(tiny, tmp_path):
   """Run dirs are keyed by scale and seed, not by --ae: a finished run on another autoencoder is
   not reused (nor scored) when --ae changes."""
-  workdir = tmp_path / "work"
-  sr_run = workdir / sr.NAME / "tiny" / "seed0" / "ldm_sr"
+  sr_run = tiny["root"] / "work_other_ae" / sr.NAME / "tiny" / "seed0" / "ldm_sr"
   (sr_run / "export").mkdir(parents=True)
   (sr_run / "export" / "config.json").write_text('{"first_stage": {"workdir": "/elsewhere/ae"}}')
-  argv = _argv(tiny, "--ldm=")
-  argv[2] = f"--workdir={workdir}"
   with pytest.raises(ValueError, match="was trained on the autoencoder '/elsewhere/ae', not on"):
-    sr.main(argv)
+    sr.main(_argv(tiny, "work_other_ae", "--ldm="))
 
 
 def test_without_ldm_the_sdedit_row_is_skipped_with_a_note(tiny):
-  results, md = _run(tiny, "--ldm=")
+  results, md = _run(tiny, "work_no_ldm", "--ldm=")
   assert list(_table(md)) == [sr.BICUBIC, sr.LDM_SR, sr.RECON, sr.ORIGINALS, sr.FLOOR]
   assert "SDEdit row skipped: --ldm was empty." in md
   assert "one seed, so no verdict is resolved" in md
@@ -160,9 +158,10 @@ def test_bad_flags_fail_before_training(tmp_path, flag, match):
 def test_ldm_flag_must_be_a_finished_image_run(tiny, tmp_path):
   (tmp_path / "half").mkdir()
   with pytest.raises(ValueError, match="has no export/config.json: it is not a finished LDM run"):
-    sr.main(_argv(tiny, f"--ldm={tmp_path / 'half'}"))
+    sr.main(_argv(tiny, "work_bad_ldm", f"--ldm={tmp_path / 'half'}"))
   (tmp_path / "sr" / "export").mkdir(parents=True)  # an LDM-SR run's export, as far as read
   (tmp_path / "sr" / "export" / "config.json").write_text(
       '{"diffusion": {"conditioning": "concat"}}')
   with pytest.raises(ValueError, match="is a 'concat'-conditioned run; the SDEdit row needs"):
-    sr.main(_argv(tiny, f"--ldm={tmp_path / 'sr'}"))
+    sr.main(_argv(tiny, "work_bad_ldm", f"--ldm={tmp_path / 'sr'}"))
+  assert not (tiny["root"] / "work_bad_ldm").exists()  # refused before anything was trained
