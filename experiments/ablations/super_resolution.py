@@ -29,6 +29,7 @@ if __name__ == "__main__":
 
 import time  # pylint: disable=wrong-import-position
 
+import jax  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 
 from experiments.ablations import cli  # pylint: disable=wrong-import-position
@@ -37,6 +38,10 @@ from experiments.ablations import report  # pylint: disable=wrong-import-positio
 from experiments.ablations import sampling  # pylint: disable=wrong-import-position
 from experiments.ablations import seeds as seeds_lib  # pylint: disable=wrong-import-position
 from experiments.ablations import training  # pylint: disable=wrong-import-position
+from ldm_jax import images as images_lib  # pylint: disable=wrong-import-position
+from ldm_jax.data import to_float  # pylint: disable=wrong-import-position
+from ldm_jax.diffusion import concat  # pylint: disable=wrong-import-position
+from ldm_jax.metrics import image  # pylint: disable=wrong-import-position
 
 NAME = "super_resolution"
 DEGRADATION = "bicubic_x4"
@@ -87,20 +92,19 @@ def main(argv=None):
     ldm_pipe, call, _ = ldm
     for s in strengths:
       per_row[sdedit_label(s)], secs[sdedit_label(s)] = _per_seed(
-          seeds, lambda seed, s=s: ldm_pipe.img2img(_key(seed), bicubic, s, **call(y), **kw),
-          judge, x, y)
-  runs, sr_scores, sr_secs = [], [], []
-  for seed in seeds:
+          seeds, lambda seed, s=s: ldm_pipe.img2img(jax.random.key(seed), bicubic, s, **call(y),
+                                                    **kw), judge, x, y)
+  runs, sr_pipes = [], {}
+  for seed in seeds:  # one LDM-SR per seed
     workdir = os.path.join(root, f"seed{seed}", "ldm_sr")
     _check_first_stage(workdir, ae_dir)
     runs.append(training.ldm_run(workdir, ae_dir, args.scale, seed=seed, steps=scale["sr_steps"],
                                  extra={"diffusion.conditioning": "concat",
                                         "concat.degradation": DEGRADATION, "concat.p_drop": 0.0}))
-    sr_pipe = sampling.load_pipeline(workdir, use_ema=True, max_batch=500)
-    t0 = time.time()
-    sr_scores.append(score(judge, sr_pipe.upscale(_key(seed), low, **kw), x, y))
-    sr_secs.append(time.time() - t0)
-  per_row[LDM_SR], secs[LDM_SR] = sr_scores, sum(sr_secs) / len(sr_secs)
+    sr_pipes[seed] = sampling.load_pipeline(workdir, use_ema=True, max_batch=500)
+  per_row[LDM_SR], secs[LDM_SR] = _per_seed(
+      seeds, lambda seed: sr_pipes[seed].upscale(jax.random.key(seed), low, **kw), judge, x, y)
+  sr_pipe = sr_pipes[seeds[-1]]
   per_row[RECON] = [score(judge, sr_pipe.reconstruct(x), x, y)] * len(seeds)  # one AE for all
   exact = score(judge, x, x, y)
   del exact["psnr"]  # infinite: the table says so
@@ -119,15 +123,12 @@ def main(argv=None):
 def low_res(x_uint8):
   """The 8x8 inputs float [N, 8, 8, C] in [-1, 1] of originals uint8 [N, 32, 32, C], made as the
   training loss makes c: the degradation's own function on the [-1, 1] images."""
-  from ldm_jax.data import to_float  # pylint: disable=import-outside-toplevel
-  from ldm_jax.diffusion import concat  # pylint: disable=import-outside-toplevel
   return np.asarray(concat.get_degradation(DEGRADATION).apply(None, to_float(x_uint8)))
 
 
 def upsample_bicubic(low, hw):
   """Bicubic x4 upsampling float [N, H, W, C] of low float [N, h, w, C] in [-1, 1]
   (`concat.resize_bicubic`: jax.image.resize "bicubic", Keys a = -0.5, clipped to [-1, 1])."""
-  from ldm_jax.diffusion import concat  # pylint: disable=import-outside-toplevel
   return np.asarray(concat.resize_bicubic(low, tuple(hw)))
 
 
@@ -135,17 +136,10 @@ def score(judge, images, x_uint8, labels):
   """{"psnr", "ssim"} (dB; mean over images, uint8 scale, data range 255) against the originals,
   plus the judge's scores with the true labels. images: uint8, or float in [-1, 1] (rounded to
   uint8 as the pipeline does)."""
-  from ldm_jax import images as images_lib  # pylint: disable=import-outside-toplevel
-  from ldm_jax.metrics import image  # pylint: disable=import-outside-toplevel
   u8 = images if images.dtype == np.uint8 else images_lib.to_uint8(images)
   psnr = np.asarray(image.psnr(u8, x_uint8, data_range=255.0))  # inf where an image is exact
   ssim = np.asarray(image.ssim(u8, x_uint8, data_range=255.0))
   return {"psnr": float(np.mean(psnr)), "ssim": float(np.mean(ssim)), **judge.scores(u8, labels)}
-
-
-def _key(seed):
-  import jax  # pylint: disable=import-outside-toplevel
-  return jax.random.key(seed)
 
 
 def _per_seed(seeds, draw, judge, x, y):
