@@ -101,15 +101,13 @@ def test_two_seeds_report_verdict_and_reuse(tiny):
   assert rows[sr.BICUBIC]["psnr"]["sd"] == 0.0  # deterministic
   assert np.isfinite(rows[sr.LDM_SR]["psnr"]["mean"]) and -1 <= rows[sr.LDM_SR]["ssim"]["mean"] <= 1
 
-  # The verdict follows from the table's own cells (FD: column 3, PSNR: column 1).
+  # The verdict follows from the table's own cells (PSNR, SSIM, FD: columns 0, 1, 2).
   verdict = md.split("**Does this reproduction agree?**")[1].split("**Notes.**")[0]
-  want_fd = seeds_lib.verdict(seeds_lib.compare(_cell(table[sr.LDM_SR][2]),
-                                                _cell(table[sr.BICUBIC][2])), -1)
-  want_psnr = seeds_lib.verdict(seeds_lib.compare(_cell(table[sr.LDM_SR][0]),
-                                                  _cell(table[sr.BICUBIC][0])), -1)
+  want = [seeds_lib.verdict(seeds_lib.compare(_cell(table[sr.LDM_SR][i]),
+                                              _cell(table[sr.BICUBIC][i])), -1) for i in (2, 0, 1)]
   parts = re.findall(r": (agrees|DISAGREES|not resolved at this scale) \(the claim: LDM-SR lower\)",
                      verdict)
-  assert parts == [want_fd, want_psnr], verdict
+  assert parts == want, verdict
 
   # One LDM-SR run per seed, trained now; a rerun reuses both (no training, same files and scores).
   root = tiny["root"] / "work_seeds" / sr.NAME / "tiny"
