@@ -16,6 +16,7 @@ from ldm_jax.data import to_float
 from ldm_jax.diffusion import concat
 from ldm_jax.models.unet import concat_conditioning
 from ldm_jax.pipeline import LatentDiffusionPipeline
+from ldm_jax.train import metrics as metrics_lib
 from tests import cli_runs
 
 STEPS = 2
@@ -55,6 +56,9 @@ def test_run_trains_and_exports_the_mask_channels(inpaint_run):
   params = cli_runs.exported_params(inpaint_run)
   assert params["['conv_in']['kernel']"].shape == (3, 3, 2 + 1 + 2, 8)  # [z_t, m, masked latents]
   assert params["['conv_out']['kernel']"].shape == (3, 3, 8, 2)
+  shapes = {r["step"]: r["inpainted_shape"] for r in metrics_lib.read_jsonl(inpaint_run)
+            if "inpainted_shape" in r}
+  assert shapes == {2: [96, 256, 1]}  # rows: masked inputs, fills, originals of 8 held-out digits
 
 
 def test_from_workdir_knows_the_model_inpaints(pipe):

@@ -16,6 +16,7 @@ from ldm_jax.data import mnist_pairs, to_float
 from ldm_jax.diffusion import concat
 from ldm_jax.models.unet import concat_conditioning
 from ldm_jax.pipeline import LatentDiffusionPipeline
+from ldm_jax.train import metrics as metrics_lib
 from tests import cli_runs
 
 STEPS = 2
@@ -27,7 +28,8 @@ KW = dict(method="ddim", num_steps=2)
 def semantic_run(ae_dir, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("semantic"))
   cli_runs.run(f"--config={cli_runs.TINY}:semantic", f"--workdir={workdir}",
-               f"--config.first_stage.workdir={ae_dir}", f"--config.train.num_steps={STEPS}")
+               f"--config.first_stage.workdir={ae_dir}", f"--config.train.num_steps={STEPS}",
+               "--config.train.image_every=2")
   return workdir
 
 
@@ -48,6 +50,9 @@ def test_run_trains_and_exports_the_class_channels(semantic_run):
   assert sorted(cli_runs.logged(semantic_run)) == list(range(1, STEPS + 1))
   params = cli_runs.exported_params(semantic_run)
   assert params["['conv_in']['kernel']"].shape == (3, 3, 2 + 11, 8)  # [z_t, 11 class fractions]
+  shapes = {r["step"]: r["synthesized_shape"] for r in metrics_lib.read_jsonl(semantic_run)
+            if "synthesized_shape" in r}
+  assert shapes == {2: [96, 512, 1]}  # rows: maps, samples, canvases of 8 held-out 32x64 pairs
   assert params["['conv_out']['kernel']"].shape == (3, 3, 8, 2)
 
 

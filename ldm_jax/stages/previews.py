@@ -9,8 +9,9 @@ process calls a preview (the parameters are gathered collectively) and draws it 
   ldm_preview           samples of the latent diffusion model: one row per class (classifier-free
                         guidance), one row per prompt for text models, or a square grid when
                         unconditional
-  upscale_preview       a concat-conditioned (super-resolution) model: the low-resolution inputs
-                        D(x) (nearest-upsampled), the model's outputs, the held-out originals x
+  concat_preview        a concat-conditioned model (super-resolution, inpainting, semantic
+                        synthesis): the conditioning D(x) as an image (`concat_view`), the model's
+                        outputs, the held-out originals x
 """
 
 import jax
@@ -104,25 +105,57 @@ def ldm_preview(unet, ae, schedule, *, scale_factor: float, latent_shape, predic
   return preview
 
 
-def upscale_preview(unet, ae, schedule, images: np.ndarray, *, degradation: str, labels=None,
-                    scale_factor: float, latent_shape, prediction_type: str, method: str = "ddim",
-                    num_steps: int = 25, seed: int = 0):
+def concat_view(degradation: str, rng, x, labels=None):
+  """(D(x) for the conditioning row as images [N, H, W, C] in [-1, 1], D(x) itself) of images x
+  [N, H, W, C] in [-1, 1]: "image" kind (super-resolution) the low-res images nearest-upsampled;
+  "mask" kind (inpainting) the masked images x * (m < 0.5) (masked pixels 0, mid-gray); and
+  "segmentation" kind the class map s as gray levels 2 s / (K - 1) - 1 (background black, class
+  K - 1 white) in every channel. labels: the images' labels [N] ("segmentation_pairs" needs them)."""
+  d = concat_lib.get_degradation(degradation)
+  out = d.apply(rng, x, labels)
+  n, h, w, ch = x.shape
+  if d.kind == "mask":
+    return concat_lib.masked_image(x, out), out
+  if d.kind == "segmentation":
+    gray = 2.0 * out.astype(jnp.float32) / (d.classes - 1) - 1.0
+    return jnp.broadcast_to(gray[..., None], (n, h, w, ch)), out
+  return jnp.repeat(jnp.repeat(out, h // out.shape[1], axis=1), w // out.shape[2], axis=2), out
+
+
+PREVIEW_NAMES = {"image": "upscaled", "mask": "inpainted", "segmentation": "synthesized"}
+
+
+def concat_preview(unet, ae, schedule, images: np.ndarray, *, degradation: str, image_labels=None,
+                   hybrid: bool = False, scale_factor: float, latent_shape, prediction_type: str,
+                   method: str = "ddim", num_steps: int = 25, seed: int = 0):
   """preview(step, state) of a concat-conditioned model on fixed held-out uint8 images [N, H, W, C]:
-  rows D(x) (nearest-upsampled to H x W), the unguided samples of eps_theta([z_t, c], t) with
-  c = D(x) on the latent grid (`diffusion.concat`, as in the loss), and x. labels: the images'
-  int labels [N] for a hybrid concat + class model (None otherwise)."""
+  rows D(x) as `concat_view` shows it, the unguided samples of eps_theta([z_t, c], t) with c built
+  from D(x) as the loss builds it (`diffusion.concat`: the low-res image or the class fractions on
+  the latent grid; for inpainting [m on the latent grid, s E(x * (m < 0.5))], E sampling q(z | x)
+  from a fixed key), and x; named by the degradation's kind (`PREVIEW_NAMES`). image_labels: the
+  images' labels [N] (a segmentation degradation reads them; a `hybrid` concat + class model is
+  given them as its class labels)."""
   images = np.asarray(images)
-  n, h, w, _ = images.shape
+  n = images.shape[0]
   x = to_float(images)
-  low = concat_lib.get_degradation(degradation).apply(jax.random.fold_in(jax.random.key(seed), 2), x)
-  c = concat_lib.to_latent_grid(low, tuple(latent_shape)[:2])
-  shown = jnp.repeat(jnp.repeat(low, h // low.shape[1], axis=1), w // low.shape[2], axis=2)
-  y = None if labels is None else jnp.asarray(labels, jnp.int32)
+  d = concat_lib.get_degradation(degradation)
+  labels = None if image_labels is None else jnp.asarray(image_labels, jnp.int32)
+  shown, out = concat_view(degradation, jax.random.fold_in(jax.random.key(seed), 2), x, labels)
+  y = labels if hybrid else None
   x_T = jax.random.normal(jax.random.key(seed), (n, *latent_shape))
   rng = jax.random.fold_in(jax.random.key(seed), 1)
+  hw = tuple(latent_shape)[:2]
 
   @jax.jit
   def draw(unet_params, ae_params):
+    if d.kind == "mask":
+      encode = lambda v: ae.apply({"params": ae_params}, v, jax.random.fold_in(rng, 3),
+                                  method="latents") * scale_factor
+      c = concat_lib.inpainting_conditioning(encode, x, out)
+    elif d.kind == "segmentation":
+      c = concat_lib.segmentation_to_latent_grid(out, hw, d.classes)
+    else:
+      c = concat_lib.to_latent_grid(out, hw)
     model_fn = lambda z, t: unet.apply({"params": unet_params}, concat_conditioning(z, c), t, y=y)
     z = samplers.sample(model_fn, schedule, x_T, rng, method=method, num_steps=num_steps,
                         prediction_type=prediction_type)
@@ -130,8 +163,8 @@ def upscale_preview(unet, ae, schedule, images: np.ndarray, *, degradation: str,
 
   def preview(step, state):
     del step
-    out = draw(_host(state.ema_params), _host(state.extra["frozen"]))
-    rows = np.concatenate([to_uint8(shown), to_uint8(out), images])
-    return {"upscaled": image_grid(rows, rows=3)}
+    result = draw(_host(state.ema_params), _host(state.extra["frozen"]))
+    rows = np.concatenate([to_uint8(shown), to_uint8(result), images])
+    return {PREVIEW_NAMES[d.kind]: image_grid(rows, rows=3)}
 
   return preview

@@ -237,11 +237,8 @@ def train_latent_diffusion(config: ml_collections.ConfigDict, workdir: str) -> d
               "first_stage_workdir": os.path.relpath(config.first_stage.workdir, workdir),
               "first_stage_workdir_absolute": os.path.abspath(config.first_stage.workdir)}
   preview = None
-  if config.train.get("image_every", 0) and concat and concat_lib.get_degradation(
-      concat_section.degradation).kind != "image":
-    preview = None  # no inpainting / synthesis preview yet: pipe.inpaint / synthesize on the export
-  elif config.train.get("image_every", 0) and concat:
-    preview = _upscale_preview(config, unet, ae, schedule, scale, latent_shape[1:], labels)
+  if config.train.get("image_every", 0) and concat:
+    preview = _concat_preview(config, unet, ae, schedule, scale, latent_shape[1:], labels)
   elif config.train.get("image_every", 0):
     sample = config.get("sample") or {}
     preview = previews.ldm_preview(
@@ -259,19 +256,20 @@ def train_latent_diffusion(config: ml_collections.ConfigDict, workdir: str) -> d
   return summary
 
 
-def _upscale_preview(config, unet, ae, schedule, scale, latent_shape, labels, n: int = 8):
-  """previews.upscale_preview of the first n held-out images (a concat-conditioned run; a hybrid
-  one is given their labels)."""
+def _concat_preview(config, unet, ae, schedule, scale, latent_shape, hybrid, n: int = 8):
+  """previews.concat_preview of the first n held-out images and their labels (a concat-conditioned
+  run; a hybrid one reads the labels as classes, a segmentation degradation builds its maps from
+  them)."""
   it = _data(config, split=config.data.eval_split, batch=n, num_epochs=1, num_devices=1,
              process_index=0, process_count=1)
   batch = next(it)
   it.close()
-  images, y = batch["image"], batch["label"] if labels else None
   sample = config.get("sample") or {}
-  return previews.upscale_preview(
-      unet, ae, schedule, images, labels=y, degradation=config.concat.degradation, scale_factor=scale,
-      latent_shape=latent_shape, prediction_type=config.diffusion.prediction_type,
-      method=sample.get("method", "ddim"), num_steps=sample.get("num_steps", 25), seed=config.seed)
+  return previews.concat_preview(
+      unet, ae, schedule, batch["image"], image_labels=batch.get("label"), hybrid=bool(hybrid),
+      degradation=config.concat.degradation, scale_factor=scale, latent_shape=latent_shape,
+      prediction_type=config.diffusion.prediction_type, method=sample.get("method", "ddim"),
+      num_steps=sample.get("num_steps", 25), seed=config.seed)
 
 
 def _preview_text(config, tokenizer, text_encoder, null_ids):
