@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 
 from experiments.ablations import autoencoders
-from experiments.ablations import digit_judge
 from experiments.ablations import downsampling
 from experiments.ablations import guidance
 from experiments.ablations import prediction_weighting
@@ -21,7 +20,7 @@ from experiments.ablations import sampling
 from experiments.ablations import scale_factor
 from experiments.ablations import schedules
 from experiments.ablations import training
-from ldm_jax.metrics import classifier
+from tests import ablation_runs
 
 pytestmark = pytest.mark.slow  # end-to-end runs of every ablation script
 
@@ -30,15 +29,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory):
-  root = tmp_path_factory.mktemp("ablations")
-  x, y = digit_judge.split(digit_judge.TRAIN)
-  clf = str(root / "classifier.msgpack")
-  classifier.save_params(clf, classifier.train_classifier(x[:2000], y[:2000], steps=30, seed=0))
-  ae = str(root / "ae")
-  training.autoencoder_run(ae, "tiny")
-  ldm = str(root / "ldm")
-  training.ldm_run(ldm, ae, "tiny")
-  return {"root": root, "classifier": clf, "ae": ae, "ldm": ldm}
+  return ablation_runs.tiny_runs(tmp_path_factory.mktemp("ablations"))
 
 
 def _run(module, tiny, name, *extra):

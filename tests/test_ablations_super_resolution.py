@@ -16,10 +16,9 @@ import pytest
 from experiments.ablations import digit_judge
 from experiments.ablations import seeds as seeds_lib
 from experiments.ablations import super_resolution as sr
-from experiments.ablations import training
 from ldm_jax.data import to_float
 from ldm_jax.diffusion import concat
-from ldm_jax.metrics import classifier
+from tests import ablation_runs
 
 pytestmark = pytest.mark.slow  # end-to-end runs of the ablation script
 
@@ -28,15 +27,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-  root = tmp_path_factory.mktemp("sr_ablation")
-  x, y = digit_judge.split(digit_judge.TRAIN)
-  clf = str(root / "classifier.msgpack")
-  classifier.save_params(clf, classifier.train_classifier(x[:2000], y[:2000], steps=30, seed=0))
-  ae = str(root / "ae")
-  training.autoencoder_run(ae, "tiny")
-  ldm = str(root / "ldm")
-  training.ldm_run(ldm, ae, "tiny")
-  return {"root": root, "classifier": clf, "ae": ae, "ldm": ldm}
+  return ablation_runs.tiny_runs(tmp_path_factory.mktemp("sr_ablation"))
 
 
 def _argv(tiny, work, *extra):
