@@ -403,6 +403,37 @@ def test_segmentation_loss_reads_the_map_of_images_and_labels(first_stage):
   assert loss(1.0, images[::-1].copy(), other) == loss(1.0, images, labels)
 
 
+def test_hybrid_segmentation_and_class_loss_reads_both(first_stage):
+  """concat.class_labels with a segmentation map: the UNet reads [z_t, class fractions] and the
+  label (10 * left + right, 100 classes, null label 100), each the loss's own."""
+  from ldm_jax.diffusion import concat  # pylint: disable=import-outside-toplevel
+  from ldm_jax.models.unet import concat_conditioning  # pylint: disable=import-outside-toplevel
+  ae, _, images = first_stage
+  unet, params, mean, logvar = _concat_parts(first_stage, "segmentation_pairs", num_class_embeds=101)
+  schedule = schedules.get_schedule("linear", 100)
+  cfg = _diffusion_config(conditioning="concat", num_classes=100, p_uncond=0.0)
+  section = ml_collections.ConfigDict(dict(degradation="segmentation_pairs", p_drop=0.0,
+                                           class_labels=True))
+  loss_fn = jax.jit(ldm_stage.make_loss_fn(unet, ae, schedule, cfg, 0.7, concat=section))
+  rng = jax.random.key(8)
+  labels = (np.arange(16, dtype=np.int32) * 7) % 100
+  batch = {"latent_mean": mean, "latent_logvar": logvar, "image": images, "label": labels}
+  got = float(loss_fn(params, batch, rng, {})[0])
+  z_rng, _, diff_rng, _ = jax.random.split(rng, 4)
+  z = 0.7 * (mean + jnp.exp(0.5 * logvar) * jax.random.normal(z_rng, mean.shape))
+  c = concat.segmentation_to_latent_grid(
+      concat.segmentation_pairs(None, to_float(images), labels), (8, 8), 11)
+
+  @jax.jit
+  def by_hand(y):
+    model_fn = lambda x, t: unet.apply({"params": params}, concat_conditioning(x, c), t, y=y)
+    return jnp.mean(diffusion.training_loss(model_fn, schedule, z, diff_rng))
+
+  np.testing.assert_allclose(got, float(by_hand(jnp.asarray(labels))), rtol=1e-5)
+  # the same map with other class labels: the label reaches the UNet beside the map
+  assert abs(float(by_hand(jnp.asarray((labels + 1) % 100))) - got) > 1e-5
+
+
 def test_segmentation_loss_needs_the_class_channels(first_stage):
   ae, _, _ = first_stage
   schedule = schedules.get_schedule("linear", 10)
