@@ -6,6 +6,7 @@ class-conditional LDM (2 steps each); the sampling ablations read that LDM and t
 ablations reuse its autoencoder. The training ablations run a subset of their variants.
 """
 
+import json
 import os
 
 import numpy as np
@@ -19,6 +20,7 @@ from experiments.ablations import samplers
 from experiments.ablations import sampling
 from experiments.ablations import scale_factor
 from experiments.ablations import schedules
+from experiments.ablations import seeds
 from experiments.ablations import training
 from tests import ablation_runs
 
@@ -32,9 +34,9 @@ def tiny(tmp_path_factory):
   return ablation_runs.tiny_runs(tmp_path_factory.mktemp("ablations"))
 
 
-def _run(module, tiny, name, *extra):
+def _run(module, tiny, name, *extra, workdir="work"):
   out = str(tiny["root"] / "results")
-  argv = ["--scale=tiny", f"--out={out}", f"--workdir={tiny['root'] / 'work'}",
+  argv = ["--scale=tiny", f"--out={out}", f"--workdir={tiny['root'] / workdir}",
           f"--classifier={tiny['classifier']}", *extra]
   results = module.main(argv)
   with open(os.path.join(out, f"{name}.md"), encoding="utf-8") as f:
@@ -106,6 +108,59 @@ def test_scale_factor(tiny):
   assert _table_rows(md) == [scale_factor.VARIANTS[0][0], scale_factor.VARIANTS[1][0], "real (floor)"]
   assert results[1][1] == 1.0  # "none": s = 1
   assert 0 < results[0][1] != 1.0  # 1/std estimated from the autoencoder's latents
+
+
+def _body_row(md, label):
+  (row,) = [l for l in md.splitlines() if l.startswith(f"| {label} |")]
+  return row
+
+
+def _verdict_text(md):
+  return md.split("**Does this reproduction agree?**")[1].split("**Notes.**")[0]
+
+
+def _check_seed_cells(root, seeds_, tags, md, key="w1"):
+  """Per-seed run dirs with the commit and wall time in eval.json and cached scores beside them;
+  the report's budget line says met / missed as the cached w = 2 accuracies say."""
+  w2 = []
+  for s in seeds_:
+    for tag in tags:
+      cell = root / f"seed{s}" / tag
+      with open(cell / "eval.json", encoding="utf-8") as f:
+        ev = json.load(f)
+      assert ev["commit"] and ev["train_seconds"] > 0, ev
+      assert len(list(cell.glob(f"scores_seed{s}_steps*_{key}.json"))) == 1, list(cell.iterdir())
+    (budget,) = (root / f"seed{s}" / tags[0]).glob(f"scores_seed{s}_steps*_w2.json")
+    with open(budget, encoding="utf-8") as f:
+      w2.append(json.load(f)["acc"])
+  met = "met" if np.mean(w2) >= training.BUDGET_ACC else "missed"
+  assert "Budget check: the baseline" in md and f"**{met}**" in md, md
+
+
+def test_scale_factor_seeds(tiny):
+  """--seeds=0,1: mean ± sd cells, verdicts that follow the cells' spread, per-seed run dirs and
+  cached scores; a rerun reuses every cell (same numbers, nothing trained or sampled again)."""
+  argv = (f"--ae={tiny['ae']}", "--variants=1", "--seeds=0,1")
+  results, md = _run(scale_factor, tiny, "scale_factor", *argv, workdir="work_seeds")
+  _check_report(md)
+  labels = [scale_factor.VARIANTS[0][0], scale_factor.VARIANTS[1][0]]
+  assert _table_rows(md) == labels + ["real (floor)"]
+  for label, _, _, summ in results:  # s, std, loss, FD, acc, precision, recall, train s
+    assert _body_row(md, label).count("±") == 8, md
+    assert summ["fd"]["n"] == 2 and summ["fd"]["values"][0] != summ["fd"]["values"][1]
+  assert results[1][1] == 1.0 and results[0][3]["s"]["sd"] > 0  # 1/std estimated per seed
+  word = seeds.verdict(seeds.compare(results[0][3]["fd"], results[1][3]["fd"]), -1)
+  assert f"1/std vs {labels[1]}: FD {seeds.cell(results[0][3]['fd'])} vs " \
+         f"{seeds.cell(results[1][3]['fd'])}: {word} (1/std lower)." in _verdict_text(md), md
+  assert "Seeds 0, 1: a seed is an LDM's training seed and its sampling seed" in md
+  assert "EMA weights (decay 0.99)" in md and "0 of 4 cells reused" in md
+  _check_seed_cells(tiny["root"] / "work_seeds" / "scale_factor" / "tiny", (0, 1),
+                    ("inv_std", "none"), md)
+
+  again, md2 = _run(scale_factor, tiny, "scale_factor", *argv, workdir="work_seeds")
+  assert "4 of 4 cells reused" in md2, md2
+  assert [r[3]["fd"]["values"] for r in again] == [r[3]["fd"]["values"] for r in results]
+  assert _verdict_text(md2) == _verdict_text(md)
 
 
 def test_prediction_weighting(tiny):

@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 
 from experiments.ablations import guidance
+from experiments.ablations import scale_factor
+from experiments.ablations import schedules
 from experiments.ablations import seeds
 
 
@@ -91,3 +93,38 @@ def test_samplers_verdict_uses_per_seed_spreads():
       {"DDIM eta=0": [2.0, 9.0, 4.0], "DDIM eta=1": [9.0, 2.0, 5.0]},
       {"DDIM eta=0": [1.0, 3.0, 1.0], "DDIM eta=1": [3.0, 1.0, 1.3]}))
   assert noisy.count(seeds.NOT_RESOLVED) == 2, noisy
+
+
+def test_scale_factor_verdict_resolves_only_beyond_the_spread():
+  def results(fds, sd):
+    return [(label, 1.0, mult, {"fd": seeds.summarize([f - sd, f + sd])})
+            for (label, mult), f in zip(scale_factor.VARIANTS, fds)]
+  clear = scale_factor._verdict(results((1.0, 1.05, 3.0, 4.0), sd=0.1))
+  # x5 and x0.2 resolved worse than 1/std; s = 1 within the spread
+  assert clear.count(": agrees (") == 2 and clear.count(f": {seeds.NOT_RESOLVED} (") == 1, clear
+  assert "agrees 2, DISAGREES 0, not resolved at this scale 1" in clear
+  wrong = scale_factor._verdict(results((3.0, 1.0, 1.0, 1.0), sd=0.1))
+  assert "agrees 0, DISAGREES 3, not resolved at this scale 0" in wrong, wrong
+  noisy = scale_factor._verdict(results((1.0, 2.0, 3.0, 4.0), sd=2.0))
+  assert "agrees 0, DISAGREES 0, not resolved at this scale 3" in noisy, noisy
+
+
+def test_summarize_scores_leaves_out_unrecorded_values():
+  s = seeds.summarize_scores([{"fd": 1.0, "train_s": None, "reused": True},
+                              {"fd": 2.0, "train_s": 3.0, "reused": False}])
+  assert set(s) == {"fd"} and seeds.cell(s.get("train_s")) == "n/a"
+
+
+def test_schedules_verdict_resolves_only_beyond_the_spread():
+  def results(fds, sd):  # fds: (linear, cosine, SD leading, SD + ZTSNR + v trailing)
+    cells = {(schedules.VARIANTS[0][0], "leading"): fds[0], (schedules.VARIANTS[2][0], "leading"): fds[1],
+             (schedules.VARIANTS[3][0], "leading"): fds[2], (schedules.VARIANTS[4][0], "trailing"): fds[3]}
+    return [(label, sp, 0.0, {"fd": seeds.summarize([f - sd, f + sd]),
+                              "brightness": seeds.summarize([0.1, 0.2])})
+            for (label, sp), f in cells.items()]
+  clear = schedules._verdict(results((5.0, 3.0, 6.0, 2.0), sd=0.1), (0.13, 0.05))
+  assert clear.count(": agrees (") == 2 and "DISAGREES" not in clear, clear
+  wrong = schedules._verdict(results((3.0, 5.0, 2.0, 6.0), sd=0.1), (0.13, 0.05))
+  assert wrong.count(": DISAGREES (") == 2, wrong
+  noisy = schedules._verdict(results((5.0, 3.0, 6.0, 2.0), sd=3.0), (0.13, 0.05))
+  assert noisy.count(f": {seeds.NOT_RESOLVED} (") == 2, noisy

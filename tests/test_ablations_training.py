@@ -24,3 +24,19 @@ def test_train_run_reused_without_recorded_time_reports_none(tmp_path):
   (tmp_path / "eval.json").write_text(json.dumps({"steps": 7}))
   reused = training.train_run(mnist_autoencoder.get_config, str(tmp_path), {"train.num_steps": 7})
   assert reused["seconds"] is None and report.fmt(reused["seconds"]) == "n/a"
+
+
+def test_train_run_records_commit_and_adds_a_resumed_runs_earlier_time(tmp_path, monkeypatch):
+  """A run resumed from a shorter one (run.train itself resumes from its checkpoints) records the
+  wall time of all its stretches and the commit that trained it."""
+  from ldm_jax.stages import run  # pylint: disable=import-outside-toplevel
+  monkeypatch.setattr(run, "train", lambda config, workdir: {"steps": config.train.num_steps})
+  (tmp_path / "eval.json").write_text(json.dumps({"steps": 3, "train_seconds": 5.0}))
+  resumed = training.train_run(mnist_autoencoder.get_config, str(tmp_path), {"train.num_steps": 6})
+  assert not resumed["reused"] and 5.0 <= resumed["seconds"] < 6.0
+  saved = json.loads((tmp_path / "eval.json").read_text())
+  assert saved["steps"] == 6 and saved["train_seconds"] == resumed["seconds"]
+  assert saved["commit"] == training.git_commit() != ""
+  (tmp_path / "eval.json").write_text(json.dumps({"steps": 3}))  # earlier stretch's time unknown
+  assert training.train_run(mnist_autoencoder.get_config, str(tmp_path),
+                            {"train.num_steps": 6})["seconds"] is None

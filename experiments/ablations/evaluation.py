@@ -10,11 +10,11 @@ from experiments.ablations import training
 
 
 def evaluate_ldm(judge, ldm_workdir, scale, *, seed=0, method="ddim", num_steps=None,
-                 guidance_scale=1.0, per_class=None):
-  """Scores of per_class samples per digit of an LDM run (raw, not EMA, weights: short runs),
-  plus "sample_seconds" and "images"."""
+                 guidance_scale=1.0, per_class=None, use_ema=False):
+  """Scores of per_class samples per digit of an LDM run (its EMA weights if use_ema, else the
+  raw ones), plus "sample_seconds" and "images"."""
   sc = training.TRAIN_SCALES[scale]
-  pipe = sampling.load_pipeline(ldm_workdir, use_ema=False, max_batch=500)
+  pipe = sampling.load_pipeline(ldm_workdir, use_ema=use_ema, max_batch=500)
   images, labels, secs = sampling.sample_classes(pipe, seed, per_class or sc["per_class"],
                                                  method=method,
                                                  num_steps=num_steps or sc["sample_steps"],
@@ -22,12 +22,12 @@ def evaluate_ldm(judge, ldm_workdir, scale, *, seed=0, method="ddim", num_steps=
   return {**judge.scores(images, labels), "sample_seconds": secs, "images": images}
 
 
-def latent_bits_per_dim(ldm_workdir, num_images, *, seed=0, timesteps_per_chunk=10):
+def latent_bits_per_dim(ldm_workdir, num_images, *, seed=0, timesteps_per_chunk=10, use_ema=False):
   """Mean variational bound (bits per latent dimension, `LatentDiffusionPipeline.
-  latent_bits_per_dim`) of an LDM run (raw weights) on the first num_images held-out images and
-  their labels, and its standard error over the images."""
+  latent_bits_per_dim`) of an LDM run (EMA weights if use_ema, else raw) on the first num_images
+  held-out images and their labels, and its standard error over the images."""
   x, y = digit_judge.split(digit_judge.HELD_OUT)
-  pipe = sampling.load_pipeline(ldm_workdir, use_ema=False, max_batch=min(num_images, 100))
+  pipe = sampling.load_pipeline(ldm_workdir, use_ema=use_ema, max_batch=min(num_images, 100))
   bpd = pipe.latent_bits_per_dim(jax.random.key(seed), x[:num_images], y[:num_images],
                                  timesteps_per_chunk=timesteps_per_chunk).total_bpd
   return float(np.mean(bpd)), float(np.std(bpd) / np.sqrt(len(bpd)))

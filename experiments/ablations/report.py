@@ -62,3 +62,14 @@ def save_figure(plt, fig, out_dir, name):
   fig.savefig(path, dpi=110)
   plt.close(fig)
   return path
+
+
+def bars(ax, names, cells, ylabel, floor=None):
+  """One bar per name at its cell's mean (`seeds.summarize`) with the seeds' sd as error bar (none
+  for one seed), and the real-vs-real floor as a dashed line."""
+  ax.bar(names, [c["mean"] for c in cells], yerr=[c["sd"] or 0.0 for c in cells], capsize=4)
+  if floor is not None:
+    ax.axhline(floor, color="gray", ls="--", label="real floor")
+    ax.legend(fontsize=7)
+  ax.set_ylabel(ylabel)
+  ax.tick_params(axis="x", labelrotation=20, labelsize=7)

@@ -40,14 +40,21 @@ def summarize(values) -> dict:
   return {"mean": float(v.mean()), "sd": sd, "n": int(v.size), "values": v.tolist()}
 
 
+def _numeric(x) -> bool:
+  return isinstance(x, (int, float, np.floating)) and not isinstance(x, bool)
+
+
 def summarize_scores(per_seed: list) -> dict:
-  """Per-seed score dicts (same keys) -> {key: summarize(...)} over their numeric keys."""
-  keys = [k for k, x in per_seed[0].items() if isinstance(x, (int, float, np.floating))]
+  """Per-seed score dicts (same keys) -> {key: summarize(...)} over the keys numeric in every
+  seed (a value missing or None in any seed, e.g. an unrecorded time, leaves its key out)."""
+  keys = [k for k in per_seed[0] if all(_numeric(s.get(k)) for s in per_seed)]
   return {k: summarize(s[k] for s in per_seed) for k in keys}
 
 
-def cell(summary: dict, digits: int = 3) -> str:
-  """"mean ± sd" (the mean alone for one seed)."""
+def cell(summary: dict | None, digits: int = 3) -> str:
+  """"mean ± sd" (the mean alone for one seed; "n/a" for no summary)."""
+  if summary is None:
+    return "n/a"
   if summary["sd"] is None:
     return f"{summary['mean']:.{digits}f}"
   return f"{summary['mean']:.{digits}f} ± {summary['sd']:.{digits}f}"

@@ -3,6 +3,7 @@ autoencoder and class-conditional LDM runs of each scale that the training ablat
 
 import json
 import os
+import subprocess
 import time
 
 import jax
@@ -11,20 +12,36 @@ import numpy as np
 from experiments.ablations import config_overrides
 from experiments.ablations import digit_judge
 
-# Per scale: autoencoder / LDM steps and batch, samples per class and sampler steps for evaluation,
-# held-out images of the likelihood evaluation.
+# Per scale: autoencoder / LDM steps and batch, samples per class and sampler steps for evaluation
+# (N = 10 per_class), held-out images of the likelihood evaluation, the LDM's EMA decay and whether
+# the training ablations evaluate its EMA weights. cpu: the budget of issue 18 (EMA weights, N =
+# 1,000; the class-conditional baseline should reach >= 90% class accuracy at w = 2, which every
+# report checks: seed_cells.budget_check).
 TRAIN_SCALES = {
     "tiny": dict(ae_steps=2, ldm_steps=2, batch=8, per_class=2, sample_steps=3, lr=1e-3,
-                 bpd_images=4),
-    "cpu": dict(ae_steps=600, ldm_steps=1200, batch=64, per_class=50, sample_steps=20, lr=1e-3,
-                bpd_images=100),
+                 bpd_images=4, ema_decay=0.99, use_ema=True),
+    "cpu": dict(ae_steps=600, ldm_steps=2000, batch=64, per_class=100, sample_steps=20, lr=1e-3,
+                bpd_images=100, ema_decay=0.999, use_ema=True),
 }
+BUDGET_W, BUDGET_ACC = 2.0, 0.90  # the budget criterion: baseline class accuracy at guidance w
+
+
+def git_commit():
+  """`git rev-parse --short HEAD` of the repository holding this file, or "unknown"."""
+  try:
+    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                         cwd=os.path.dirname(os.path.abspath(__file__)), timeout=30, check=True)
+  except (OSError, subprocess.SubprocessError):
+    return "unknown"
+  return out.stdout.strip() or "unknown"
 
 
 def train_run(get_config, workdir, overrides):
   """Trains (or resumes, or reuses) a stage in `workdir` with `run.train`; returns its summary
-  (eval.json) plus "seconds" (the wall time of its training: this call's, or the one recorded by a
-  reused run, None if it recorded none) and "reused"."""
+  (eval.json, which also records "train_seconds" and the git "commit" of the code that trained it)
+  plus "seconds" (the wall time of its training, over every stretch of a resumed run: this call's
+  plus the earlier ones, or the one recorded by a reused run; None if a run recorded none) and
+  "reused"."""
   from ldm_jax.stages import run  # pylint: disable=import-outside-toplevel
   config = config_overrides.apply_overrides(get_config(), overrides)
   eval_path = os.path.join(workdir, "eval.json")
@@ -38,13 +55,17 @@ def train_run(get_config, workdir, overrides):
     if summary.get("steps") == config.train.num_steps:  # reused: the wall time of its training
       # (None for runs trained before eval.json recorded it; reports print "n/a")
       return {**summary, "seconds": summary.get("train_seconds"), "reused": True}
+  # A run resumed from a shorter one (eval.json below the steps): its wall time adds to the earlier
+  # stretches' (unknown if they recorded none).
+  earlier = summary.get("train_seconds") if os.path.exists(eval_path) else 0.0
   t0 = time.time()
   summary = run.train(config, workdir)
-  seconds = time.time() - t0
+  seconds = None if earlier is None else earlier + time.time() - t0
+  summary = {**summary, "train_seconds": seconds, "commit": git_commit()}
   if jax.process_index() == 0:
     with open(eval_path, "w", encoding="utf-8") as f:
-      json.dump({**summary, "train_seconds": seconds}, f, indent=1, default=float)
-  return {**summary, "seconds": seconds, "reused": False}
+      json.dump(summary, f, indent=1, default=float)
+  return {**summary, "seconds": summary["train_seconds"], "reused": False}
 
 
 def autoencoder_dir(workdir, scale, kind, f, c):
@@ -79,7 +100,7 @@ def ldm_run(workdir, ae_workdir, scale, *, seed=0, steps=None, decay_steps=None,
   o = {**config_overrides.unet_overrides(scale),
        **config_overrides.run_overrides(steps or sc["ldm_steps"], sc["batch"], seed, sc["lr"],
                                         decay_steps),
-       "first_stage.workdir": os.path.abspath(ae_workdir), "train.ema_decay": 0.99}
+       "first_stage.workdir": os.path.abspath(ae_workdir), "train.ema_decay": sc["ema_decay"]}
   o.update(extra or {})
   return train_run(mnist_ldm.get_config, workdir, o)
 
