@@ -119,7 +119,7 @@ def _verdict_text(md):
   return md.split("**Does this reproduction agree?**")[1].split("**Notes.**")[0]
 
 
-def _check_seed_cells(root, seeds_, tags, md, key="w1"):
+def _check_seed_cells(root, seeds_, tags, md, key="steps2_ema1_ddim3_n20_w1"):
   """Per-seed run dirs with the commit and wall time in eval.json and cached scores beside them;
   the report's budget line says met / missed as the cached w = 2 accuracies say."""
   w2 = []
@@ -129,7 +129,7 @@ def _check_seed_cells(root, seeds_, tags, md, key="w1"):
       with open(cell / "eval.json", encoding="utf-8") as f:
         ev = json.load(f)
       assert ev["commit"] and ev["train_seconds"] > 0, ev
-      assert len(list(cell.glob(f"scores_seed{s}_steps*_{key}.json"))) == 1, list(cell.iterdir())
+      assert (cell / f"scores_seed{s}_{key}.json").exists(), list(cell.iterdir())
     (budget,) = (root / f"seed{s}" / tags[0]).glob(f"scores_seed{s}_steps*_w2.json")
     with open(budget, encoding="utf-8") as f:
       w2.append(json.load(f)["acc"])
@@ -182,12 +182,26 @@ def test_prediction_weighting(tiny):
 
 
 def test_schedules(tiny):
-  results, md = _run(schedules, tiny, "schedules", f"--ae={tiny['ae']}", "--variants=4")
+  """--seeds=0,1 with variant 4 (and the LDM recipe, the budget baseline, which always runs): both
+  timestep grids per cell, mean ± sd cells, cached scores reused by a rerun."""
+  argv = (f"--ae={tiny['ae']}", "--variants=4", "--seeds=0,1")
+  results, md = _run(schedules, tiny, "schedules", *argv, workdir="work_seeds")
   _check_report(md)
-  label = schedules.VARIANTS[4][0]
-  assert _table_rows(md) == [label, label, "real (floor)"]
-  assert [r[1] for r in results] == ["leading", "trailing"]
-  assert results[0][2] < 1e-6  # zero terminal SNR: abar_T = 0
+  base, label = schedules.VARIANTS[schedules.BASELINE][0], schedules.VARIANTS[4][0]
+  assert _table_rows(md) == [base, base, label, label, "real (floor)"]
+  assert [r[1] for r in results] == ["leading", "trailing"] * 2
+  assert results[2][2] < 1e-6 < results[0][2]  # zero terminal SNR: abar_T = 0; LDM's is not
+  for lab, spacing, _, s in results:  # FD, acc, recall, brightness, train s
+    row = [l for l in md.splitlines() if l.startswith(f"| {lab} | {spacing} |")]
+    assert len(row) == 1 and row[0].count("±") == 5, md
+    assert s["fd"]["n"] == 2 and 0.0 <= s["brightness"]["mean"] <= 1.0
+  assert "0 of 8 cells reused" in md and "EMA weights" in md
+  _check_seed_cells(tiny["root"] / "work_seeds" / "schedules" / "tiny", (0, 1),
+                    ("ldm", "sd_ztsnr_v"), md, key="steps2_ema1_ddim3_n20_gridleading")
+
+  again, md2 = _run(schedules, tiny, "schedules", *argv, workdir="work_seeds")
+  assert "8 of 8 cells reused" in md2, md2
+  assert [r[3]["fd"]["values"] for r in again] == [r[3]["fd"]["values"] for r in results]
 
 
 def test_autoencoders_then_downsampling(tiny):
