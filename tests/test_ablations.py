@@ -164,20 +164,31 @@ def test_scale_factor_seeds(tiny):
 
 
 def test_prediction_weighting(tiny):
-  results, md = _run(prediction_weighting, tiny, "prediction_weighting", f"--ae={tiny['ae']}",
-                     "--variants=4", "--checkpoints=1,2")
+  """--seeds=0,1 with variant 4 (and eps + simple, the budget baseline, which always runs) at two
+  checkpoints; a rerun reuses each checkpoint's scores (the run only keeps its latest step, so
+  retraining or re-scoring would report step 2's model at step 1)."""
+  argv = (f"--ae={tiny['ae']}", "--variants=4", "--checkpoints=1,2", "--seeds=0,1")
+  results, md = _run(prediction_weighting, tiny, "prediction_weighting", *argv,
+                     workdir="work_seeds")
   _check_report(md)
-  assert _table_rows(md) == ["v, simple", "v, simple", "real (floor)"]
-  assert [step for _, step, _, _, _ in results] == [1, 2]
-  # A rerun reuses each checkpoint's scores (the run only keeps its latest step, so retraining or
-  # re-scoring would report step 2's model at step 1).
-  again, md2 = _run(prediction_weighting, tiny, "prediction_weighting", f"--ae={tiny['ae']}",
-                    "--variants=4", "--checkpoints=1,2")
-  assert [(s, ev["fd"], secs) for _, s, ev, secs, _ in again] == [
-      (s, ev["fd"], secs) for _, s, ev, secs, _ in results]
-  assert results[0][2]["fd"] != results[1][2]["fd"]  # the two checkpoints are different models
-  assert results[0][2]["bpd"] is None and np.isfinite(results[1][2]["bpd"])  # final step only
-  assert results[1][2]["bpd_se"] > 0
+  assert _table_rows(md) == ["eps, simple"] * 2 + ["v, simple"] * 2 + ["real (floor)"]
+  assert [(label, step) for label, step, _ in results] == [
+      ("eps, simple", 1), ("eps, simple", 2), ("v, simple", 1), ("v, simple", 2)]
+  assert results[2][2]["fd"]["values"] != results[3][2]["fd"]["values"]  # different models
+  assert "bpd" not in results[2][2] and np.isfinite(results[3][2]["bpd"]["mean"])  # final only
+  assert results[3][2]["bpd"]["n"] == 2 and results[3][2]["bpd_se"]["mean"] > 0
+  rows = [l for l in md.splitlines() if l.startswith("| v, simple |")]
+  assert [r.count("±") for r in rows] == [6, 8], md  # loss, FD, acc, prec., recall, (bpd, se,) s
+  assert "0 of 8 cells reused" in md
+  _check_seed_cells(tiny["root"] / "work_seeds" / "prediction_weighting" / "tiny", (0, 1),
+                    ("epsilon_simple", "v_prediction_simple"), md,
+                    key="steps2_ema1_ddim3_n20_w1_decay2")
+  again, md2 = _run(prediction_weighting, tiny, "prediction_weighting", *argv,
+                    workdir="work_seeds")
+  assert "8 of 8 cells reused" in md2, md2
+  assert [s["fd"]["values"] for _, _, s in again] == [s["fd"]["values"] for _, _, s in results]
+  assert [s["train_s"]["values"] for _, _, s in again] == [
+      s["train_s"]["values"] for _, _, s in results]
   assert _table_rows(md2) == _table_rows(md)
 
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from experiments.ablations import guidance
+from experiments.ablations import prediction_weighting
 from experiments.ablations import scale_factor
 from experiments.ablations import schedules
 from experiments.ablations import seeds
@@ -128,3 +129,21 @@ def test_schedules_verdict_resolves_only_beyond_the_spread():
   assert wrong.count(": DISAGREES (") == 2, wrong
   noisy = schedules._verdict(results((5.0, 3.0, 6.0, 2.0), sd=3.0), (0.13, 0.05))
   assert noisy.count(f": {seeds.NOT_RESOLVED} (") == 2, noisy
+
+
+def test_prediction_weighting_verdict_resolves_only_beyond_the_spread():
+  def results(fds, sd):  # fds: label -> FD per checkpoint (1, 2)
+    return [(label, step, {"fd": seeds.summarize([f - sd, f + sd])})
+            for label, per_step in fds.items() for step, f in zip((1, 2), per_step)]
+  fds = {"eps, simple": (4.0, 2.0), "eps, min-SNR-5": (3.0, 2.05), "x0, simple": (6.0, 5.0),
+         "v, simple": (4.0, 2.02)}
+  clear = prediction_weighting._verdict(results(fds, sd=0.1), (1, 2))
+  assert "eps vs x0 (simple): agrees (eps better)." in clear, clear
+  assert f"FD ratio 1.01, {seeds.NOT_RESOLVED} (v ~ eps" in clear, clear
+  assert f"1: agrees, 2: {seeds.NOT_RESOLVED}; overall agrees" in clear, clear
+  fds.update({"x0, simple": (1.0, 1.0), "v, simple": (4.0, 4.0), "eps, min-SNR-5": (3.0, 3.0)})
+  wrong = prediction_weighting._verdict(results(fds, sd=0.1), (1, 2))
+  assert "eps vs x0 (simple): DISAGREES" in wrong and "FD ratio 2.00, DISAGREES" in wrong, wrong
+  assert "1: agrees, 2: DISAGREES; overall mixed" in wrong, wrong
+  noisy = prediction_weighting._verdict(results(fds, sd=5.0), (1, 2))
+  assert "agrees" not in noisy and "DISAGREES" not in noisy, noisy

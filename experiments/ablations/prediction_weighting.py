@@ -1,11 +1,15 @@
 """Ablation 5: prediction target (eps, x0, v) x loss weighting (simple, Min-SNR-5): sample quality vs
 training steps, LDMs on one autoencoder's latents, evaluated at a few checkpoints.
 
-  nice -n 19 python -m experiments.ablations.prediction_weighting --scale=cpu [--ae=...]
+  nice -n 19 python -m experiments.ablations.prediction_weighting --scale=cpu --seeds=0,1,2 [--ae=...]
 
 Each run is trained to the first checkpoint, evaluated, resumed to the next (same cosine
-learning-rate schedule over the final step count), and so on. Writes <out>/prediction_weighting.md
-and <out>/prediction_weighting.png.
+learning-rate schedule over the final step count), and so on. With --seeds every variant is run
+once per seed (`seed_cells`: runs in <root>/seed<s>/<tag>; each checkpoint's scores cached in the
+run as scores_seed<s>_steps<k>_...json, since the run only keeps its latest step; the autoencoder is
+--seed's for all): mean ± sd cells, verdicts only beyond the spread. eps + simple (variant 0, the
+LDM recipe) always runs: it is the budget check's baseline. Writes <out>/prediction_weighting.md and
+<out>/prediction_weighting.png.
 """
 
 import os
@@ -14,12 +18,13 @@ if __name__ == "__main__":
   from ldm_jax import host_devices  # pylint: disable=wrong-import-position
   host_devices.simulate_one_device_per_core()  # before JAX is imported
 
-import json  # pylint: disable=wrong-import-position
 import time  # pylint: disable=wrong-import-position
 
 from experiments.ablations import cli  # pylint: disable=wrong-import-position
 from experiments.ablations import evaluation  # pylint: disable=wrong-import-position
 from experiments.ablations import report  # pylint: disable=wrong-import-position
+from experiments.ablations import seed_cells  # pylint: disable=wrong-import-position
+from experiments.ablations import seeds as seeds_lib  # pylint: disable=wrong-import-position
 from experiments.ablations import training  # pylint: disable=wrong-import-position
 
 NAME = "prediction_weighting"
@@ -27,122 +32,159 @@ NAME = "prediction_weighting"
 VARIANTS = (("eps, simple", "epsilon", "simple"), ("eps, min-SNR-5", "epsilon", "min_snr"),
             ("x0, simple", "sample", "simple"), ("x0, min-SNR-5", "sample", "min_snr"),
             ("v, simple", "v_prediction", "simple"), ("v, min-SNR-5", "v_prediction", "min_snr"))
-CHECKPOINTS = {"tiny": (1, 2), "cpu": (300, 600, 1200)}
+CHECKPOINTS = {"tiny": (1, 2), "cpu": (500, 1000, 2000)}
 CLAIM = ("DDPM (Ho et al. 2020, sec. 3.2/4.2): eps + L_simple gives the best samples, x0 "
          "prediction 'worse sample quality'; v-prediction (Salimans & Ho 2022) ~ eps; Min-SNR-gamma "
          "weighting (Hang et al. 2023, gamma = 5) converges faster ('3.4x' on ImageNet).")
 
 
 def main(argv=None):
-  args = cli.parse_args(argv, __doc__, **cli.LATENT_ABLATION_FLAGS,
-                        checkpoints=("", "Comma-separated step counts (default: the scale's)."))
+  args = cli.parse_args(argv, __doc__, **{
+      **cli.LATENT_ABLATION_FLAGS,
+      "variants": ("", "Comma-separated variant indices (default: all; 0 always runs)."),
+      "checkpoints": ("", "Comma-separated step counts (default: the scale's).")})
   t_start = time.time()
-  variants = cli.pick_variants(args.variants, VARIANTS)
+  seeds = seeds_lib.parse_seeds(args.seeds, args.seed)
+  variants = cli.pick_variants(args.variants, VARIANTS, always=(0,))
   checkpoints = (cli.int_list(args.checkpoints, "checkpoints") if args.checkpoints
                  else CHECKPOINTS[args.scale])
+  last = checkpoints[-1]
   sc, root, judge, clf_path, ae_dir = training.latent_ablation_setup(args, NAME)
 
-  results = []  # (label, step, scores, train seconds so far, train loss)
-  for label, pred, weighting in variants:
-    workdir = os.path.join(root, f"{pred}_{weighting}")
-    seconds = 0.0
-    for step in checkpoints:
-      ev = _checkpoint(judge, workdir, ae_dir, args, step, checkpoints[-1],
-                       {"diffusion.prediction_type": pred, "diffusion.weighting": weighting,
-                        "diffusion.min_snr_gamma": 5.0})
-      seconds = None if seconds is None or ev["train_seconds"] is None else seconds + ev["train_seconds"]
-      results.append((label, step, ev, seconds, ev["loss"]))
-      print(f"{label:16s} step {step:5d}: FD {ev['fd']:.3f} acc {ev['acc']:.3f}", flush=True)
+  per_seed = {(label, step): [] for label, _, _ in variants for step in checkpoints}
+  cells, baseline = [], []
+  for seed in seeds:
+    for label, pred, weighting in variants:
+      workdir = seed_cells.seed_dir(root, seed, f"{pred}_{weighting}")
+      earlier = 0.0  # cumulative training seconds at the previous checkpoint
+      for step in checkpoints:
+        ev = _checkpoint(judge, workdir, ae_dir, args.scale, seed, step, last,
+                         {"diffusion.prediction_type": pred, "diffusion.weighting": weighting,
+                          "diffusion.min_snr_gamma": 5.0})
+        total = ev["train_seconds"]
+        stretch = None if total is None or earlier is None else total - earlier
+        earlier = total
+        cells.append(({"commit": ev["train_commit"], "seconds": stretch,
+                       "reused": ev["reused"]}, ev))
+        per_seed[(label, step)].append({**ev, "train_s": total})
+        print(f"seed {seed} {label:16s} step {step:5d}: FD {ev['fd']:.3f} acc {ev['acc']:.3f}"
+              f"{' (reused)' if ev['reused'] else ''}", flush=True)
+      if (pred, weighting) == VARIANTS[0][1:]:
+        baseline.append((seed, workdir, last))
+  _, _, budget = seed_cells.budget_check(judge, baseline, args.scale, VARIANTS[0][0])
 
+  # (label, step, {metric: summary over the seeds}); bpd only at the final checkpoint
+  results = [(label, step, seeds_lib.summarize_scores(v)) for (label, step), v in per_seed.items()]
   n = 10 * sc["per_class"]
   floor = judge.floor(n, args.seed)
-  rows = [[label, step, loss, ev["fd"], ev["acc"], ev["precision"], ev["recall"],
-           "-" if ev["bpd"] is None else f"{ev['bpd']:.3f} +- {ev['bpd_se']:.3f}", secs]
-          for label, step, ev, secs, loss in results]
+  metrics = ("loss", "fd", "acc", "precision", "recall", "bpd", "bpd_se", "train_s")
+  rows = [[label, step, *(seeds_lib.cell(s[k]) if k in s else "-" for k in metrics)]
+          for label, step, s in results]
   rows.append(["real (floor)", "-", "-", floor["fd"], floor["acc"], floor["precision"],
-               floor["recall"], "-", "-"])
+               floor["recall"], "-", "-", "-"])
   wall = time.time() - t_start
   report.write_report(
       args.out, NAME, title="Ablation 5: prediction target and loss weighting (MNIST LDM)",
       claim=CLAIM,
-      setup=[f"Autoencoder `{ae_dir}` (KL, f = 4, latents scaled to unit std) shared by all runs.",
+      setup=[f"Autoencoder `{ae_dir}` (KL, f = 4, latents scaled to unit std; trained with seed "
+             f"{args.seed}) shared by every cell: only the LDM cells vary by seed.",
              f"Checkpoints at {', '.join(map(str, checkpoints))} steps (cosine LR decay over "
-             f"{checkpoints[-1]}), batch {sc['batch']}, seed {args.seed}, LDM's scaled-linear "
+             f"{last}), batch {sc['batch']}, EMA decay {sc['ema_decay']:g}, LDM's scaled-linear "
              "schedule; Min-SNR weight min(SNR, 5) expressed for each target by "
              "`ldm_jax.diffusion.losses`.",
-             f"Evaluation: raw (not EMA) weights, {sc['per_class']} samples per digit, DDIM "
-             f"{sc['sample_steps']} steps, w = 1; classifier `{clf_path}`.",
-             f"Latent bits/dim (final checkpoint, +- standard error over images): the variational "
-             f"bound on -log p(z | label) of the first {sc['bpd_images']} held-out images' scaled "
-             "latents, all T levels, one noise draw each (`LatentDiffusionPipeline."
-             "latent_bits_per_dim`). It is a bound on a density of the latents, not an image "
-             "likelihood; lower is a better fit, comparable here because every run shares the "
-             "autoencoder and the scale factor.",
-             report.floor_line(floor, n),
-             f"Scale `{args.scale}`; wall time {wall:.0f} s on {report.devices_line()}."],
+             seed_cells.seeds_line(seeds, root), seed_cells.eval_line(args.scale, clf_path),
+             f"Latent bits/dim (final checkpoint; its se: the standard error over images, mean over "
+             f"the seeds): the variational bound on -log p(z | label) of the first "
+             f"{sc['bpd_images']} held-out images' scaled latents, all T levels, one noise draw each "
+             "(`LatentDiffusionPipeline.latent_bits_per_dim`, same weights as the samples). It is a "
+             "bound on a density of the latents, not an image likelihood; lower is a better fit, "
+             "comparable here because every run shares the autoencoder.",
+             budget, report.floor_line(floor, n), seed_cells.provenance_line(cells, wall)],
       header=["target, weighting", "train steps", "train loss", "FD", "class acc", "precision",
-              "recall", "latent bits/dim", "train s (cumulative)"],
-      rows=rows, verdict=_verdict(results, checkpoints[-1]),
+              "recall", "latent bits/dim", "its se", "train s (cumulative)"],
+      rows=rows, verdict=_verdict(results, checkpoints),
       notes=["Train losses are on different targets/weights and are not comparable across rows."])
   _plot(args.out, results, floor)
   return results
 
 
-def _checkpoint(judge, workdir, ae_dir, args, step, last, extra):
-  """Scores of the run in workdir trained (resumed) to `step`, plus "train_seconds" (of this
-  stretch of training) and "loss". Kept in workdir/eval_step<step>.json: a rerun reuses them (the
-  run itself only holds its latest step)."""
-  path = os.path.join(workdir, f"eval_step{step}.json")
-  if os.path.exists(path):
-    with open(path, encoding="utf-8") as f:
-      return json.load(f)
-  run = training.ldm_run(workdir, ae_dir, args.scale, seed=args.seed, steps=step, decay_steps=last,
-                         extra=extra)
-  ev = evaluation.evaluate_ldm(judge, workdir, args.scale, seed=args.seed)
-  ev = {**{k: v for k, v in ev.items() if k != "images"}, "train_seconds": run["seconds"],
-        "loss": float(run["final_metrics"]["loss"]), "bpd": None, "bpd_se": None}
-  if step == last:  # the likelihood costs T model calls per image: final checkpoint only
-    ev["bpd"], ev["bpd_se"] = evaluation.latent_bits_per_dim(
-        workdir, training.TRAIN_SCALES[args.scale]["bpd_images"], seed=args.seed)
-  with open(path, "w", encoding="utf-8") as f:
-    json.dump(ev, f, indent=1, default=float)
-  return ev
+def _checkpoint(judge, workdir, ae_dir, scale, seed, step, last, extra):
+  """Scores of the run in workdir trained (resumed) to `step` (cosine decay over `last`), with
+  "train_seconds" (cumulative), "train_commit" and "loss"; cached in the run
+  (`seed_cells.cached_scores`): a rerun reuses them without training (the run itself only holds
+  its latest step, so retraining or re-scoring would report a later model)."""
+  sc = training.TRAIN_SCALES[scale]
+  settings = seed_cells.eval_settings(scale, step, w=1.0, decay=last)
+  run = None
+  if not os.path.exists(seed_cells.scores_path(workdir, seed, settings)):
+    run = training.ldm_run(workdir, ae_dir, scale, seed=seed, steps=step, decay_steps=last,
+                           extra=extra)
+
+  def compute():
+    ev = evaluation.evaluate_ldm(judge, workdir, scale, seed=seed, use_ema=sc["use_ema"])
+    ev.update(train_seconds=run["seconds"], train_commit=run.get("commit"),
+              loss=float(run["final_metrics"]["loss"]))
+    if step == last:  # the likelihood costs T model calls per image: final checkpoint only
+      ev["bpd"], ev["bpd_se"] = evaluation.latent_bits_per_dim(
+          workdir, sc["bpd_images"], seed=seed, use_ema=sc["use_ema"])
+    return ev
+
+  return seed_cells.cached_scores(workdir, seed, settings, compute)
 
 
-def _verdict(results, last):
-  final = {label: ev["fd"] for label, step, ev, _, _ in results if step == last}
-  parts = [f"Final FD ({last} steps): " + ", ".join(f"{k} {v:.3f}" for k, v in final.items()) + "."]
+def _verdict(results, checkpoints):
+  """eps vs x0, v ~ eps and Min-SNR vs simple on FD, each resolved only beyond the seeds' spread."""
+  last = checkpoints[-1]
+  fd = {(label, step): s["fd"] for label, step, s in results}
+  cell = seeds_lib.cell
+  final = {label: f for (label, step), f in fd.items() if step == last}
+  parts = [f"Final FD ({last} steps): " + ", ".join(f"{k} {cell(v)}" for k, v in final.items()) + "."]
   if "eps, simple" in final and "x0, simple" in final:
-    ok = final["eps, simple"] < final["x0, simple"]
-    parts.append(f"eps vs x0 (simple): {'agrees' if ok else 'DISAGREES'} (eps better).")
+    word = seeds_lib.verdict(seeds_lib.compare(final["eps, simple"], final["x0, simple"]), -1)
+    parts.append(f"eps vs x0 (simple): {word} (eps better).")
   if "eps, simple" in final and "v, simple" in final:
-    ratio = final["v, simple"] / final["eps, simple"]
+    # an equality claim: only a difference can be resolved, and it contradicts "v ~ eps"
+    differ = seeds_lib.compare(final["v, simple"], final["eps, simple"]) != 0
+    ratio = final["v, simple"]["mean"] / final["eps, simple"]["mean"]
     parts.append(f"v vs eps (simple): FD ratio {ratio:.2f}, "
-                 f"{'agrees' if 0.8 <= ratio <= 1.25 else 'DISAGREES'} (v ~ eps, within 25%).")
+                 f"{'DISAGREES' if differ else seeds_lib.NOT_RESOLVED} (v ~ eps; a tie is never "
+                 "resolved, only a difference beyond the spread).")
   for target in ("eps", "x0", "v"):
-    simple = {step: ev["fd"] for label, step, ev, _, _ in results if label == f"{target}, simple"}
-    snr = {step: ev["fd"] for label, step, ev, _, _ in results if label == f"{target}, min-SNR-5"}
-    steps = sorted(set(simple) & set(snr))
+    steps = [k for k in checkpoints
+             if (f"{target}, simple", k) in fd and (f"{target}, min-SNR-5", k) in fd]
     if steps:
-      wins = sum(snr[s] < simple[s] for s in steps)
-      verdict = "agrees" if wins == len(steps) else ("partly agrees" if wins else "DISAGREES")
-      parts.append(f"Min-SNR-5 vs simple ({target}): lower FD at {wins} of {len(steps)} "
-                   f"checkpoints, {verdict} (Min-SNR converges faster).")
-  bpd = {label: ev["bpd"] for label, step, ev, _, _ in results if step == last and ev["bpd"] is not None}
+      words = [seeds_lib.verdict(seeds_lib.compare(fd[(f"{target}, min-SNR-5", k)],
+                                                   fd[(f"{target}, simple", k)]), -1) for k in steps]
+      overall = _overall(words)
+      parts.append(f"Min-SNR-5 vs simple ({target}), FD at steps "
+                   f"{', '.join(f'{k}: {w}' for k, w in zip(steps, words))}; overall {overall} "
+                   "(Min-SNR converges faster).")
+  bpd = {label: s["bpd"] for label, step, s in results if step == last and "bpd" in s}
   if len(bpd) > 1:
-    best = min(bpd, key=bpd.get)
-    parts.append(f"Best latent bound: {best} ({bpd[best]:.3f} bits/dim); not a claim the papers "
+    best = min(bpd, key=lambda k: bpd[k]["mean"])
+    parts.append(f"Lowest latent bound: {best} ({cell(bpd[best])} bits/dim); not a claim the papers "
                  "make for these variants, reported for the record.")
   return " ".join(parts)
+
+
+def _overall(words):
+  """agrees / DISAGREES when the resolved checkpoints all say so, "mixed" when they split, else not
+  resolved."""
+  agree, disagree = "agrees" in words, "DISAGREES" in words
+  if agree and disagree:
+    return "mixed"
+  return "agrees" if agree else ("DISAGREES" if disagree else seeds_lib.NOT_RESOLVED)
 
 
 def _plot(out, results, floor):
   plt, fig, (ax1, ax2) = report.figure(2)
   for label in dict.fromkeys(r[0] for r in results):
-    pts = [(step, ev["fd"], ev["acc"]) for lab, step, ev, _, _ in results if lab == label]
+    pts = [(step, s) for lab, step, s in results if lab == label]
     style = "--" if "min-SNR" in label else "-"
-    ax1.plot([p[0] for p in pts], [p[1] for p in pts], "o" + style, label=label)
-    ax2.plot([p[0] for p in pts], [p[2] for p in pts], "o" + style, label=label)
+    for ax, key in ((ax1, "fd"), (ax2, "acc")):
+      ax.errorbar([p[0] for p in pts], [p[1][key]["mean"] for p in pts],
+                  yerr=[p[1][key]["sd"] or 0.0 for p in pts], fmt="o" + style, capsize=3,
+                  label=label)
   ax1.axhline(floor["fd"], color="gray", ls=":", label="real floor")
   ax1.set_ylabel("FD")
   ax2.set_ylabel("class accuracy")
