@@ -216,18 +216,29 @@ def test_schedules(tiny):
 
 
 def test_autoencoders_then_downsampling(tiny):
-  """Ablation 2 trains the f = 8 autoencoder that ablation 1 then reuses (not retrained)."""
-  results, md = _run(autoencoders, tiny, "autoencoders", "--configs=KL:8:4,VQ:2:2")
+  """Ablation 2 trains the f = 8 autoencoder that ablation 1 then reuses (not retrained), both over
+  two seeds (ablation 2: the autoencoder's training seed; ablation 1: the LDM's, on seed 0's
+  autoencoder)."""
+  results, md = _run(autoencoders, tiny, "autoencoders", "--configs=KL:8:4,VQ:2:2", "--seeds=0,1")
   _check_report(md)
   assert _table_rows(md) == ["KL", "VQ"]
-  assert results[1][-1] == 4.0 * 16 * 16 / (32 * 32)  # VQ bound: log2(16 codes) per 16x16 position
-  kind, f, c, psnr, ssim, rfd, acc, _, _, rate = results[0]
-  assert (kind, f, c) == ("KL", 8, 4) and np.isfinite(psnr) and -1 <= ssim <= 1 and rfd > 0
-  assert 0.0 <= acc <= 1.0 and rate > 0
+  kind, f, c, s = results[0]
+  assert (kind, f, c) == ("KL", 8, 4) and s["psnr"]["n"] == 2
+  assert s["psnr"]["values"][0] != s["psnr"]["values"][1]  # two training seeds
+  assert results[1][3]["rate"]["mean"] == 4.0 * 16 * 16 / (32 * 32)  # VQ bound: log2(16 codes) per 16x16 position
+  assert np.isfinite(s["psnr"]["mean"]) and -1 <= s["ssim"]["mean"] <= 1 and s["rfd"]["mean"] > 0
+  assert 0.0 <= s["acc"]["mean"] <= 1.0 and s["rate"]["mean"] > 0
+  assert _body_row(md, "KL").count("±") == 7, md
+  for seed in (0, 1):
+    assert (tiny["root"] / "work" / "autoencoders" / "tiny" / f"seed{seed}" / "KL_f8_c4" / "eval.json").exists()
 
-  results, md = _run(downsampling, tiny, "downsampling", "--factors=8")
+  results, md = _run(downsampling, tiny, "downsampling", "--factors=8", "--seeds=0,1")
   _check_report(md)
   assert _table_rows(md) == ["LDM-8", "real (floor)"]
   (r,) = results
-  assert r["throughput"] > 0 and r["steps"] == training.TRAIN_SCALES["tiny"]["ldm_steps"]
-  assert r["reused_autoencoder"] and r["psnr"] == psnr
+  assert r["s"]["throughput"]["mean"] > 0 and r["steps"] == training.TRAIN_SCALES["tiny"]["ldm_steps"]
+  assert r["reused_autoencoder"] and r["psnr"] == s["psnr"]["values"][0]  # seed 0's autoencoder
+  assert r["s"]["fd"]["n"] == 2 and _body_row(md, "LDM-8").count("±") == 6, md
+  assert "Budget check: not run (LDM-4" in md and "0 of 2 cells reused" in md
+  again, md2 = _run(downsampling, tiny, "downsampling", "--factors=8", "--seeds=0,1")
+  assert "2 of 2 cells reused" in md2 and again[0]["s"]["fd"] == r["s"]["fd"], md2

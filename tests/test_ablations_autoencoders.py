@@ -3,6 +3,7 @@
 import pytest
 
 from experiments.ablations import autoencoders
+from experiments.ablations import seeds
 
 
 def test_parse_grid():
@@ -18,10 +19,24 @@ def test_parse_grid():
 
 
 def test_autoencoder_verdict_separates_direction_and_size():
-  row = lambda kind, f, c, psnr: (kind, f, c, psnr, 0.9, 1.0, 0.9, 1.0, 1.0, 1.0)
+  def row(kind, f, c, psnr, sd=0.1):
+    return (kind, f, c, {"psnr": seeds.summarize([psnr - sd, psnr + sd])})
   close = autoencoders._verdict([row("KL", 4, 3, 24.0), row("VQ", 4, 3, 23.5)])  # pylint: disable=protected-access
-  assert "(gap 0.50 dB): agrees (KL slightly better)" in close
+  assert "(gap 0.50 dB): agrees (KL slightly better)" in close, close
   far = autoencoders._verdict([row("KL", 4, 3, 24.0), row("VQ", 4, 3, 18.0)])  # pylint: disable=protected-access
   assert "agrees in direction (KL better), not in size" in far and "1.1 dB" in far
   worse = autoencoders._verdict([row("KL", 8, 4, 20.0), row("VQ", 8, 4, 21.0)])  # pylint: disable=protected-access
   assert "DISAGREES" in worse
+  noisy = autoencoders._verdict([row("KL", 4, 3, 24.0, 1.0), row("VQ", 4, 3, 23.5, 1.0)])  # pylint: disable=protected-access
+  assert f"(gap 0.50 dB): {seeds.NOT_RESOLVED} (KL slightly better)" in noisy, noisy
+
+
+def test_autoencoder_verdict_on_f_and_c_resolves_only_beyond_the_spread():
+  def row(f, c, psnr, sd):
+    return ("KL", f, c, {"psnr": seeds.summarize([psnr - sd, psnr + sd])})
+  clear = autoencoders._verdict([row(2, 2, 30.0, 0.1), row(4, 3, 25.0, 0.1), row(4, 1, 20.0, 0.1),  # pylint: disable=protected-access
+                                 row(8, 4, 25.1, 0.1)])
+  assert "each step to the next f: agrees, not resolved at this scale (falls with f)" in clear, clear
+  assert "f=4: c=1 -> c=3 PSNR 20.00 ± 0.14 -> 25.00 ± 0.14: agrees (more channels help)" in clear
+  wrong = autoencoders._verdict([row(4, 1, 26.0, 0.1), row(4, 3, 20.0, 0.1)])  # pylint: disable=protected-access
+  assert "DISAGREES (more channels help)" in wrong, wrong

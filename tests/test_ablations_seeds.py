@@ -5,6 +5,7 @@ answer is known)."""
 import numpy as np
 import pytest
 
+from experiments.ablations import downsampling
 from experiments.ablations import guidance
 from experiments.ablations import prediction_weighting
 from experiments.ablations import scale_factor
@@ -147,3 +148,17 @@ def test_prediction_weighting_verdict_resolves_only_beyond_the_spread():
   assert "1: agrees, 2: DISAGREES; overall mixed" in wrong, wrong
   noisy = prediction_weighting._verdict(results(fds, sd=5.0), (1, 2))
   assert "agrees" not in noisy and "DISAGREES" not in noisy, noisy
+
+
+def test_downsampling_verdict_resolves_only_beyond_the_spread():
+  def results(fd, img_s, sd):  # per f in (1, 4, 8)
+    return [{"f": f, "s": {"fd": seeds.summarize([a - sd, a + sd]),
+                           "throughput": seeds.summarize([t - sd, t + sd])}}
+            for f, a, t in zip((1, 4, 8), fd, img_s)]
+  clear = downsampling._verdict(results((9.0, 2.0, 3.0), (1.0, 5.0, 9.0), sd=0.1))
+  assert "LDM-4 vs pixel-like LDM-1: FD 2.000 ± 0.141 vs 9.000 ± 0.141: agrees" in clear, clear
+  assert "LDM-8 over LDM-1: 9.0x: agrees" in clear, clear
+  wrong = downsampling._verdict(results((1.0, 2.0, 3.0), (1.0, 1.5, 2.0), sd=0.1))
+  assert wrong.count(": DISAGREES (") == 2, wrong  # LDM-1 best; 2x < 2.7x
+  noisy = downsampling._verdict(results((3.0, 2.0, 3.0), (1.0, 5.0, 9.0), sd=2.0))
+  assert noisy.count(f": {seeds.NOT_RESOLVED} (") == 2, noisy

@@ -1,10 +1,13 @@
 """Ablation 2: the first stage: downsampling factor f, latent channels c, KL vs VQ, scored by
 PSNR / SSIM / rFD on the held-out split (the shape of the LDM paper's Table 8).
 
-  nice -n 19 python -m experiments.ablations.autoencoders --scale=cpu
+  nice -n 19 python -m experiments.ablations.autoencoders --scale=cpu --seeds=0,1,2
 
 rFD: Frechet distance between the classifier features of the reconstructions and of the original
-held-out images. Writes <out>/autoencoders.md and <out>/autoencoders.png.
+held-out images. With --seeds every autoencoder is trained once per seed (its training seed; runs in
+<workdir>/autoencoders/<scale>/seed<s>/<kind>_f<f>_c<c>, shared with the other ablations, which
+use --seed's; scores cached beside each run): mean ± sd cells, verdicts only beyond the spread
+(seeds.py). Writes <out>/autoencoders.md and <out>/autoencoders.png.
 """
 
 if __name__ == "__main__":
@@ -20,6 +23,8 @@ import numpy as np  # pylint: disable=wrong-import-position
 from experiments.ablations import cli  # pylint: disable=wrong-import-position
 from experiments.ablations import digit_judge  # pylint: disable=wrong-import-position
 from experiments.ablations import report  # pylint: disable=wrong-import-position
+from experiments.ablations import seed_cells  # pylint: disable=wrong-import-position
+from experiments.ablations import seeds as seeds_lib  # pylint: disable=wrong-import-position
 from experiments.ablations import training  # pylint: disable=wrong-import-position
 from ldm_jax import data as data_lib  # pylint: disable=wrong-import-position
 from ldm_jax.metrics import frechet  # pylint: disable=wrong-import-position
@@ -93,30 +98,42 @@ def parse_grid(spec):
 def main(argv=None):
   args = cli.parse_args(argv, __doc__, configs=("", "kind:f:c list, e.g. KL:4:3,VQ:4:3 (default: the scale's grid)."))
   t_start = time.time()
+  seeds = seeds_lib.parse_seeds(args.seeds, args.seed)
   grid = parse_grid(args.configs) if args.configs else GRID[args.scale]
   judge, clf_path = digit_judge.load_judge(args.classifier, args.workdir)
   x, y = digit_judge.split(digit_judge.HELD_OUT)
-  results = []
-  for kind, f, c in grid:
-    ae_dir = training.autoencoder_dir(args.workdir, args.scale, kind, f, c)
-    run = training.autoencoder_run(ae_dir, args.scale, f=f, z_channels=c, kind=kind, seed=args.seed)
-    x_hat, z_std, rate = reconstruct(ae_dir, x)
-    rfd = frechet.frechet_distance_from_stats(frechet.stats_from_features(judge.features(x_hat)),
-                                              judge.real_stats)
-    acc = float(np.mean(judge.predict(x_hat) == y))
-    results.append((kind, f, c, run["psnr"], run["ssim"], rfd, acc, z_std, run["seconds"], rate))
-    print(f"{kind} f={f} c={c}: PSNR {run['psnr']:.2f} SSIM {run['ssim']:.3f} rFD {rfd:.3f}", flush=True)
-
-  floor = judge.floor(x.shape[0], args.seed)
   sc = training.TRAIN_SCALES[args.scale]
-  rows = [[kind, f, c, f"{32 // f}x{32 // f}x{c}", psnr, ssim, rfd, acc, rate, z_std, secs]
-          for kind, f, c, psnr, ssim, rfd, acc, z_std, secs, rate in results]
+  per_seed = {config: [] for config in grid}
+  cells = []
+  for seed in seeds:
+    for kind, f, c in grid:
+      ae_dir = training.autoencoder_dir(args.workdir, args.scale, kind, f, c, seed)
+      run = training.autoencoder_run(ae_dir, args.scale, f=f, z_channels=c, kind=kind, seed=seed)
+      ev = seed_cells.cached_scores(ae_dir, seed, {"steps": run["steps"], "n": x.shape[0]},
+                                    lambda: _scores(judge, ae_dir, x, y))
+      cells.append((run, ev))
+      per_seed[(kind, f, c)].append({**ev, "psnr": run["psnr"], "ssim": run["ssim"],
+                                     "train_s": run["seconds"]})
+      print(f"seed {seed} {kind} f={f} c={c}: PSNR {run['psnr']:.2f} SSIM {run['ssim']:.3f} rFD "
+            f"{ev['rfd']:.3f}{' (reused)' if run['reused'] and ev['reused'] else ''}", flush=True)
+
+  # (kind, f, c, {metric: summary over the seeds})
+  results = [(*config, seeds_lib.summarize_scores(v)) for config, v in per_seed.items()]
+  floor = judge.floor(x.shape[0], args.seed)
+  metrics = ("psnr", "ssim", "rfd", "acc", "rate", "z_std", "train_s")
+  rows = [[kind, f, c, f"{32 // f}x{32 // f}x{c}", *(seeds_lib.cell(s.get(k)) for k in metrics)]
+          for kind, f, c, s in results]
   wall = time.time() - t_start
   report.write_report(
       args.out, NAME, title="Ablation 2: autoencoder zoo (MNIST, held-out split)", claim=CLAIM,
-      setup=[f"Each autoencoder: {sc['ae_steps']} steps, batch {sc['batch']}, seed {args.seed}, L1 "
+      setup=[f"Each autoencoder: {sc['ae_steps']} steps, batch {sc['batch']}, L1 "
              "reconstruction + KL 1e-6 (KL) or codebook loss (VQ, 256 codes at cpu scale), no "
-             "GAN and no LPIPS (no pretrained weights here), no attention.",
+             "GAN and no LPIPS (no pretrained weights here), no attention; scored with its EMA "
+             "weights.",
+             f"Seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}: a seed is an "
+             "autoencoder's training seed (runs in `<workdir>/autoencoders/<scale>/seed<s>/`)"
+             + ("; cells: mean ± sd (sample sd) over the seeds, verdicts only on differences "
+                "beyond sd_a + sd_b." if len(seeds) > 1 else "; one seed, so no verdict is resolved."),
              f"PSNR / SSIM (images in [0, 1]) by the stage's own evaluation over the "
              f"{x.shape[0]} held-out images; rFD / class accuracy of the reconstructions with "
              f"classifier `{clf_path}`; latent std of the posterior mean (VQ: pre-quantisation).",
@@ -125,7 +142,9 @@ def main(argv=None):
              "latent position (K codes). 8 bits would store the pixels themselves.",
              f"rFD scale: the real-vs-real FD at this N (train subset vs held-out) is "
              f"{floor['fd']:.3f}; a perfect autoencoder has rFD 0.",
-             f"Scale `{args.scale}`; wall time {wall:.0f} s on {report.devices_line()}."],
+             "No LDM is trained here, so the guided-accuracy budget check of the LDM ablations does "
+             "not apply.",
+             seed_cells.provenance_line(cells, wall)],
       header=["kind", "f", "c", "latent", "PSNR dB", "SSIM", "rFD", "class acc of rec.",
               "rate bits/px", "latent std", "train s"],
       rows=rows, verdict=_verdict(results))
@@ -133,50 +152,58 @@ def main(argv=None):
   return results
 
 
+def _scores(judge, ae_dir, x, y):
+  """rFD, class accuracy, latent std and rate of an autoencoder's reconstructions of x."""
+  x_hat, z_std, rate = reconstruct(ae_dir, x)
+  rfd = frechet.frechet_distance_from_stats(frechet.stats_from_features(judge.features(x_hat)),
+                                            judge.real_stats)
+  return {"rfd": float(rfd), "acc": float(np.mean(judge.predict(x_hat) == y)), "z_std": z_std,
+          "rate": rate}
+
+
 def _verdict(results):
+  """PSNR falls with f, rises with c, and KL beats VQ, each resolved only beyond the seeds' spread
+  (results: (kind, f, c, {metric: summary}))."""
+  cell, compare, verdict = seeds_lib.cell, seeds_lib.compare, seeds_lib.verdict
   kl = [r for r in results if r[0] == "KL"]
   parts = []
   by_f = {}
   for r in kl:
     by_f.setdefault(r[1], []).append(r)
-  best_per_f = {f: max(rs, key=lambda r: r[3]) for f, rs in by_f.items()}
+  best_per_f = {f: max(rs, key=lambda r: r[3]["psnr"]["mean"]) for f, rs in by_f.items()}
   fs = sorted(best_per_f)
   if len(fs) > 1:
-    psnrs = [best_per_f[f][3] for f in fs]
-    ok = all(a >= b for a, b in zip(psnrs, psnrs[1:]))
-    parts.append("Best KL PSNR per f (" + ", ".join(f"f={f}: {p:.2f}" for f, p in zip(fs, psnrs))
-                 + f"): {'agrees' if ok else 'DISAGREES'} (falls with f).")
+    psnr = [best_per_f[f][3]["psnr"] for f in fs]
+    words = [verdict(compare(a, b), +1) for a, b in zip(psnr, psnr[1:])]
+    parts.append("Best KL PSNR per f (" + ", ".join(f"f={f}: {cell(p, 2)}" for f, p in zip(fs, psnr))
+                 + "), each step to the next f: " + ", ".join(words) + " (falls with f).")
   for f, rs in by_f.items():
     if len(rs) > 1:
-      rs = sorted(rs, key=lambda r: r[2])
-      ok = rs[-1][3] >= rs[0][3]
-      parts.append(f"f={f}: c={rs[0][2]} -> c={rs[-1][2]} PSNR {rs[0][3]:.2f} -> {rs[-1][3]:.2f}: "
-                   f"{'agrees' if ok else 'DISAGREES'} (more channels help).")
+      ordered = sorted(rs, key=lambda r: r[2])
+      lo, hi = ordered[0], ordered[-1]
+      word = verdict(compare(hi[3]["psnr"], lo[3]["psnr"]), +1)
+      parts.append(f"f={f}: c={lo[2]} -> c={hi[2]} PSNR {cell(lo[3]['psnr'], 2)} -> "
+                   f"{cell(hi[3]['psnr'], 2)}: {word} (more channels help).")
   for r in results:
-    if r[0] == "VQ":
-      match = [k for k in kl if k[1] == r[1] and k[2] == r[2]]
-      if match:
-        gap = match[0][3] - r[3]
-        paper = PAPER_VQ256_GAP_DB.get(r[1])
-        if gap < 0:
-          verdict = "DISAGREES (KL slightly better)"
-        elif paper is not None and gap > 2 * paper:
-          verdict = (f"agrees in direction (KL better), not in size: the paper's gap with 256 "
-                     f"codes is {paper:.1f} dB")
-        else:
-          verdict = "agrees (KL slightly better)"
-        parts.append(f"KL vs VQ at f={r[1]}, c={r[2]}: PSNR {match[0][3]:.2f} vs {r[3]:.2f} "
-                     f"(gap {gap:.2f} dB): {verdict}.")
+    match = [k for k in kl if k[1:3] == r[1:3]]
+    if r[0] == "VQ" and match:
+      kl_psnr, vq_psnr = match[0][3]["psnr"], r[3]["psnr"]
+      gap = kl_psnr["mean"] - vq_psnr["mean"]
+      word = verdict(compare(kl_psnr, vq_psnr), +1)
+      paper = PAPER_VQ256_GAP_DB.get(r[1])
+      if word == "agrees" and paper is not None and gap > 2 * paper:
+        word = (f"agrees in direction (KL better), not in size: the paper's gap with 256 codes is "
+                f"{paper:.1f} dB")
+      parts.append(f"KL vs VQ at f={r[1]}, c={r[2]}: PSNR {cell(kl_psnr, 2)} vs {cell(vq_psnr, 2)} "
+                   f"(gap {gap:.2f} dB): {word} (KL slightly better).")
   return " ".join(parts) if parts else "Too few autoencoders to compare."
 
 
 def _plot(out, results):
   plt, fig, (ax1, ax2) = report.figure(2)
-  names = [f"{k} f{f} c{c}" for k, f, c, *_ in results]
-  ax1.bar(names, [r[3] for r in results])
-  ax1.set_ylabel("PSNR (dB)")
-  ax2.bar(names, [r[5] for r in results], color="C1")
-  ax2.set_ylabel("rFD (classifier features)")
+  names = [f"{k} f{f} c{c}" for k, f, c, _ in results]
+  report.bars(ax1, names, [r[3]["psnr"] for r in results], "PSNR (dB)")
+  report.bars(ax2, names, [r[3]["rfd"] for r in results], "rFD (classifier features)")
   for ax in (ax1, ax2):
     ax.tick_params(axis="x", labelrotation=45, labelsize=7)
   report.save_figure(plt, fig, out, NAME)

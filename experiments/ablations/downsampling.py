@@ -11,7 +11,11 @@ budget_s x steps/s steps (same UNet family, seed and batch), sampled, and timed.
 f = 1 deviation: the stage code has no identity first stage, so "pixel space" is a one-level
 (no downsampling) KL autoencoder with c = 1: the denoiser runs on 32x32x1 maps like a pixel-space
 model, but through a learned per-pixel conv encoder/decoder.
-Writes <out>/downsampling.md and <out>/downsampling.png.
+
+With --seeds=0,1,2 every LDM is trained and scored once per seed (`seed_cells`: runs in
+<root>/seed<s>/ldm_f<f>, scores and throughput cached beside them); the autoencoders and the
+calibration runs (hence each f's step count) are --seed's for every seed. Mean ± sd cells, verdicts
+only beyond the spread. Writes <out>/downsampling.md and <out>/downsampling.png.
 """
 
 import os
@@ -27,12 +31,15 @@ from experiments.ablations import digit_judge  # pylint: disable=wrong-import-po
 from experiments.ablations import evaluation  # pylint: disable=wrong-import-position
 from experiments.ablations import report  # pylint: disable=wrong-import-position
 from experiments.ablations import sampling  # pylint: disable=wrong-import-position
+from experiments.ablations import seed_cells  # pylint: disable=wrong-import-position
+from experiments.ablations import seeds as seeds_lib  # pylint: disable=wrong-import-position
 from experiments.ablations import training  # pylint: disable=wrong-import-position
 
 NAME = "downsampling"
 FACTORS = {1: 1, 2: 2, 4: 3, 8: 4}  # f -> latent channels c: the paper's LDM-f z-shapes (tab. 13), c = 1 at f = 1 (gray)
 BUDGETS = {"tiny": 0.0, "cpu": 180.0}  # seconds of LDM training per f (0: the scale's ldm_steps)
 CALIBRATION_STEPS = {"tiny": 3, "cpu": 30}
+BASELINE_F = 4  # the LDM recipe's factor: the budget check's baseline
 CLAIM = ("LDM sec. 4.1: small f (LDM-1, -2) trains slowly, too large f stagnates at the "
          "autoencoder's fidelity, LDM-4..16 strike the balance (FID gap of 38 between LDM-1 and LDM-8 "
          "after 2M steps); latent models sample >= 2.7x faster (Table 6).")
@@ -42,98 +49,128 @@ def main(argv=None):
   args = cli.parse_args(argv, __doc__, budget_s=(-1.0, "LDM training seconds per f (-1: scale's)."),
                         factors=("", "Comma-separated f values (default: 1,2,4,8)."))
   t_start = time.time()
+  seeds = seeds_lib.parse_seeds(args.seeds, args.seed)
   sc = training.TRAIN_SCALES[args.scale]
   budget = BUDGETS[args.scale] if args.budget_s < 0 else args.budget_s
   factors = tuple(int(v) for v in args.factors.split(",")) if args.factors else tuple(FACTORS)
   root = os.path.join(args.workdir, NAME, args.scale)
   judge, clf_path = digit_judge.load_judge(args.classifier, args.workdir)
 
-  results = []
+  results, cells, baseline = [], [], []
   for f in factors:
     c = FACTORS[f]
-    ae_dir = training.autoencoder_dir(args.workdir, args.scale, "KL", f, c)  # shared with autoencoders.py
+    ae_dir = training.autoencoder_dir(args.workdir, args.scale, "KL", f, c, args.seed)  # shared with autoencoders.py
     ae = training.autoencoder_run(ae_dir, args.scale, f=f, z_channels=c, seed=args.seed)
     steps = sc["ldm_steps"]
-    if budget > 0:  # equal wall-clock: calibrate this f's steps/s first
+    if budget > 0:  # equal wall-clock: calibrate this f's steps/s first (once, for every seed)
       # steps/s of the last logging window: the first one includes compilation.
       calib = training.ldm_run(os.path.join(root, f"calib_f{f}"), ae_dir, args.scale,
                                seed=args.seed, steps=CALIBRATION_STEPS[args.scale],
                                extra={"train.log_every": CALIBRATION_STEPS[args.scale] // 3})
       steps = max(CALIBRATION_STEPS[args.scale], int(budget * float(calib["final_metrics"]["steps_per_sec"])))
-    ldm_dir = os.path.join(root, f"ldm_f{f}")
-    run = training.ldm_run(ldm_dir, ae_dir, args.scale, seed=args.seed, steps=steps)
-    sps = float(run["final_metrics"]["steps_per_sec"])
-    ev = evaluation.evaluate_ldm(judge, ldm_dir, args.scale, seed=args.seed)
-    # Throughput: a second call of the now compiled sampler.
-    pipe = sampling.load_pipeline(ldm_dir, use_ema=False, max_batch=500)
-    n = ev["images"].shape[0]
-    sampling.sample_classes(pipe, args.seed, sc["per_class"], method="ddim",
-                            num_steps=sc["sample_steps"])
-    _, _, secs = sampling.sample_classes(pipe, args.seed + 1, sc["per_class"], method="ddim",
-                                         num_steps=sc["sample_steps"])
-    train_s = steps / sps
-    results.append(dict(f=f, c=c, psnr=ae["psnr"], reused_autoencoder=ae["reused"], sps=sps, steps=steps, train_s=train_s, ev=ev,
-                        throughput=n / secs))
-    print(f"f={f}: {steps} steps at {sps:.2f}/s, FD {ev['fd']:.3f} acc {ev['acc']:.3f}, "
-          f"{n / secs:.1f} img/s", flush=True)
+    per_seed = []
+    for seed in seeds:
+      ldm_dir = seed_cells.seed_dir(root, seed, f"ldm_f{f}")
+      run = training.ldm_run(ldm_dir, ae_dir, args.scale, seed=seed, steps=steps)
+      ev = _scores(judge, ldm_dir, args.scale, seed, run["steps"])
+      sps = float(run["final_metrics"]["steps_per_sec"])
+      cells.append((run, ev))
+      per_seed.append({**ev, "sps": sps, "train_s": steps / sps})
+      if f == BASELINE_F:
+        baseline.append((seed, ldm_dir, run["steps"]))
+      print(f"seed {seed} f={f}: {steps} steps at {sps:.2f}/s, FD {ev['fd']:.3f} acc {ev['acc']:.3f}, "
+            f"{ev['throughput']:.1f} img/s{' (reused)' if run['reused'] and ev['reused'] else ''}",
+            flush=True)
+    results.append(dict(f=f, c=c, psnr=ae["psnr"], reused_autoencoder=ae["reused"], steps=steps,
+                        s=seeds_lib.summarize_scores(per_seed)))
+  if baseline:
+    _, _, budget_line = seed_cells.budget_check(judge, baseline, args.scale, f"LDM-{BASELINE_F}")
+  else:
+    budget_line = (f"Budget check: not run (LDM-{BASELINE_F}, its baseline, is not among "
+                   "--factors).")
 
   n = 10 * sc["per_class"]
   floor = judge.floor(n, args.seed)
-  rows = [[f"LDM-{r['f']}", f"{32 // r['f']}x{32 // r['f']}x{r['c']}", r["psnr"], r["sps"], r["steps"],
-           r["train_s"], r["ev"]["fd"], r["ev"]["acc"], r["ev"]["recall"], r["throughput"]]
-          for r in results]
+  metrics = ("sps", "train_s", "fd", "acc", "recall", "throughput")
+  rows = [[f"LDM-{r['f']}", f"{32 // r['f']}x{32 // r['f']}x{r['c']}", r["psnr"], r["steps"],
+           *(seeds_lib.cell(r["s"].get(k)) for k in metrics)] for r in results]
   rows.append(["real (floor)", "-", "-", "-", "-", "-", floor["fd"], floor["acc"], floor["recall"], "-"])
   wall = time.time() - t_start
   report.write_report(
       args.out, NAME, title="Ablation 1: downsampling factor at equal training wall-clock (MNIST)",
       claim=CLAIM,
       setup=[f"Training budget per f: {budget:.0f} s of LDM steps (0: no budget, fixed steps; else steps = budget x steps/s measured "
-             f"by a {CALIBRATION_STEPS[args.scale]}-step calibration run; without a budget "
-             f"{sc['ldm_steps']}); batch {sc['batch']}, seed {args.seed}, same UNet family "
-             "(parameter count nearly equal: only in/out convs depend on c).",
-             f"Autoencoders: {sc['ae_steps']} steps each (KL, L1, no GAN). f = 1 is a one-level "
-             "learned autoencoder, not an identity (see the script docstring).",
-             f"Evaluation: raw weights, {sc['per_class']} samples per digit, DDIM {sc['sample_steps']} "
-             f"steps, w = 1; throughput = images/s of a second (compiled) sampling call incl. "
-             f"decoding; classifier `{clf_path}`.",
-             report.floor_line(floor, n),
-             f"Scale `{args.scale}`; wall time {wall:.0f} s on {report.devices_line()}."],
-      header=["model", "latent", "AE PSNR", "train steps/s", "train steps", "train s", "FD",
+             f"by a {CALIBRATION_STEPS[args.scale]}-step calibration run with seed {args.seed}; "
+             f"without a budget {sc['ldm_steps']}); batch {sc['batch']}, EMA decay "
+             f"{sc['ema_decay']:g}, same UNet family (parameter count nearly equal: only in/out "
+             "convs depend on c).",
+             f"Autoencoders: {sc['ae_steps']} steps each (KL, L1, no GAN), seed {args.seed} for "
+             "every LDM seed: only the LDM cells vary by seed. f = 1 is a one-level learned "
+             "autoencoder, not an identity (see the script docstring).",
+             seed_cells.seeds_line(seeds, root), seed_cells.eval_line(args.scale, clf_path),
+             "Throughput = images/s of a second (compiled) sampling call incl. decoding.",
+             budget_line, report.floor_line(floor, n), seed_cells.provenance_line(cells, wall)],
+      header=["model", "latent", "AE PSNR", "train steps", "train steps/s", "train s", "FD",
               "class acc", "recall", "sampling img/s"],
       rows=rows, verdict=_verdict(results))
   _plot(args.out, results, floor)
   return results
 
 
+def _scores(judge, ldm_dir, scale, seed, steps):
+  """The judge's scores of an LDM cell and its sampling throughput (images/s of a second, compiled,
+  call), cached in the cell (`seed_cells.cached_scores`)."""
+  sc = training.TRAIN_SCALES[scale]
+
+  def compute():
+    ev = evaluation.evaluate_ldm(judge, ldm_dir, scale, seed=seed, use_ema=sc["use_ema"])
+    pipe = sampling.load_pipeline(ldm_dir, use_ema=sc["use_ema"], max_batch=500)
+    sampling.sample_classes(pipe, seed, sc["per_class"], method="ddim", num_steps=sc["sample_steps"])
+    _, _, secs = sampling.sample_classes(pipe, seed + 1, sc["per_class"], method="ddim",
+                                         num_steps=sc["sample_steps"])
+    return {**ev, "throughput": ev["images"].shape[0] / secs}
+
+  return seed_cells.cached_scores(ldm_dir, seed, seed_cells.eval_settings(scale, steps, w=1.0),
+                                  compute)
+
+
 def _verdict(results):
+  """LDM-1 vs the best other f on FD, and the sampling speed-up over LDM-1 against the paper's
+  2.7x, each resolved only beyond the seeds' spread."""
   if len(results) < 2:
     return "Too few factors run to compare."
-  by = {r["f"]: r for r in results}
-  best = min(results, key=lambda r: r["ev"]["fd"])
-  parts = [f"Lowest FD at equal wall-clock: LDM-{best['f']}."]
+  cell = seeds_lib.cell
+  by = {r["f"]: r["s"] for r in results}
+  best = min(results, key=lambda r: r["s"]["fd"]["mean"])
+  parts = [f"Lowest mean FD at equal wall-clock: LDM-{best['f']} ({cell(best['s']['fd'])})."]
   if 1 in by:
-    ok = best["f"] in (2, 4, 8) and best["f"] != 1
-    parts.append(f"{'Agrees' if ok else 'DISAGREES'}: pixel-like LDM-1 is "
-                 f"{'not ' if ok else ''}the best at equal compute.")
-    fastest = max(results, key=lambda r: r["throughput"])
-    ratio = fastest["throughput"] / by[1]["throughput"]
-    parts.append(f"Sampling speed-up of LDM-{fastest['f']} over LDM-1: {ratio:.1f}x "
-                 f"({'agrees' if ratio >= 2.7 else 'smaller than'} the paper's >= 2.7x).")
+    other = min((r for r in results if r["f"] != 1), key=lambda r: r["s"]["fd"]["mean"])
+    word = seeds_lib.verdict(seeds_lib.compare(other["s"]["fd"], by[1]["fd"]), -1)
+    parts.append(f"LDM-{other['f']} vs pixel-like LDM-1: FD {cell(other['s']['fd'])} vs "
+                 f"{cell(by[1]['fd'])}: {word} (LDM-1 is not the best at equal compute).")
+    fastest = max(results, key=lambda r: r["s"]["throughput"]["mean"])
+    t1 = by[1]["throughput"]
+    paper = {"mean": 2.7 * t1["mean"], "sd": None if t1["sd"] is None else 2.7 * t1["sd"]}
+    word = seeds_lib.verdict(seeds_lib.compare(fastest["s"]["throughput"], paper), +1)
+    parts.append(f"Sampling speed-up of LDM-{fastest['f']} over LDM-1: "
+                 f"{fastest['s']['throughput']['mean'] / t1['mean']:.1f}x: {word} (>= 2.7x, the "
+                 "paper's).")
   return " ".join(parts)
 
 
 def _plot(out, results, floor):
   plt, fig, (ax1, ax2) = report.figure(2)
   fs = [r["f"] for r in results]
-  ax1.plot(fs, [r["ev"]["fd"] for r in results], "o-", label="FD at equal wall-clock")
+  get = lambda key: ([r["s"][key]["mean"] for r in results], [r["s"][key]["sd"] or 0.0 for r in results])
+  ax1.errorbar(fs, *get("fd"), fmt="o-", capsize=3, label="FD at equal wall-clock")
   ax1.axhline(floor["fd"], color="gray", ls="--", label="real floor")
   ax1.set_xscale("log", base=2)
   ax1.set_xlabel("downsampling factor f")
   ax1.set_ylabel("FD")
   ax1.legend(fontsize=7)
-  ax2.bar([str(f) for f in fs], [r["throughput"] for r in results])
+  report.bars(ax2, [str(f) for f in fs], [r["s"]["throughput"] for r in results],
+              "sampling throughput (img/s)")
   ax2.set_xlabel("downsampling factor f")
-  ax2.set_ylabel("sampling throughput (img/s)")
   report.save_figure(plt, fig, out, NAME)
 
 

@@ -68,10 +68,11 @@ def train_run(get_config, workdir, overrides):
   return {**summary, "seconds": summary["train_seconds"], "reused": False}
 
 
-def autoencoder_dir(workdir, scale, kind, f, c):
-  """Where the ablations keep the autoencoder (kind, f, c) of a scale: shared by all scripts (the
-  f = 4 one is what ablations 3, 5 and 7 train on, ablation 1 reuses ablation 2's)."""
-  return os.path.join(workdir, "autoencoders", scale, f"{kind}_f{f}_c{c}")
+def autoencoder_dir(workdir, scale, kind, f, c, seed):
+  """Where the ablations keep the autoencoder (kind, f, c) of a scale trained with `seed`: shared
+  by all scripts (the f = 4 one of --seed is what ablations 3, 5 and 7 train on, ablation 1 reuses
+  ablation 2's; ablation 2 with --seeds trains one per seed)."""
+  return os.path.join(workdir, "autoencoders", scale, f"seed{seed}", f"{kind}_f{f}_c{c}")
 
 
 def autoencoder_run(workdir, scale, *, f=4, z_channels=3, kind="KL", seed=0, extra=None):
@@ -113,7 +114,7 @@ def latent_ablation_setup(args, name):
   sc = TRAIN_SCALES[args.scale]
   root = os.path.join(args.workdir, name, args.scale)
   judge, clf_path = digit_judge.load_judge(args.classifier, args.workdir)
-  ae_dir = args.ae or autoencoder_dir(args.workdir, args.scale, "KL", 4, 3)
+  ae_dir = args.ae or autoencoder_dir(args.workdir, args.scale, "KL", 4, 3, args.seed)
   if not args.ae:
     autoencoder_run(ae_dir, args.scale, seed=args.seed)
   return sc, root, judge, clf_path, ae_dir
