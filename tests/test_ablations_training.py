@@ -40,3 +40,19 @@ def test_train_run_records_commit_and_adds_a_resumed_runs_earlier_time(tmp_path,
   (tmp_path / "eval.json").write_text(json.dumps({"steps": 3}))  # earlier stretch's time unknown
   assert training.train_run(mnist_autoencoder.get_config, str(tmp_path),
                             {"train.num_steps": 6})["seconds"] is None
+
+
+def test_ldm_run_overrides_of_the_cpu_budget(tmp_path, monkeypatch):
+  """cpu LDM cells: 2000 steps, EMA decay 0.999, a checkpoint every 500 steps (a run cut short in
+  one session resumes in the next); tiny: EMA 0.99, one checkpoint at the end."""
+  seen = []
+  monkeypatch.setattr(training, "train_run", lambda get_config, workdir, o: seen.append(o))
+  training.ldm_run(str(tmp_path), str(tmp_path), "cpu", seed=3)
+  training.ldm_run(str(tmp_path), str(tmp_path), "cpu", steps=300)
+  training.ldm_run(str(tmp_path), str(tmp_path), "tiny")
+  cpu, short, tiny = seen
+  assert (cpu["train.num_steps"], cpu["train.ema_decay"], cpu["train.save_every"], cpu["seed"]) == (
+      2000, 0.999, 500, 3)
+  assert short["train.save_every"] == 300
+  assert (tiny["train.ema_decay"], tiny["train.save_every"]) == (0.99, tiny["train.num_steps"])
+  assert training.TRAIN_SCALES["cpu"]["per_class"] * 10 == 1000 and training.TRAIN_SCALES["cpu"]["use_ema"]

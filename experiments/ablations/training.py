@@ -14,14 +14,15 @@ from experiments.ablations import digit_judge
 
 # Per scale: autoencoder / LDM steps and batch, samples per class and sampler steps for evaluation
 # (N = 10 per_class), held-out images of the likelihood evaluation, the LDM's EMA decay and whether
-# the training ablations evaluate its EMA weights. cpu: the budget of issue 18 (EMA weights, N =
-# 1,000; the class-conditional baseline should reach >= 90% class accuracy at w = 2, which every
-# report checks: seed_cells.budget_check).
+# the training ablations evaluate its EMA weights, and how often an LDM run checkpoints (so a run
+# interrupted in one session resumes in the next; 0: at the end only). cpu: the budget of issue 18
+# (EMA weights, N = 1,000; the class-conditional baseline should reach >= 90% class accuracy at
+# w = 2, which every report checks: seed_cells.budget_check).
 TRAIN_SCALES = {
     "tiny": dict(ae_steps=2, ldm_steps=2, batch=8, per_class=2, sample_steps=3, lr=1e-3,
-                 bpd_images=4, ema_decay=0.99, use_ema=True),
+                 bpd_images=4, ema_decay=0.99, use_ema=True, save_every=0),
     "cpu": dict(ae_steps=600, ldm_steps=2000, batch=64, per_class=100, sample_steps=20, lr=1e-3,
-                bpd_images=100, ema_decay=0.999, use_ema=True),
+                bpd_images=100, ema_decay=0.999, use_ema=True, save_every=500),
 }
 BUDGET_W, BUDGET_ACC = 2.0, 0.90  # the budget criterion: baseline class accuracy at guidance w
 
@@ -102,6 +103,8 @@ def ldm_run(workdir, ae_workdir, scale, *, seed=0, steps=None, decay_steps=None,
        **config_overrides.run_overrides(steps or sc["ldm_steps"], sc["batch"], seed, sc["lr"],
                                         decay_steps),
        "first_stage.workdir": os.path.abspath(ae_workdir), "train.ema_decay": sc["ema_decay"]}
+  if sc["save_every"]:
+    o["train.save_every"] = min(sc["save_every"], o["train.num_steps"])
   o.update(extra or {})
   return train_run(mnist_ldm.get_config, workdir, o)
 
