@@ -175,7 +175,8 @@ def _verdict(results):
   if len(fs) > 1:
     psnr = [best_per_f[f][3]["psnr"] for f in fs]
     words = [verdict(compare(a, b), +1) for a, b in zip(psnr, psnr[1:])]
-    parts.append("Best KL PSNR per f (" + ", ".join(f"f={f}: {cell(p, 2)}" for f, p in zip(fs, psnr))
+    parts.append("Best KL PSNR per f ("
+                 + ", ".join(f"f={f}: {cell(p, 2)}" for f, p in zip(fs, psnr))
                  + "), each step to the next f: " + ", ".join(words) + " (falls with f).")
   for f, rs in by_f.items():
     if len(rs) > 1:

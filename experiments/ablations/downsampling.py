@@ -59,7 +59,8 @@ def main(argv=None):
   results, cells, baseline = [], [], []
   for f in factors:
     c = FACTORS[f]
-    ae_dir = training.autoencoder_dir(args.workdir, args.scale, "KL", f, c, args.seed)  # shared with autoencoders.py
+    # shared with autoencoders.py (its --seed run)
+    ae_dir = training.autoencoder_dir(args.workdir, args.scale, "KL", f, c, args.seed)
     ae = training.autoencoder_run(ae_dir, args.scale, f=f, z_channels=c, seed=args.seed)
     steps = sc["ldm_steps"]
     if budget > 0:  # equal wall-clock: calibrate this f's steps/s first (once, for every seed)
@@ -125,7 +126,8 @@ def _scores(judge, ldm_dir, scale, seed, steps):
   def compute():
     ev = evaluation.evaluate_ldm(judge, ldm_dir, scale, seed=seed, use_ema=sc["use_ema"])
     pipe = sampling.load_pipeline(ldm_dir, use_ema=sc["use_ema"], max_batch=500)
-    sampling.sample_classes(pipe, seed, sc["per_class"], method="ddim", num_steps=sc["sample_steps"])
+    sampling.sample_classes(pipe, seed, sc["per_class"], method="ddim",
+                            num_steps=sc["sample_steps"])
     _, _, secs = sampling.sample_classes(pipe, seed + 1, sc["per_class"], method="ddim",
                                          num_steps=sc["sample_steps"])
     return {**ev, "throughput": ev["images"].shape[0] / secs}
@@ -161,7 +163,8 @@ def _verdict(results):
 def _plot(out, results, floor):
   plt, fig, (ax1, ax2) = report.figure(2)
   fs = [r["f"] for r in results]
-  get = lambda key: ([r["s"][key]["mean"] for r in results], [r["s"][key]["sd"] or 0.0 for r in results])
+  get = lambda key: ([r["s"][key]["mean"] for r in results],
+                     [r["s"][key]["sd"] or 0.0 for r in results])
   ax1.errorbar(fs, *get("fd"), fmt="o-", capsize=3, label="FD at equal wall-clock")
   ax1.axhline(floor["fd"], color="gray", ls="--", label="real floor")
   ax1.set_xscale("log", base=2)

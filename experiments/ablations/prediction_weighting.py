@@ -138,7 +138,8 @@ def _verdict(results, checkpoints):
   fd = {(label, step): s["fd"] for label, step, s in results}
   cell = seeds_lib.cell
   final = {label: f for (label, step), f in fd.items() if step == last}
-  parts = [f"Final FD ({last} steps): " + ", ".join(f"{k} {cell(v)}" for k, v in final.items()) + "."]
+  parts = [f"Final FD ({last} steps): "
+           + ", ".join(f"{k} {cell(v)}" for k, v in final.items()) + "."]
   if "eps, simple" in final and "x0, simple" in final:
     word = seeds_lib.verdict(seeds_lib.compare(final["eps, simple"], final["x0, simple"]), -1)
     parts.append(f"eps vs x0 (simple): {word} (eps better).")

@@ -11,8 +11,6 @@ table gives mean ± sd per cell and each verdict needs a difference beyond the s
 Writes <out>/scale_factor.md and <out>/scale_factor.png.
 """
 
-import os
-
 if __name__ == "__main__":
   from ldm_jax import host_devices  # pylint: disable=wrong-import-position
   host_devices.simulate_one_device_per_core()  # before JAX is imported
@@ -47,9 +45,10 @@ def main(argv=None):
   per_seed = {label: [] for label, _ in variants}  # label -> per-seed values
   cells, baseline = [], []  # (run, scores) of every cell; (seed, dir, steps) of the 1/std ones
   for seed in seeds:
-    base = training.ldm_run(seed_cells.seed_dir(root, seed, "inv_std"), ae_dir, args.scale, seed=seed)
+    base_dir = seed_cells.seed_dir(root, seed, "inv_std")
+    base = training.ldm_run(base_dir, ae_dir, args.scale, seed=seed)
     inv_std = base["latent_scale_factor"]
-    baseline.append((seed, seed_cells.seed_dir(root, seed, "inv_std"), base["steps"]))
+    baseline.append((seed, base_dir, base["steps"]))
     for label, mult in variants:
       s = inv_std if mult == 1.0 else (1.0 if mult is None else mult * inv_std)
       workdir = seed_cells.seed_dir(root, seed, _tag(mult))
@@ -57,9 +56,9 @@ def main(argv=None):
           workdir, ae_dir, args.scale, seed=seed, extra={"first_stage.scale_factor": float(s)})
       ev = seed_cells.ldm_scores(judge, workdir, args.scale, seed, run["steps"])
       cells.append((run, ev))
-      per_seed[label].append({"s": s, "std": s / inv_std, "loss": float(run["final_metrics"]["loss"]),
-                              "fd": ev["fd"], "acc": ev["acc"], "precision": ev["precision"],
-                              "recall": ev["recall"], "train_s": run["seconds"]})
+      per_seed[label].append({"s": s, "std": s / inv_std, "train_s": run["seconds"],
+                              "loss": float(run["final_metrics"]["loss"]), "fd": ev["fd"],
+                              "acc": ev["acc"], "precision": ev["precision"], "recall": ev["recall"]})
       reused = " (reused)" if run["reused"] and ev["reused"] else ""
       print(f"seed {seed} {label:22s} s={s:.4f} FD {ev['fd']:.3f} acc {ev['acc']:.3f}{reused}",
             flush=True)
@@ -117,7 +116,8 @@ def _verdict(results):
                  f"{word} (1/std lower).")
   if not parts:
     return "Only the 1/std recipe was run: nothing to compare."
-  counts = ", ".join(f"{w} {words.count(w)}" for w in ("agrees", "DISAGREES", seeds_lib.NOT_RESOLVED))
+  counts = ", ".join(f"{w} {words.count(w)}"
+                     for w in ("agrees", "DISAGREES", seeds_lib.NOT_RESOLVED))
   return " ".join(parts) + f" Of {len(words)} comparisons: {counts}."
 
 

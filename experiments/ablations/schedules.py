@@ -12,8 +12,6 @@ spread. The LDM recipe (variant 1) always runs: it is the budget check's baselin
 <out>/schedules.md and <out>/schedules.png.
 """
 
-import os
-
 if __name__ == "__main__":
   from ldm_jax import host_devices  # pylint: disable=wrong-import-position
   host_devices.simulate_one_device_per_core()  # before JAX is imported

@@ -103,9 +103,11 @@ def seeds_line(seeds, root):
 def eval_line(scale, clf_path, what="DDIM"):
   """The setup line of the evaluation: weights, N, sampler, classifier."""
   sc = training.TRAIN_SCALES[scale]
-  weights = (f"EMA weights (decay {sc['ema_decay']:g})" if sc["use_ema"] else "raw (not EMA) weights")
-  return (f"Evaluation: {weights}, {sc['per_class']} samples per digit (N = {10 * sc['per_class']}),"
-          f" {what} {sc['sample_steps']} steps, w = 1; classifier `{clf_path}`.")
+  weights = (f"EMA weights (decay {sc['ema_decay']:g})" if sc["use_ema"]
+             else "raw (not EMA) weights")
+  return (f"Evaluation: {weights}, {sc['per_class']} samples per digit "
+          f"(N = {10 * sc['per_class']}), {what} {sc['sample_steps']} steps, w = 1; classifier "
+          f"`{clf_path}`.")
 
 
 def provenance_line(cells, wall):
