@@ -5,6 +5,7 @@ import json
 
 import pytest
 
+from experiments.ablations import config_overrides
 from experiments.ablations import report
 from experiments.ablations import training
 from experiments.configs import mnist_autoencoder
@@ -56,3 +57,28 @@ def test_ldm_run_overrides_of_the_cpu_budget(tmp_path, monkeypatch):
   assert short["train.save_every"] == 300
   assert (tiny["train.ema_decay"], tiny["train.save_every"]) == (0.99, tiny["train.num_steps"])
   assert training.TRAIN_SCALES["cpu"]["per_class"] * 10 == 1000 and training.TRAIN_SCALES["cpu"]["use_ema"]
+
+
+def test_ldm_run_trains_the_config_it_is_given(tmp_path, monkeypatch):
+  """get_config picks the config (mnist_semantic's for semantic synthesis); the scale's overrides
+  apply to it all the same, and they fit its locked keys."""
+  from experiments.configs import mnist_ldm, mnist_semantic  # pylint: disable=import-outside-toplevel
+  seen = []
+  monkeypatch.setattr(training, "train_run", lambda get_config, workdir, o: seen.append((get_config, o)))
+  training.ldm_run(str(tmp_path), str(tmp_path), "cpu", get_config=mnist_semantic.get_config)
+  training.ldm_run(str(tmp_path), str(tmp_path), "cpu")
+  (semantic, o), (default, o_default) = seen
+  assert semantic is mnist_semantic.get_config and default is mnist_ldm.get_config
+  assert o == o_default
+  config = config_overrides.apply_overrides(semantic(), o)
+  assert config.concat.degradation == "segmentation_pairs" and config.train.num_steps == 2000
+
+
+def test_check_first_stage_refuses_a_run_on_another_autoencoder(tmp_path):
+  training.check_first_stage(str(tmp_path / "none"), "/some/ae")  # nothing trained yet: no error
+  (tmp_path / "export").mkdir()
+  (tmp_path / "export" / "config.json").write_text('{"first_stage": {"workdir": "/some/ae"}}')
+  training.check_first_stage(str(tmp_path), "/some/ae/")  # the same directory
+  with pytest.raises(ValueError, match=r"trained on the autoencoder '/some/ae', not on "
+                     r"'/other/ae' \(--ae\); .* to train an LDM-SR on this one"):
+    training.check_first_stage(str(tmp_path), "/other/ae", "LDM-SR")

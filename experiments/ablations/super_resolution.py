@@ -97,7 +97,7 @@ def main(argv=None):
   runs, sr_pipes = [], {}
   for seed in seeds:  # one LDM-SR per seed
     workdir = os.path.join(root, f"seed{seed}", "ldm_sr")
-    _check_first_stage(workdir, ae_dir)
+    training.check_first_stage(workdir, ae_dir, "LDM-SR")
     runs.append(training.ldm_run(workdir, ae_dir, args.scale, seed=seed, steps=scale["sr_steps"],
                                  extra={"diffusion.conditioning": "concat",
                                         "concat.degradation": DEGRADATION, "concat.p_drop": 0.0}))
@@ -195,20 +195,6 @@ def _load_ldm(workdir, image_shape):
   return (pipe, lambda y: {"labels": y, "guidance_scale": 1.0},
           "the TRUE labels (w = 1; this run trained no null label, p_uncond = 0): the row reads "
           "class information the LDM-SR does not")
-
-
-def _check_first_stage(workdir, ae_dir):
-  """A finished LDM-SR run in workdir must have been trained on ae_dir: the run dirs are keyed by
-  scale and seed, not by --ae, and a reused run on another autoencoder would be scored silently."""
-  path = os.path.join(workdir, "export", "config.json")
-  if not os.path.exists(path):
-    return
-  with open(path, encoding="utf-8") as f:
-    trained_on = json.load(f)["first_stage"]["workdir"]
-  if os.path.realpath(trained_on) != os.path.realpath(ae_dir):
-    raise ValueError(f"{workdir} was trained on the autoencoder {trained_on!r}, not on "
-                     f"{os.path.abspath(ae_dir)!r} (--ae); remove it, or point --workdir "
-                     "elsewhere, to train an LDM-SR on this one.")
 
 
 def _verdict(results):

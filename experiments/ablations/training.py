@@ -95,8 +95,11 @@ def autoencoder_run(workdir, scale, *, f=4, z_channels=3, kind="KL", seed=0, ext
   return train_run(mnist_autoencoder.get_config, workdir, o)
 
 
-def ldm_run(workdir, ae_workdir, scale, *, seed=0, steps=None, decay_steps=None, extra=None):
-  """Trains (or resumes / reuses) a class-conditional LDM on ae_workdir's latents in workdir."""
+def ldm_run(workdir, ae_workdir, scale, *, seed=0, steps=None, decay_steps=None, extra=None,
+            get_config=None):
+  """Trains (or resumes / reuses) an LDM on ae_workdir's latents in workdir: the scale's UNet,
+  run length and EMA on the config of `get_config` (default: mnist_ldm's, class-conditional;
+  e.g. mnist_semantic's for semantic synthesis)."""
   from experiments.configs import mnist_ldm  # pylint: disable=import-outside-toplevel
   sc = TRAIN_SCALES[scale]
   o = {**config_overrides.unet_overrides(scale),
@@ -106,7 +109,22 @@ def ldm_run(workdir, ae_workdir, scale, *, seed=0, steps=None, decay_steps=None,
   if sc["save_every"]:
     o["train.save_every"] = min(sc["save_every"], o["train.num_steps"])
   o.update(extra or {})
-  return train_run(mnist_ldm.get_config, workdir, o)
+  return train_run(get_config or mnist_ldm.get_config, workdir, o)
+
+
+def check_first_stage(workdir, ae_dir, what="LDM"):
+  """A finished LDM run in workdir must have been trained on ae_dir: the ablations' run dirs are
+  keyed by scale and seed, not by --ae, and a reused run on another autoencoder would be scored
+  silently. what: the run's kind, for the error message ("LDM-SR")."""
+  path = os.path.join(workdir, "export", "config.json")
+  if not os.path.exists(path):
+    return
+  with open(path, encoding="utf-8") as f:
+    trained_on = json.load(f)["first_stage"]["workdir"]
+  if os.path.realpath(trained_on) != os.path.realpath(ae_dir):
+    raise ValueError(f"{workdir} was trained on the autoencoder {trained_on!r}, not on "
+                     f"{os.path.abspath(ae_dir)!r} (--ae); remove it, or point --workdir "
+                     f"elsewhere, to train an {what} on this one.")
 
 
 def latent_ablation_setup(args, name):
