@@ -1,0 +1,157 @@
+"""Ablation 10 (experiments/ablations/semantic_synthesis.py) at tiny scale with two seeds: the
+report's rows and mean ± sd cells, a verdict that follows from the table, maps made as the training
+loss makes c, the no-model references' known scores, reuse of the trained runs and their cached
+scores on a rerun, and clear errors for bad flags before anything is trained.
+
+The module fixture is tests/ablation_runs.py's (a quick digit classifier, the tiny KL f = 4
+autoencoder, 2 steps; the same programs as the other ablation tests, so the persistent compilation
+cache serves them).
+"""
+
+import os
+import re
+
+import numpy as np
+import pytest
+
+from experiments.ablations import seeds as seeds_lib
+from experiments.ablations import semantic_synthesis as sem
+from ldm_jax.data import mnist_pairs, to_float
+from ldm_jax.diffusion import concat
+from tests import ablation_runs
+
+pytestmark = pytest.mark.slow  # end-to-end runs of the ablation script
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+GUIDED = sem.guided_label(2.0)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+  return ablation_runs.tiny_runs(tmp_path_factory.mktemp("semantic_ablation"))
+
+
+def _argv(tiny, work, *extra):
+  """The script's flags with the fixture's classifier and autoencoder; runs under root / work."""
+  return ["--scale=tiny", f"--out={tiny['root'] / 'results'}", f"--workdir={tiny['root'] / work}",
+          f"--classifier={tiny['classifier']}", f"--ae={tiny['ae']}", *extra]
+
+
+def _run(tiny, work, *extra):
+  results = sem.main(_argv(tiny, work, *extra))
+  out = tiny["root"] / "results"
+  with open(out / f"{sem.NAME}.png", "rb") as f:
+    assert f.read(8) == PNG_MAGIC
+  return results, (out / f"{sem.NAME}.md").read_text(encoding="utf-8")
+
+
+def _table(md):
+  """{first cell: [other cells]} of the markdown table body."""
+  lines = [l for l in md.splitlines() if l.startswith("| ")][1:]
+  return {c[0]: c[1:] for c in ([p.strip() for p in l.split("|")[1:-1]] for l in lines)}
+
+
+def _cell(text):
+  """seeds.summarize-like dict of a "mean ± sd" table cell."""
+  mean, sd = (float(v) for v in text.split("±"))
+  return {"mean": mean, "sd": sd}
+
+
+def _mtimes(root):
+  return {os.path.join(d, f): os.path.getmtime(os.path.join(d, f))
+          for d, _, files in os.walk(root) for f in files}
+
+
+def test_held_out_canvases_and_their_maps_are_the_training_conditioning():
+  """Half seen pairs ("test"), half the unseen (d, d + 3 mod 10) ("heldout"); the maps are the
+  loss's own s (conditioning_map's one-hot is of exactly these classes)."""
+  x, y, unseen = sem.held_out_canvases(6)
+  assert x.shape == (6, 32, 64, 1) and unseen.tolist() == [False] * 3 + [True] * 3
+  pairs = [(int(l) // 10, int(l) % 10) for l in y]
+  assert all(p in mnist_pairs.HELD_OUT_PAIRS for p in pairs[3:])
+  assert not any(p in mnist_pairs.HELD_OUT_PAIRS for p in pairs[:3])
+  s = sem.segmentation_maps(x, y)
+  c = concat.conditioning_map(sem.DEGRADATION, None, to_float(x), (32, 64), y)
+  np.testing.assert_array_equal(np.argmax(np.asarray(c), -1), s)  # f = 1 grid: one-hot of s
+  assert set(np.unique(s[:, :, :32][s[:, :, :32] > 0])) <= {p[0] + 1 for p in pairs}
+  d, truth = sem.halves(x, y)
+  assert d.shape == (12, 32, 32, 1) and truth.tolist() == [a for a, _ in pairs] + [b for _, b in pairs]
+  np.testing.assert_array_equal(d[7], x[1, :, 32:])  # the right half of canvas 1
+
+
+def test_two_seeds_report_verdict_and_reuse(tiny):
+  results, md = _run(tiny, "work_seeds", "--seeds=0,1")
+  for heading in ("**Paper claim tested.**", "**Setup.**", "**Does this reproduction agree?**",
+                  "wall time", "seeds 0, 1"):
+    assert heading in md
+  table = _table(md)
+  assert list(table) == [sem.MODEL, GUIDED, sem.MASK, sem.ORIGINALS, sem.FLOOR]
+  for label in (sem.MODEL, GUIDED, sem.MASK, sem.ORIGINALS):  # the 8 metric columns
+    assert sum("±" in c for c in table[label]) == 8, table[label]
+  assert results["guided"]  # mnist_semantic trains p_drop 0.1: the zero map is the null c
+  rows = results["rows"]
+  # The references are known: the originals agree with their own maps exactly, and so does the
+  # map drawn as an image; both are deterministic (sd 0).
+  for label in (sem.MASK, sem.ORIGINALS):
+    assert rows[label]["stroke"]["mean"] == rows[label]["background"]["mean"] == 1.0
+    assert rows[label]["acc"]["sd"] == 0.0
+  assert table[sem.ORIGINALS][5:7] == ["1.000 ± 0.000", "1.000 ± 0.000"]
+  fd = rows[sem.MODEL]["fd"]["values"]
+  assert len(fd) == 2 and fd[0] != fd[1]  # two models (and noises): two different scores
+  assert rows[sem.MODEL]["stroke"]["mean"] < 1.0  # 2 training steps: not the map
+
+  # The verdict follows from the table's own cells (region acc: column 0; stroke: column 5).
+  verdict = md.split("**Does this reproduction agree?**")[1].split("**Notes.**")[0]
+  model, guided = (table[l] for l in (sem.MODEL, GUIDED))
+  want = [seeds_lib.verdict(seeds_lib.compare(_cell(model[0]), {"mean": sem.CHANCE, "sd": 0.0}), 1)]
+  want += [seeds_lib.verdict(seeds_lib.compare(_cell(guided[i]), _cell(model[i])), 1) for i in (0, 5)]
+  parts = re.findall(r": (agrees|DISAGREES|not resolved at this scale) \(the claim: ", verdict)
+  assert parts == want, verdict
+  ceiling = seeds_lib.compare(_cell(model[0]), _cell(table[sem.ORIGINALS][0]))
+  assert {1: "above it beyond", -1: "below it beyond", 0: "not resolved"}[ceiling] in verdict.split(
+      "Against the ceiling")[1].split(";")[0]
+
+  # One run per seed, trained now; a rerun reuses both runs and their cached scores.
+  root = tiny["root"] / "work_seeds" / sem.NAME / "tiny"
+  assert sorted(os.listdir(root)) == ["seed0", "seed1"]
+  assert [r["reused"] for r in results["runs"]] == [False, False]
+  assert all(r["steps"] == sem.SCALES["tiny"]["steps"] for r in results["runs"])
+  assert len([f for f in os.listdir(root / "seed0" / "semantic") if f.startswith("scores_")]) == 2
+  before = _mtimes(root)
+  again, md2 = _run(tiny, "work_seeds", "--seeds=0,1")
+  assert [r["reused"] for r in again["runs"]] == [True, True]
+  assert _mtimes(root) == before  # nothing trained, sampled or written again
+  assert again["rows"][sem.MODEL]["fd"]["values"] == fd
+  assert "reused runs" in md2
+
+
+def test_one_seed_without_guidance(tiny):
+  """--guidance=1 drops the guided row with a note; one seed resolves nothing; a run trained by
+  another invocation with the same seed is reused (seed 0 of work_seeds is not: another root)."""
+  results, md = _run(tiny, "work_one", "--guidance=1")
+  assert list(_table(md)) == [sem.MODEL, sem.MASK, sem.ORIGINALS, sem.FLOOR]
+  assert "Guided row skipped: --guidance=1." in md and "one seed, so no verdict is resolved" in md
+  assert "(the claim: above chance)" in md and "not resolved at this scale (the claim" in md
+  assert not results["guided"] and [r["steps"] for r in results["runs"]] == [2]
+
+
+def test_a_finished_run_on_another_autoencoder_is_refused(tiny):
+  run = tiny["root"] / "work_other_ae" / sem.NAME / "tiny" / "seed0" / "semantic"
+  (run / "export").mkdir(parents=True)
+  (run / "export" / "config.json").write_text('{"first_stage": {"workdir": "/elsewhere/ae"}}')
+  with pytest.raises(ValueError, match="was trained on the autoencoder '/elsewhere/ae', not on"):
+    sem.main(_argv(tiny, "work_other_ae"))
+
+
+@pytest.mark.parametrize("flag, match", [
+    ("--seeds=0,0", "the seeds must be distinct"),
+    ("--guidance=nan", r"--guidance=nan: the guidance scale must be a finite number >= 0"),
+    ("--n=3", r"--n=3: the held-out canvases must number 4 to 4000"),
+    ("--method=plms", r"--method='plms' unknown; valid choices: ddpm, ddim, dpmpp_2m"),
+    ("--num_steps=-2", r"--num_steps=-2: the sampler needs at least one step"),
+])
+def test_bad_flags_fail_before_training(tmp_path, flag, match):
+  argv = ["--scale=tiny", f"--out={tmp_path / 'out'}", f"--workdir={tmp_path / 'work'}", flag]
+  with pytest.raises(ValueError, match=match):
+    sem.main(argv)
+  assert not (tmp_path / "work").exists()
