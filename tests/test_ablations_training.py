@@ -62,9 +62,11 @@ def test_ldm_run_overrides_of_the_cpu_budget(tmp_path, monkeypatch):
 def test_ldm_run_trains_the_config_it_is_given(tmp_path, monkeypatch):
   """get_config picks the config (mnist_semantic's for semantic synthesis); the scale's overrides
   apply to it all the same, and they fit its locked keys."""
-  from experiments.configs import mnist_ldm, mnist_semantic  # pylint: disable=import-outside-toplevel
+  from experiments.configs import mnist_ldm  # pylint: disable=import-outside-toplevel
+  from experiments.configs import mnist_semantic  # pylint: disable=import-outside-toplevel
   seen = []
-  monkeypatch.setattr(training, "train_run", lambda get_config, workdir, o: seen.append((get_config, o)))
+  monkeypatch.setattr(training, "train_run",
+                      lambda get_config, workdir, o: seen.append((get_config, o)))
   training.ldm_run(str(tmp_path), str(tmp_path), "cpu", get_config=mnist_semantic.get_config)
   training.ldm_run(str(tmp_path), str(tmp_path), "cpu")
   (semantic, o), (default, o_default) = seen
