@@ -66,9 +66,9 @@ CLAIM = ("LDM sec. 4.3.2 (semantic synthesis on landscapes, Fig. 8): an LDM cond
          "the rendered canvases show the digit the map assigns to each half (per-region class "
          "accuracy of the digit judge well above chance, about 10%, read against the judge's "
          "accuracy on the real canvases, the ceiling) and put strokes where the map has strokes; "
-         "with classifier-free guidance against the zero map (the model is trained with p_drop 0.1), "
-         "expected: higher per-region accuracy and map agreement than w = 1 (Ho & Salimans 2022: "
-         "guidance trades diversity for fidelity to the condition).")
+         "with classifier-free guidance against the zero map (the model is trained with p_drop "
+         "0.1), expected: higher per-region accuracy and map agreement than w = 1 (Ho & Salimans "
+         "2022: guidance trades diversity for fidelity to the condition).")
 
 
 def guided_label(w):
