@@ -85,13 +85,7 @@ def main(argv=None):
                         num_steps=(0, "Sampler steps (0: the scale's)."))
   seeds = seeds_lib.parse_seeds(args.seeds, args.seed)  # every flag checked before any training
   scale = SCALES[args.scale]
-  n, w = _check_n(args.n or scale["n"]), _check_guidance(args.guidance)
-  if args.method not in samplers.METHODS:
-    raise ValueError(f"--method={args.method!r} unknown; valid choices: "
-                     f"{', '.join(samplers.METHODS)}.")
-  num_steps = args.num_steps or scale["num_steps"]
-  if num_steps < 1:
-    raise ValueError(f"--num_steps={args.num_steps}: the sampler needs at least one step.")
+  n, w, num_steps = _check_flags(args, scale)
   t_start = time.time()
   x, y, unseen = held_out_canvases(n)
   maps = segmentation_maps(x, y)
@@ -214,18 +208,22 @@ def _p_drop(workdir):
     return float(json.load(f)["concat"]["p_drop"])
 
 
-def _check_n(n):
+def _check_flags(args, scale):
+  """(N, w, sampler steps) of the flags, or a ValueError naming the flag and its valid values."""
+  n, w = args.n or scale["n"], args.guidance
   if not 4 <= n <= 2 * mnist_pairs.SIZES["heldout"]:
     raise ValueError(f"--n={n}: the held-out canvases must number 4 to "
                      f"{2 * mnist_pairs.SIZES['heldout']} (half seen pairs, half unseen).")
-  return n
-
-
-def _check_guidance(w):
   if not math.isfinite(w) or w < 0:
     raise ValueError(f"--guidance={w!r}: the guidance scale must be a finite number >= 0 "
                      "(1: no guided row).")
-  return float(w)
+  if args.method not in samplers.METHODS:
+    raise ValueError(f"--method={args.method!r} unknown; valid choices: "
+                     f"{', '.join(samplers.METHODS)}.")
+  num_steps = args.num_steps or scale["num_steps"]
+  if num_steps < 1:
+    raise ValueError(f"--num_steps={args.num_steps}: the sampler needs at least one step.")
+  return n, float(w), num_steps
 
 
 def _relation(a, b):
