@@ -274,8 +274,9 @@ def _write(args, ev, seeds, results, secs, runs, examples, floor, ae_dir, clf_pa
       f"'{DEGRADATION}')` of the [-1, 1] canvases and their labels (stroke: pixel > "
       f"{concat.STROKE_THRESHOLD:g} in [-1, 1], i.e. uint8 >= 128), as the training loss makes c.",
       f"Model: one run per seed (`experiments/configs/mnist_semantic.py`, the ablations' "
-      f"{args.scale} UNet, `training.ldm_run`) on autoencoder `{ae_dir}` (the 32x64 canvases encode "
-      f"to its latent grid, 8x16 at f = 4; c the one-hot map averaged to the latent grid, 11 channels concatenated to z_t), "
+      f"{args.scale} UNet, `training.ldm_run`) on autoencoder `{ae_dir}` (the 32x64 canvases "
+      "encode to its latent grid, 8x16 at f = 4; c the one-hot map averaged to the latent grid, "
+      "11 channels concatenated to z_t), "
       f"{ev['steps']} steps, batch {training.TRAIN_SCALES[args.scale]['batch']}, concat.p_drop "
       f"0.1, EMA weights (decay {training.TRAIN_SCALES[args.scale]['ema_decay']:g}); runs in "
       f"`{root}/seed<s>/semantic`; training s per seed: "
