@@ -1,0 +1,202 @@
+"""Ablation 9 (experiments/ablations/inpainting.py) at tiny scale with two seeds: the report's rows
+and mean ± sd cells, a verdict that follows from the table, the same masks for every row and
+seed, the attention ablation (attention blocks with, none without), reuse of the trained runs on
+a rerun, and clear errors for bad flags.
+
+The module fixture trains what tests/test_ablations.py's session fixture trains (a quick digit
+classifier, the tiny KL autoencoder and class-conditional LDM, 2 steps each; same programs, so the
+persistent compilation cache serves them).
+"""
+
+import os
+import re
+
+import numpy as np
+import pytest
+
+from experiments.ablations import digit_judge
+from experiments.ablations import inpainting as inp
+from experiments.ablations import seeds as seeds_lib
+from experiments.ablations import training
+from ldm_jax.diffusion import masks
+from ldm_jax.metrics import classifier
+
+pytestmark = pytest.mark.slow  # end-to-end runs of the ablation script
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+  root = tmp_path_factory.mktemp("inpaint_ablation")
+  x, y = digit_judge.split(digit_judge.TRAIN)
+  clf = str(root / "classifier.msgpack")
+  classifier.save_params(clf, classifier.train_classifier(x[:2000], y[:2000], steps=30, seed=0))
+  ae = str(root / "ae")
+  training.autoencoder_run(ae, "tiny")
+  ldm = str(root / "ldm")
+  training.ldm_run(ldm, ae, "tiny")
+  return {"root": root, "classifier": clf, "ae": ae, "ldm": ldm}
+
+
+def _argv(tiny, work, *extra):
+  """The script's flags with the fixture's classifier and autoencoder; runs under root / work."""
+  return ["--scale=tiny", f"--out={tiny['root'] / 'results'}", f"--workdir={tiny['root'] / work}",
+          f"--classifier={tiny['classifier']}", f"--ae={tiny['ae']}", *extra]
+
+
+def _run(tiny, work, *extra):
+  results = inp.main(_argv(tiny, work, *extra))
+  out = tiny["root"] / "results"
+  with open(out / f"{inp.NAME}.png", "rb") as f:
+    assert f.read(8) == PNG_MAGIC
+  return results, (out / f"{inp.NAME}.md").read_text(encoding="utf-8")
+
+
+def _table(md):
+  """{first cell: [other cells]} of the markdown table body."""
+  lines = [l for l in md.splitlines() if l.startswith("| ")][1:]
+  return {c[0]: c[1:] for c in ([p.strip() for p in l.split("|")[1:-1]] for l in lines)}
+
+
+def _cell(text):
+  """seeds.summarize-like dict of a "mean ± sd" table cell."""
+  mean, sd = (float(v) for v in text.split("±"))
+  return {"mean": mean, "sd": sd}
+
+
+def _checkpoint_mtimes(root):
+  return {os.path.join(d, f): os.path.getmtime(os.path.join(d, f))
+          for d, _, files in os.walk(root) for f in files}
+
+
+def test_eval_masks_depend_on_the_image_index_alone():
+  """Mask i is the project's large mask of key fold_in(key(MASK_SEED), i): binary, not empty, the
+  same whatever N (so every row and seed, and both scales' first images, share it)."""
+  m = inp.eval_masks(6, (32, 32))
+  assert m.shape == (6, 32, 32) and set(np.unique(m)) <= {0.0, 1.0}
+  np.testing.assert_array_equal(inp.eval_masks(3, (32, 32)), m[:3])
+  assert (masks.masked_fraction(m[..., None]) > 0).all()
+  assert len({m[i].tobytes() for i in range(6)}) == 6
+
+
+def test_composite_and_psnr_in_mask():
+  x = np.full((2, 4, 4, 1), 100, np.uint8)
+  out = np.full((2, 4, 4, 1), 110, np.uint8)
+  m = np.zeros((2, 4, 4), np.float32)
+  m[:, :2] = 1  # half the pixels of each image
+  filled = inp.composite(out, x, m)
+  assert (filled[:, :2] == 110).all() and (filled[:, 2:] == 100).all()
+  # error 10 on the masked pixels alone: 10 log10(255^2 / 100)
+  assert inp.psnr_in_mask(filled, x, m) == pytest.approx(10 * np.log10(255.0 ** 2 / 100))
+
+
+def test_unet_variant_removes_every_attention_block_and_nothing_else():
+  for scale in ("tiny", "cpu"):
+    with_, without = inp.unet_variant(scale, True), inp.unet_variant(scale, False)
+    assert with_["model.down_block_types"][-1] == "AttnDownBlock2D"
+    assert with_["model.up_block_types"][0] == "AttnUpBlock2D"
+    assert with_["+model.mid_block_attention"] and not without["+model.mid_block_attention"]
+    assert not any("Attn" in b for b in without["model.down_block_types"]
+                   + without["model.up_block_types"])
+    same = {k for k in with_ if with_[k] == without[k]}
+    assert set(with_) - same == {"model.down_block_types", "model.up_block_types",
+                                 "+model.mid_block_attention"}
+
+
+def test_two_seeds_report_verdict_and_reuse(tiny):
+  results, md = _run(tiny, "work_seeds", f"--ldm={tiny['ldm']}", "--seeds=0,1")
+  for heading in ("**Paper claim tested.**", "**Setup.**", "**Does this reproduction agree?**",
+                  "wall time", "seeds 0, 1", "mean masked fraction"):
+    assert heading in md
+  table = _table(md)
+  repaint = [inp.repaint_label(u, "null label") for u in inp.SCALES["tiny"]["resamples"]]
+  true = inp.repaint_label(1, "true labels")
+  assert list(table) == [*repaint, true, inp.ATTN, inp.NO_ATTN, inp.RECON, inp.ORIGINALS,
+                         inp.FLOOR]
+  for label in (*repaint, true, inp.ATTN, inp.NO_ATTN, inp.RECON):  # FD, acc, P, R, PSNR
+    assert sum("±" in c for c in table[label]) == 5, table[label]
+  assert all(c.endswith("± 0.000") for c in table[inp.ORIGINALS][:4])  # the same for each seed
+  assert table[inp.ORIGINALS][4] == "inf"  # PSNR of the digits themselves
+  assert "null label (no class information" in md  # the tiny LDM trained label dropout
+
+  # The attention ablation: blocks with attention, none without, both parameter counts reported.
+  models = results["models"]
+  assert models[inp.ATTN]["attention_blocks"] > 0 and models[inp.NO_ATTN]["attention_blocks"] == 0
+  assert models[inp.ATTN]["params"] > models[inp.NO_ATTN]["params"]
+  for label in (inp.ATTN, inp.NO_ATTN):
+    assert f"{models[label]['params']:,} UNet parameters" in md
+
+  rows = results["rows"]
+  fd = rows[inp.ATTN]["fd"]["values"]
+  assert len(fd) == 2 and fd[0] != fd[1]  # two models (and noises): two different scores
+  assert rows[inp.RECON]["fd"]["sd"] == 0.0  # deterministic
+
+  # The verdict follows from the table's own FD cells (column 0).
+  verdict = md.split("**Does this reproduction agree?**")[1].split("**Notes.**")[0]
+  fd_cell = lambda label: _cell(table[label][0])
+  want = [seeds_lib.verdict(seeds_lib.compare(fd_cell(inp.ATTN), fd_cell(l)), -1)
+          for l in repaint]
+  want.append(seeds_lib.verdict(seeds_lib.compare(fd_cell(inp.ATTN), fd_cell(inp.NO_ATTN)), -1))
+  parts = re.findall(r": (agrees|DISAGREES|not resolved at this scale) \(the claim: "
+                     r"(?:trained|attention) lower\)", verdict)
+  assert parts == want, verdict
+  assert true not in verdict  # the labelled row is no fair baseline
+
+  # Two inpainting runs per seed, trained now; a rerun reuses all four (same files and scores).
+  root = tiny["root"] / "work_seeds" / inp.NAME / "tiny"
+  assert sorted(os.listdir(root)) == ["seed0", "seed1"]
+  assert sorted(os.listdir(root / "seed0")) == sorted(inp.TAGS.values())
+  assert [r["reused"] for rs in results["runs"].values() for r in rs] == [False] * 4
+  assert all(r["steps"] == inp.SCALES["tiny"]["inpaint_steps"]
+             for rs in results["runs"].values() for r in rs)
+  before = _checkpoint_mtimes(root)
+  again, md2 = _run(tiny, "work_seeds", f"--ldm={tiny['ldm']}", "--seeds=0,1")
+  assert [r["reused"] for rs in again["runs"].values() for r in rs] == [True] * 4
+  assert _checkpoint_mtimes(root) == before
+  assert again["rows"][inp.ATTN]["fd"]["values"] == fd
+  assert "Reused runs" in md2
+
+
+def test_a_finished_run_on_another_autoencoder_is_refused(tiny):
+  """Run dirs are keyed by scale, seed and tag, not by --ae: a finished run on another autoencoder
+  is not reused (nor scored) when --ae changes."""
+  run = tiny["root"] / "work_other_ae" / inp.NAME / "tiny" / "seed0" / inp.TAGS[inp.ATTN]
+  (run / "export").mkdir(parents=True)
+  (run / "export" / "config.json").write_text('{"first_stage": {"workdir": "/elsewhere/ae"}}')
+  with pytest.raises(ValueError, match="was trained on the autoencoder '/elsewhere/ae', not on"):
+    inp.main(_argv(tiny, "work_other_ae", "--ldm="))
+
+
+def test_without_ldm_the_repaint_rows_are_skipped_with_a_note(tiny):
+  results, md = _run(tiny, "work_no_ldm", "--ldm=")
+  assert list(_table(md)) == [inp.ATTN, inp.NO_ATTN, inp.RECON, inp.ORIGINALS, inp.FLOOR]
+  assert "RePaint rows skipped: --ldm was empty." in md
+  assert "Trained vs RePaint: not tested (--ldm was empty)." in md
+  assert "one seed, so no verdict is resolved" in md
+  assert [len(rs) for rs in results["runs"].values()] == [1, 1]
+
+
+@pytest.mark.parametrize("flag, match", [
+    ("--ldm=/no/such/run", r"--ldm='/no/such/run' does not exist"),
+    ("--resamples=2,1", r"--resamples='2,1': the values must be positive and increasing"),
+    ("--resamples=five", "--resamples='five' is not a comma-separated list of integers"),
+    ("--seeds=0,0", "the seeds must be distinct"),
+])
+def test_bad_flags_fail_before_training(tmp_path, flag, match):
+  argv = ["--scale=tiny", f"--out={tmp_path / 'out'}", f"--workdir={tmp_path / 'work'}", flag]
+  with pytest.raises(ValueError, match=match):
+    inp.main(argv)
+  assert not (tmp_path / "work").exists()
+
+
+def test_ldm_flag_must_be_a_finished_image_run(tiny, tmp_path):
+  (tmp_path / "half").mkdir()
+  with pytest.raises(ValueError, match="has no export/config.json: it is not a finished LDM run"):
+    inp.main(_argv(tiny, "work_bad_ldm", f"--ldm={tmp_path / 'half'}"))
+  (tmp_path / "sr" / "export").mkdir(parents=True)  # a concat run's export, as far as read
+  (tmp_path / "sr" / "export" / "config.json").write_text(
+      '{"diffusion": {"conditioning": "concat"}}')
+  with pytest.raises(ValueError, match="is a 'concat'-conditioned run; the RePaint rows need"):
+    inp.main(_argv(tiny, "work_bad_ldm", f"--ldm={tmp_path / 'sr'}"))
+  assert not (tiny["root"] / "work_bad_ldm").exists()  # refused before anything was trained
