@@ -126,6 +126,7 @@ def test_two_seeds_report_verdict_and_reuse(tiny):
   assert models[inp.ATTN]["params"] > models[inp.NO_ATTN]["params"]
   for label in (inp.ATTN, inp.NO_ATTN):
     assert f"{models[label]['params']:,} UNet parameters" in md
+  assert f"UNet {models['ldm']['params']:,} parameters" in md  # the RePaint model's
 
   rows = results["rows"]
   fd = rows[inp.ATTN]["fd"]["values"]

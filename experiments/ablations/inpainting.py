@@ -164,6 +164,8 @@ def main(argv=None):
           flush=True)
   floor = judge.floor(scale["n"], args.seed)
   models = {label: _unet_summary(p) for label, p in last.items()}
+  if ldm is not None:
+    models["ldm"] = _unet_summary(ldm[0])
   _write(args, scale, seeds, num_steps, results, secs, runs, models, last[ATTN], floor, ae_dir,
          clf_path, ldm and ldm[1], float(np.mean(masks.masked_fraction(m[..., None]))),
          time.time() - t_start)
@@ -325,7 +327,8 @@ def _write(args, scale, seeds, num_steps, results, secs, runs, models, pipe, flo
     fair = [name for name, _, ok in conditionings if ok]
     notes.append(
         f"RePaint rows (training-free, Lugmayr et al. 2022): `inpaint(..., resample=U)` of "
-        f"`{args.ldm}` (EMA weights, its own autoencoder). "
+        f"`{args.ldm}` (EMA weights, its own autoencoder; UNet {models['ldm']['params']:,} "
+        f"parameters, {models['ldm']['attention_blocks']} self-attention blocks). "
         + (f"Conditioning of the verdict rows: the {fair[0]} (no class information: the trained "
            "inpainting models see no labels, so this is the fair comparison)"
            + ("; the true-labels row (w = 1) reads class information the trained models do not "
