@@ -161,12 +161,14 @@ def test_two_seeds_report_verdict_and_reuse(tiny):
 
 def test_a_finished_run_on_another_autoencoder_is_refused(tiny):
   """Run dirs are keyed by scale, seed and tag, not by --ae: a finished run on another autoencoder
-  is not reused (nor scored) when --ae changes."""
-  run = tiny["root"] / "work_other_ae" / inp.NAME / "tiny" / "seed0" / inp.TAGS[inp.ATTN]
+  is not reused (nor scored) when --ae changes, and the refusal comes before any training."""
+  root = tiny["root"] / "work_other_ae" / inp.NAME / "tiny"
+  run = root / "seed1" / inp.TAGS[inp.NO_ATTN]  # the last run of the loop
   (run / "export").mkdir(parents=True)
   (run / "export" / "config.json").write_text('{"first_stage": {"workdir": "/elsewhere/ae"}}')
   with pytest.raises(ValueError, match="was trained on the autoencoder '/elsewhere/ae', not on"):
-    inp.main(_argv(tiny, "work_other_ae", "--ldm="))
+    inp.main(_argv(tiny, "work_other_ae", "--ldm=", "--seeds=0,1"))
+  assert sorted(os.listdir(root)) == ["seed1"]  # seed 0's runs were not trained first
 
 
 def test_without_ldm_the_repaint_rows_are_skipped_with_a_note(tiny):

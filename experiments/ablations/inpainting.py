@@ -128,6 +128,10 @@ def main(argv=None):
   x, y = (a[:scale["n"]] for a in digit_judge.split(digit_judge.HELD_OUT))
   ldm = _load_ldm(args.ldm, x.shape[1:]) if args.ldm else None  # its errors before any training
   _, root, judge, clf_path, ae_dir = training.latent_ablation_setup(args, NAME)
+  workdirs = {(label, seed): os.path.join(root, f"seed{seed}", tag)
+              for seed in seeds for label, tag in TAGS.items()}
+  for workdir in workdirs.values():  # every reused run before any sampling or training
+    _check_first_stage(workdir, ae_dir)
   m = eval_masks(x.shape[0], x.shape[1:3])
   kw = dict(method=args.method, num_steps=num_steps)
 
@@ -139,15 +143,12 @@ def main(argv=None):
           seeds, lambda seed, call=call: ldm_pipe.inpaint(jax.random.key(seed), x, m, **call(y),
                                                           **kw), judge, x, y, m)
   runs, pipes = {label: [] for label in TAGS}, {}
-  for seed in seeds:  # both inpainting LDMs per seed
-    for label, tag in TAGS.items():
-      workdir = os.path.join(root, f"seed{seed}", tag)
-      _check_first_stage(workdir, ae_dir)
-      extra = {"diffusion.conditioning": "concat", "concat.degradation": DEGRADATION,
-               "concat.p_drop": P_DROP, **unet_variant(args.scale, label == ATTN)}
-      runs[label].append(training.ldm_run(workdir, ae_dir, args.scale, seed=seed,
-                                          steps=scale["inpaint_steps"], extra=extra))
-      pipes[label, seed] = sampling.load_pipeline(workdir, use_ema=True, max_batch=500)
+  for (label, seed), workdir in workdirs.items():  # both inpainting LDMs per seed
+    extra = {"diffusion.conditioning": "concat", "concat.degradation": DEGRADATION,
+             "concat.p_drop": P_DROP, **unet_variant(args.scale, label == ATTN)}
+    runs[label].append(training.ldm_run(workdir, ae_dir, args.scale, seed=seed,
+                                        steps=scale["inpaint_steps"], extra=extra))
+    pipes[label, seed] = sampling.load_pipeline(workdir, use_ema=True, max_batch=500)
   for label in TAGS:
     per_row[label], secs[label] = _per_seed(
         seeds, lambda seed, label=label: pipes[label, seed].inpaint(jax.random.key(seed), x, m,
@@ -320,7 +321,9 @@ def _write(args, scale, seeds, num_steps, results, secs, runs, models, pipe, flo
       "themselves (a perfect inpainter; PSNR infinite).",
       "The trained path samples the whole latent from [z_t, c] and replaces nothing; RePaint "
       "replaces the known latents by q(z_t | E(x)) after every step (and redoes each step U "
-      "times); the compositing makes the kept pixels the originals for both."]
+      "times); the compositing makes the kept pixels the originals for both.",
+      "Spread: the RePaint rows' sd is sampling noise alone (one --ldm model, seed s's noise); "
+      "the trained rows' also holds their training seed (one model per seed)."]
   if conditionings is None:
     notes.append("RePaint rows skipped: --ldm was empty.")
   else:
