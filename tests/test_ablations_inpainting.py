@@ -104,6 +104,33 @@ def test_unet_variant_removes_every_attention_block_and_nothing_else():
                                  "+model.mid_block_attention"}
 
 
+def test_repaint_rows_and_verdict_prefer_the_label_free_conditioning():
+  """The verdict rows read no class information when the --ldm run has a null label; a run without
+  one gives true-label rows at every U, and the verdict then compares against those."""
+  null = ("null label", lambda y: {"labels": 0, "guidance_scale": 0.0}, True)
+  true = ("true labels", lambda y: {"labels": y, "guidance_scale": 1.0}, False)
+  rows = inp._repaint_rows([null, true], (1, 5))  # pylint: disable=protected-access
+  assert [l for l, _ in rows] == [inp.repaint_label(1, "null label"),
+                                  inp.repaint_label(5, "null label"),
+                                  inp.repaint_label(1, "true labels")]
+  assert rows[1][1](7) == {"labels": 0, "guidance_scale": 0.0, "resample": 5}
+  assert rows[2][1](7) == {"labels": 7, "guidance_scale": 1.0}
+  only_true = inp._repaint_rows([true], (1, 5))  # pylint: disable=protected-access
+  assert [l for l, _ in only_true] == [inp.repaint_label(u, "true labels") for u in (1, 5)]
+  assert only_true[1][1](7)["resample"] == 5
+
+  fd = lambda *v: {"fd": seeds_lib.summarize(v)}
+  results = {inp.repaint_label(1, "null label"): fd(20.0, 21.0),
+             inp.repaint_label(1, "true labels"): fd(5.0, 5.5),
+             inp.ATTN: fd(10.0, 10.5), inp.NO_ATTN: fd(10.2, 10.4)}
+  verdict = inp._verdict(results)  # pylint: disable=protected-access
+  assert verdict.count(": agrees (the claim: trained lower)") == 1
+  assert "true labels" not in verdict
+  assert "not resolved at this scale (the claim: attention lower)" in verdict
+  del results[inp.repaint_label(1, "null label")]
+  assert ": DISAGREES (the claim: trained lower)" in inp._verdict(results)  # pylint: disable=protected-access
+
+
 def test_two_seeds_report_verdict_and_reuse(tiny):
   results, md = _run(tiny, "work_seeds", f"--ldm={tiny['ldm']}", "--seeds=0,1")
   for heading in ("**Paper claim tested.**", "**Setup.**", "**Does this reproduction agree?**",
