@@ -11,6 +11,7 @@ persistent compilation cache serves them).
 import os
 import re
 
+import jax
 import numpy as np
 import pytest
 
@@ -18,6 +19,8 @@ from experiments.ablations import digit_judge
 from experiments.ablations import inpainting as inp
 from experiments.ablations import seeds as seeds_lib
 from experiments.ablations import training
+from ldm_jax.data import to_float
+from ldm_jax.diffusion import concat
 from ldm_jax.diffusion import masks
 from ldm_jax.metrics import classifier
 
@@ -78,6 +81,11 @@ def test_eval_masks_depend_on_the_image_index_alone():
   np.testing.assert_array_equal(inp.eval_masks(3, (32, 32)), m[:3])
   assert (masks.masked_fraction(m[..., None]) > 0).all()
   assert len({m[i].tobytes() for i in range(6)}) == 6
+  # the training loss's own masks: the degradation drawn with image i's key
+  x, _ = digit_judge.split(digit_judge.HELD_OUT)
+  key = jax.random.fold_in(jax.random.key(inp.MASK_SEED), 4)
+  train_mask = concat.get_degradation(inp.DEGRADATION).apply(key, to_float(x[:1]), None)
+  np.testing.assert_array_equal(np.asarray(train_mask)[0, ..., 0], m[4])
 
 
 def test_composite_and_psnr_in_mask():
@@ -128,14 +136,18 @@ def test_repaint_rows_and_verdict_prefer_the_label_free_conditioning():
   assert "true labels" not in verdict
   assert "not resolved at this scale (the claim: attention lower)" in verdict
   del results[inp.repaint_label(1, "null label")]
-  assert ": DISAGREES (the claim: trained lower)" in inp._verdict(results)  # pylint: disable=protected-access
+  verdict = inp._verdict(results)  # pylint: disable=protected-access
+  assert ": DISAGREES (the claim: trained lower)" in verdict
 
 
 def test_two_seeds_report_verdict_and_reuse(tiny):
   results, md = _run(tiny, "work_seeds", f"--ldm={tiny['ldm']}", "--seeds=0,1")
   for heading in ("**Paper claim tested.**", "**Setup.**", "**Does this reproduction agree?**",
-                  "wall time", "seeds 0, 1", "mean masked fraction"):
+                  "wall time", "seeds 0, 1"):
     assert heading in md
+  m = inp.eval_masks(inp.SCALES["tiny"]["n"], (32, 32))
+  fraction = np.mean(masks.masked_fraction(m[..., None]))
+  assert f"mean masked fraction {fraction:.3f}" in md
   table = _table(md)
   repaint = [inp.repaint_label(u, "null label") for u in inp.SCALES["tiny"]["resamples"]]
   true = inp.repaint_label(1, "true labels")
