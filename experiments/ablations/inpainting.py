@@ -19,7 +19,8 @@ resample=U)`, Lugmayr et al. 2022) with the `--ldm` run at each U of `--resample
 references: the autoencoder's reconstruction and the originals. Every output is composited with
 the originals outside the mask (LaMa's protocol, which Table 7 follows). Metrics per row: FD / class
 accuracy (true labels) / precision / recall from the digit judge, PSNR inside the mask; with
---seeds, mean ± sd over the seeds. Writes <out>/inpainting.md and .png.
+--seeds, mean ± sd over the seeds. Writes <out>/inpainting.md and .png (the metrics per row and
+the first seed's fills of the first digits).
 """
 
 import json
@@ -55,6 +56,7 @@ ATTN, NO_ATTN = "trained inpainting LDM, attention", "trained inpainting LDM, no
 TAGS = {ATTN: "inpaint_attn", NO_ATTN: "inpaint_no_attn"}
 RECON, ORIGINALS, FLOOR = "AE reconstruction (ceiling)", "originals", "real (floor)"
 METRICS = ("fd", "acc", "precision", "recall", "psnr_mask")
+EXAMPLES = 8  # digits shown per row in the figure (the first seed's fills)
 CLAIM = ("LDM sec. 4.5 / Table 7 (Places, LaMa's protocol): an LDM trained for inpainting, "
          "[mask, masked image] concatenated to z_t, reaches state-of-the-art FID (LDM-4 big, "
          "w/ ft: 1.50 on all masks, 9.39 at 40-50% masked, vs LaMa's 2.21 / 12.0), and attention "
@@ -136,10 +138,12 @@ def main(argv=None):
   kw = dict(method=args.method, num_steps=num_steps)
 
   per_row, secs = {}, {}  # label -> [scores per seed]; label -> mean seconds per seed
+  examples = {ORIGINALS: x[:EXAMPLES],  # label -> the first seed's composited fills
+              "masked input": composite(np.full_like(x, 128), x, m)[:EXAMPLES]}
   if ldm is not None:
     ldm_pipe, conditionings = ldm
     for label, call in _repaint_rows(conditionings, resamples):
-      per_row[label], secs[label] = _per_seed(
+      per_row[label], secs[label], examples[label] = _per_seed(
           seeds, lambda seed, call=call: ldm_pipe.inpaint(jax.random.key(seed), x, m, **call(y),
                                                           **kw), judge, x, y, m)
   runs, pipes = {label: [] for label in TAGS}, {}
@@ -150,11 +154,13 @@ def main(argv=None):
                                         steps=scale["inpaint_steps"], extra=extra))
     pipes[label, seed] = sampling.load_pipeline(workdir, use_ema=True, max_batch=500)
   for label in TAGS:
-    per_row[label], secs[label] = _per_seed(
+    per_row[label], secs[label], examples[label] = _per_seed(
         seeds, lambda seed, label=label: pipes[label, seed].inpaint(jax.random.key(seed), x, m,
                                                                     **kw), judge, x, y, m)
   last = {label: pipes[label, seeds[-1]] for label in TAGS}
-  per_row[RECON] = [score(judge, last[ATTN].reconstruct(x), x, y, m)] * len(seeds)  # one AE
+  recon = last[ATTN].reconstruct(x)
+  per_row[RECON] = [score(judge, recon, x, y, m)] * len(seeds)  # one AE for all
+  examples[RECON] = composite(recon, x, m)[:EXAMPLES]
   exact = score(judge, x, x, y, m)
   del exact["psnr_mask"]  # infinite: the table says so
   per_row[ORIGINALS] = [exact] * len(seeds)
@@ -168,7 +174,7 @@ def main(argv=None):
   if ldm is not None:
     models["ldm"] = _unet_summary(ldm[0])
   _write(args, scale, seeds, num_steps, results, secs, runs, models, last[ATTN], floor, ae_dir,
-         clf_path, ldm and ldm[1], float(np.mean(masks.masked_fraction(m[..., None]))),
+         clf_path, examples, ldm and ldm[1], float(np.mean(masks.masked_fraction(m[..., None]))),
          time.time() - t_start)
   return {"rows": results, "runs": runs, "floor": floor, "models": models}
 
@@ -189,14 +195,17 @@ def _repaint_rows(conditionings, resamples):
 
 
 def _per_seed(seeds, draw, judge, x, y, m):
-  """(scores per seed, mean seconds per seed) of draw(seed) -> images."""
+  """(scores per seed, mean seconds per seed, the first seed's first EXAMPLES composited fills)
+  of draw(seed) -> images."""
   scores, secs = [], []
   for seed in seeds:
     t0 = time.time()
     images = draw(seed)
     secs.append(time.time() - t0)
     scores.append(score(judge, images, x, y, m))
-  return scores, sum(secs) / len(secs)
+    if seed == seeds[0]:
+      shown = composite(images, x, m)[:EXAMPLES]
+  return scores, sum(secs) / len(secs), shown
 
 
 def _unet_summary(pipe):
@@ -274,7 +283,7 @@ def _verdict(results):
 
 
 def _write(args, scale, seeds, num_steps, results, secs, runs, models, pipe, floor, ae_dir,
-           clf_path, conditionings, mask_fraction, wall):
+           clf_path, examples, conditionings, mask_fraction, wall):
   latent, in_channels = pipe.latent_shape, pipe.unet.in_channels
   n = scale["n"]
   many = len(seeds) > 1
@@ -346,11 +355,13 @@ def _write(args, scale, seeds, num_steps, results, secs, runs, models, pipe, flo
       header=["method", "FD", "class acc", "precision", "recall", "PSNR in mask (dB)",
               "inpaint s (per seed)"],
       rows=rows, verdict=_verdict(results), notes=notes)
-  _plot(args.out, results, floor)
+  _plot(args.out, results, floor, examples)
 
 
-def _plot(out, results, floor):
-  plt, fig, axes = report.figure(3, width=3.8, height=3.8)
+def _plot(out, results, floor, examples):
+  """FD, class accuracy and PSNR in the mask per row; the first seed's fills of the first digits
+  (masked pixels gray in the input row)."""
+  plt, fig, axes = report.figure(4, width=3.8, height=3.8)
   labels = [l for l in results if l != ORIGINALS]
   for ax, (key, name) in zip(axes, (("fd", "FD"), ("acc", "class accuracy"),
                                     ("psnr_mask", "PSNR in mask (dB)"))):
@@ -364,6 +375,15 @@ def _plot(out, results, floor):
     ax.set_xticks(range(len(labels)))
     ax.set_xticklabels(labels, rotation=35, ha="right", fontsize=6)
     ax.set_ylabel(name)
+  ax = axes[3]
+  k = min(len(v) for v in examples.values())
+  grid = np.concatenate([np.concatenate(list(v[:k]), axis=1) for v in examples.values()], axis=0)
+  ax.imshow(grid[..., 0] if grid.shape[-1] == 1 else grid, cmap="gray", vmin=0, vmax=255)
+  side = grid.shape[0] // len(examples)
+  ax.set_yticks([side * (i + 0.5) for i in range(len(examples))])
+  ax.set_yticklabels(list(examples), fontsize=5)
+  ax.set_xticks([])
+  ax.set_title("the first seed's fills, composited", fontsize=7)
   report.save_figure(plt, fig, out, NAME)
 
 
