@@ -197,13 +197,13 @@ def _repaint_rows(conditionings, resamples):
 def _per_seed(seeds, draw, judge, x, y, m):
   """(scores per seed, mean seconds per seed, the first seed's first EXAMPLES composited fills)
   of draw(seed) -> images."""
-  scores, secs = [], []
+  scores, secs, shown = [], [], None
   for seed in seeds:
     t0 = time.time()
     images = draw(seed)
     secs.append(time.time() - t0)
     scores.append(score(judge, images, x, y, m))
-    if seed == seeds[0]:
+    if shown is None:
       shown = composite(images, x, m)[:EXAMPLES]
   return scores, sum(secs) / len(secs), shown
 
