@@ -220,26 +220,9 @@ def _load_ldm(workdir, image_shape):
   """(pipeline (EMA weights), [(name, call, fair)]) of the --ldm run: call(labels) gives the
   inpaint keywords of a conditioning; fair: it reads no class information (like the trained
   inpainting models): the null label (w = 0) or an unconditional model's."""
-  config_path = os.path.join(workdir, "export", "config.json")
-  if not os.path.isdir(workdir):
-    raise ValueError(f"--ldm={workdir!r} does not exist; give the workdir of a trained "
-                     "class-conditional LDM run (python -m experiments.mnist_end_to_end), or "
-                     "--ldm= to skip the RePaint rows.")
-  if not os.path.exists(config_path):
-    raise ValueError(f"--ldm={workdir!r} has no export/config.json: it is not a finished LDM run "
-                     "(train it first, or give --ldm= to skip the RePaint rows).")
-  with open(config_path, encoding="utf-8") as f:
-    diffusion = json.load(f)["diffusion"]
-  kind = diffusion["conditioning"]
-  if kind not in ("class", "none"):
-    raise ValueError(f"--ldm={workdir!r} is a {kind!r}-conditioned run; the RePaint rows need a "
-                     "class-conditional or unconditional image LDM (conditioning 'class' or "
-                     "'none').")
-  pipe = sampling.load_pipeline(workdir, use_ema=True, max_batch=500)
-  if tuple(pipe.image_shape) != tuple(image_shape):
-    raise ValueError(f"--ldm={workdir!r} makes {pipe.image_shape} images; the RePaint rows need "
-                     f"{tuple(image_shape)} (the MNIST originals).")
-  if kind == "none":
+  pipe, diffusion = sampling.load_image_ldm(workdir, image_shape, rows="the RePaint rows",
+                                            need="need")
+  if diffusion["conditioning"] == "none":
     return pipe, [("unconditional", lambda y: {}, True)]
   true = ("true labels", lambda y: {"labels": y, "guidance_scale": 1.0}, False)
   if diffusion.get("p_uncond", 0.0) > 0:  # the null label was trained: w = 0 is the model of p(z)

@@ -1,13 +1,16 @@
 """Class-conditional samples of a trained MNIST LDM for the ablations: every digit, per_class
-times, from one seed.
+times, from one seed; and the loading of an LDM run's pipeline.
 
-`sample_classes` is `LatentDiffusionPipeline.sample` (classifier-free guidance at any w).
+`load_image_ldm` loads and checks the image LDM of a training-free row (the --ldm flag of
+ablations 8 and 9). `sample_classes` is `LatentDiffusionPipeline.sample` (classifier-free guidance at any w).
 `sample_conditional` is the unguided case (w = 1) at half the model evaluations: it runs the
 conditional model alone through `samplers.sample`, which the pipeline's guided program cannot do
 without a second compiled program, and it takes the timestep grid as an argument. It starts from
 the pipeline's own initial noise and decodes with the pipeline.
 """
 
+import json
+import os
 import time
 
 import jax
@@ -18,6 +21,33 @@ def load_pipeline(ldm_workdir, use_ema=True, **kwargs):
   """LatentDiffusionPipeline.from_workdir of an LDM run (EMA weights by default)."""
   from ldm_jax.pipeline import LatentDiffusionPipeline  # pylint: disable=import-outside-toplevel
   return LatentDiffusionPipeline.from_workdir(ldm_workdir, use_ema=use_ema, **kwargs)
+
+
+def load_image_ldm(workdir, image_shape, *, rows, need="needs"):
+  """(pipeline (EMA weights), its export config's "diffusion" dict) of the --ldm run, which must
+  be a finished class-conditional or unconditional LDM of images of image_shape (H, W, C); else a
+  ValueError naming the flag. rows, need: the caller's rows in the errors' words ("the SDEdit row",
+  "needs"; "the RePaint rows", "need")."""
+  config_path = os.path.join(workdir, "export", "config.json")
+  if not os.path.isdir(workdir):
+    raise ValueError(f"--ldm={workdir!r} does not exist; give the workdir of a trained "
+                     "class-conditional LDM run (python -m experiments.mnist_end_to_end), or "
+                     f"--ldm= to skip {rows}.")
+  if not os.path.exists(config_path):
+    raise ValueError(f"--ldm={workdir!r} has no export/config.json: it is not a finished LDM run "
+                     f"(train it first, or give --ldm= to skip {rows}).")
+  with open(config_path, encoding="utf-8") as f:
+    diffusion = json.load(f)["diffusion"]
+  kind = diffusion["conditioning"]
+  if kind not in ("class", "none"):
+    raise ValueError(f"--ldm={workdir!r} is a {kind!r}-conditioned run; {rows} {need} a "
+                     "class-conditional or unconditional image LDM (conditioning 'class' or "
+                     "'none').")
+  pipe = load_pipeline(workdir, use_ema=True, max_batch=500)
+  if tuple(pipe.image_shape) != tuple(image_shape):
+    raise ValueError(f"--ldm={workdir!r} makes {pipe.image_shape} images; {rows} {need} "
+                     f"{tuple(image_shape)} (the MNIST originals).")
+  return pipe, diffusion
 
 
 def class_labels(per_class, num_classes=10):

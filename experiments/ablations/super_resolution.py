@@ -20,7 +20,6 @@ against the originals, FD / class accuracy / precision / recall of the upscaled 
 digit judge; with --seeds, mean ± sd over the seeds. Writes <out>/super_resolution.md and .png.
 """
 
-import json
 import os
 
 if __name__ == "__main__":
@@ -167,26 +166,8 @@ def _load_ldm(workdir, image_shape):
   """(pipeline (EMA weights), call, what) of the --ldm run: call(labels) gives the img2img
   keywords that make it unconditional where it can be (the null label, w = 0), `what` says in
   words what was used."""
-  config_path = os.path.join(workdir, "export", "config.json")
-  if not os.path.isdir(workdir):
-    raise ValueError(f"--ldm={workdir!r} does not exist; give the workdir of a trained "
-                     "class-conditional LDM run (python -m experiments.mnist_end_to_end), or "
-                     "--ldm= to skip the SDEdit row.")
-  if not os.path.exists(config_path):
-    raise ValueError(f"--ldm={workdir!r} has no export/config.json: it is not a finished LDM run "
-                     "(train it first, or give --ldm= to skip the SDEdit row).")
-  with open(config_path, encoding="utf-8") as f:
-    diffusion = json.load(f)["diffusion"]
-  kind = diffusion["conditioning"]
-  if kind not in ("class", "none"):
-    raise ValueError(f"--ldm={workdir!r} is a {kind!r}-conditioned run; the SDEdit row needs a "
-                     "class-conditional or unconditional image LDM (conditioning 'class' or "
-                     "'none').")
-  pipe = sampling.load_pipeline(workdir, use_ema=True, max_batch=500)
-  if tuple(pipe.image_shape) != tuple(image_shape):
-    raise ValueError(f"--ldm={workdir!r} makes {pipe.image_shape} images; the SDEdit row needs "
-                     f"{tuple(image_shape)} (the MNIST originals).")
-  if kind == "none":
+  pipe, diffusion = sampling.load_image_ldm(workdir, image_shape, rows="the SDEdit row")
+  if diffusion["conditioning"] == "none":
     return pipe, lambda y: {}, "the unconditional model"
   if diffusion.get("p_uncond", 0.0) > 0:  # the null label was trained: w = 0 is the model of p(z)
     return (pipe, lambda y: {"labels": 0, "guidance_scale": 0.0},
