@@ -23,7 +23,6 @@ accuracy (true labels) / precision / recall from the digit judge, PSNR inside th
 the first seed's fills of the first digits).
 """
 
-import json
 import os
 
 if __name__ == "__main__":
@@ -133,7 +132,7 @@ def main(argv=None):
   workdirs = {(label, seed): os.path.join(root, f"seed{seed}", tag)
               for seed in seeds for label, tag in TAGS.items()}
   for workdir in workdirs.values():  # every reused run before any sampling or training
-    _check_first_stage(workdir, ae_dir)
+    training.check_first_stage(workdir, ae_dir, "inpainting LDM")
   m = eval_masks(x.shape[0], x.shape[1:3])
   kw = dict(method=args.method, num_steps=num_steps)
 
@@ -228,21 +227,6 @@ def _load_ldm(workdir, image_shape):
   if diffusion.get("p_uncond", 0.0) > 0:  # the null label was trained: w = 0 is the model of p(z)
     return pipe, [("null label", lambda y: {"labels": 0, "guidance_scale": 0.0}, True), true]
   return pipe, [true]
-
-
-def _check_first_stage(workdir, ae_dir):
-  """A finished inpainting run in workdir must have been trained on ae_dir: the run dirs are keyed
-  by scale, seed and tag, not by --ae, and a reused run on another autoencoder would be scored
-  silently."""
-  path = os.path.join(workdir, "export", "config.json")
-  if not os.path.exists(path):
-    return
-  with open(path, encoding="utf-8") as f:
-    trained_on = json.load(f)["first_stage"]["workdir"]
-  if os.path.realpath(trained_on) != os.path.realpath(ae_dir):
-    raise ValueError(f"{workdir} was trained on the autoencoder {trained_on!r}, not on "
-                     f"{os.path.abspath(ae_dir)!r} (--ae); remove it, or point --workdir "
-                     "elsewhere, to train an inpainting LDM on this one.")
 
 
 def _verdict(results):

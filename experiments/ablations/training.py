@@ -114,8 +114,8 @@ def ldm_run(workdir, ae_workdir, scale, *, seed=0, steps=None, decay_steps=None,
 
 def check_first_stage(workdir, ae_dir, what="LDM"):
   """A finished LDM run in workdir must have been trained on ae_dir: the ablations' run dirs are
-  keyed by scale and seed, not by --ae, and a reused run on another autoencoder would be scored
-  silently. what: the run's kind, for the error message ("LDM-SR")."""
+  keyed by scale and seed (and tag), not by --ae, and a reused run on another autoencoder would be
+  scored silently. what: the run's kind, for the error message ("LDM-SR", "inpainting LDM")."""
   path = os.path.join(workdir, "export", "config.json")
   if not os.path.exists(path):
     return
