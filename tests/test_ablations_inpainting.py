@@ -3,8 +3,8 @@ and mean ± sd cells, a verdict that follows from the table, the same masks for 
 seed, the attention ablation (attention blocks with, none without), reuse of the trained runs on
 a rerun, and clear errors for bad flags.
 
-The module fixture trains what tests/test_ablations.py's session fixture trains (a quick digit
-classifier, the tiny KL autoencoder and class-conditional LDM, 2 steps each; same programs, so the
+The module fixture is tests/ablation_runs.py's (a quick digit classifier, the tiny KL autoencoder
+and class-conditional LDM, 2 steps each; the same programs as the other ablation tests, so the
 persistent compilation cache serves them).
 """
 
@@ -18,59 +18,17 @@ import pytest
 from experiments.ablations import digit_judge
 from experiments.ablations import inpainting as inp
 from experiments.ablations import seeds as seeds_lib
-from experiments.ablations import training
 from ldm_jax.data import to_float
 from ldm_jax.diffusion import concat
 from ldm_jax.diffusion import masks
-from ldm_jax.metrics import classifier
+from tests import ablation_runs
 
 pytestmark = pytest.mark.slow  # end-to-end runs of the ablation script
-
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-  root = tmp_path_factory.mktemp("inpaint_ablation")
-  x, y = digit_judge.split(digit_judge.TRAIN)
-  clf = str(root / "classifier.msgpack")
-  classifier.save_params(clf, classifier.train_classifier(x[:2000], y[:2000], steps=30, seed=0))
-  ae = str(root / "ae")
-  training.autoencoder_run(ae, "tiny")
-  ldm = str(root / "ldm")
-  training.ldm_run(ldm, ae, "tiny")
-  return {"root": root, "classifier": clf, "ae": ae, "ldm": ldm}
-
-
-def _argv(tiny, work, *extra):
-  """The script's flags with the fixture's classifier and autoencoder; runs under root / work."""
-  return ["--scale=tiny", f"--out={tiny['root'] / 'results'}", f"--workdir={tiny['root'] / work}",
-          f"--classifier={tiny['classifier']}", f"--ae={tiny['ae']}", *extra]
-
-
-def _run(tiny, work, *extra):
-  results = inp.main(_argv(tiny, work, *extra))
-  out = tiny["root"] / "results"
-  with open(out / f"{inp.NAME}.png", "rb") as f:
-    assert f.read(8) == PNG_MAGIC
-  return results, (out / f"{inp.NAME}.md").read_text(encoding="utf-8")
-
-
-def _table(md):
-  """{first cell: [other cells]} of the markdown table body."""
-  lines = [l for l in md.splitlines() if l.startswith("| ")][1:]
-  return {c[0]: c[1:] for c in ([p.strip() for p in l.split("|")[1:-1]] for l in lines)}
-
-
-def _cell(text):
-  """seeds.summarize-like dict of a "mean ± sd" table cell."""
-  mean, sd = (float(v) for v in text.split("±"))
-  return {"mean": mean, "sd": sd}
-
-
-def _checkpoint_mtimes(root):
-  return {os.path.join(d, f): os.path.getmtime(os.path.join(d, f))
-          for d, _, files in os.walk(root) for f in files}
+  return ablation_runs.tiny_runs(tmp_path_factory.mktemp("inpaint_ablation"))
 
 
 def test_eval_masks_depend_on_the_image_index_alone():
@@ -141,14 +99,15 @@ def test_repaint_rows_and_verdict_prefer_the_label_free_conditioning():
 
 
 def test_two_seeds_report_verdict_and_reuse(tiny):
-  results, md = _run(tiny, "work_seeds", f"--ldm={tiny['ldm']}", "--seeds=0,1")
+  results, md = ablation_runs.run_script(inp, tiny, "work_seeds", f"--ldm={tiny['ldm']}",
+                                         "--seeds=0,1")
   for heading in ("**Paper claim tested.**", "**Setup.**", "**Does this reproduction agree?**",
                   "wall time", "seeds 0, 1"):
     assert heading in md
   m = inp.eval_masks(inp.SCALES["tiny"]["n"], (32, 32))
   fraction = np.mean(masks.masked_fraction(m[..., None]))
   assert f"mean masked fraction {fraction:.3f}" in md
-  table = _table(md)
+  table = ablation_runs.table(md)
   repaint = [inp.repaint_label(u, "null label") for u in inp.SCALES["tiny"]["resamples"]]
   true = inp.repaint_label(1, "true labels")
   assert list(table) == [*repaint, true, inp.ATTN, inp.NO_ATTN, inp.RECON, inp.ORIGINALS,
@@ -174,7 +133,7 @@ def test_two_seeds_report_verdict_and_reuse(tiny):
 
   # The verdict follows from the table's own FD cells (column 0).
   verdict = md.split("**Does this reproduction agree?**")[1].split("**Notes.**")[0]
-  fd_cell = lambda label: _cell(table[label][0])
+  fd_cell = lambda label: ablation_runs.cell(table[label][0])
   want = [seeds_lib.verdict(seeds_lib.compare(fd_cell(inp.ATTN), fd_cell(l)), -1)
           for l in repaint]
   want.append(seeds_lib.verdict(seeds_lib.compare(fd_cell(inp.ATTN), fd_cell(inp.NO_ATTN)), -1))
@@ -190,10 +149,11 @@ def test_two_seeds_report_verdict_and_reuse(tiny):
   assert [r["reused"] for rs in results["runs"].values() for r in rs] == [False] * 4
   assert all(r["steps"] == inp.SCALES["tiny"]["inpaint_steps"]
              for rs in results["runs"].values() for r in rs)
-  before = _checkpoint_mtimes(root)
-  again, md2 = _run(tiny, "work_seeds", f"--ldm={tiny['ldm']}", "--seeds=0,1")
+  before = ablation_runs.mtimes(root)
+  again, md2 = ablation_runs.run_script(inp, tiny, "work_seeds", f"--ldm={tiny['ldm']}",
+                                        "--seeds=0,1")
   assert [r["reused"] for rs in again["runs"].values() for r in rs] == [True] * 4
-  assert _checkpoint_mtimes(root) == before
+  assert ablation_runs.mtimes(root) == before
   assert again["rows"][inp.ATTN]["fd"]["values"] == fd
   assert "Reused runs" in md2
 
@@ -206,13 +166,14 @@ def test_a_finished_run_on_another_autoencoder_is_refused(tiny):
   (run / "export").mkdir(parents=True)
   (run / "export" / "config.json").write_text('{"first_stage": {"workdir": "/elsewhere/ae"}}')
   with pytest.raises(ValueError, match="was trained on the autoencoder '/elsewhere/ae', not on"):
-    inp.main(_argv(tiny, "work_other_ae", "--ldm=", "--seeds=0,1"))
+    inp.main(ablation_runs.script_argv(tiny, "work_other_ae", "--ldm=", "--seeds=0,1"))
   assert sorted(os.listdir(root)) == ["seed1"]  # seed 0's runs were not trained first
 
 
 def test_without_ldm_the_repaint_rows_are_skipped_with_a_note(tiny):
-  results, md = _run(tiny, "work_no_ldm", "--ldm=")
-  assert list(_table(md)) == [inp.ATTN, inp.NO_ATTN, inp.RECON, inp.ORIGINALS, inp.FLOOR]
+  results, md = ablation_runs.run_script(inp, tiny, "work_no_ldm", "--ldm=")
+  assert list(ablation_runs.table(md)) == [inp.ATTN, inp.NO_ATTN, inp.RECON, inp.ORIGINALS,
+                                           inp.FLOOR]
   assert "RePaint rows skipped: --ldm was empty." in md
   assert "Trained vs RePaint: not tested (--ldm was empty)." in md
   assert "one seed, so no verdict is resolved" in md
@@ -235,10 +196,10 @@ def test_bad_flags_fail_before_training(tmp_path, flag, match):
 def test_ldm_flag_must_be_a_finished_image_run(tiny, tmp_path):
   (tmp_path / "half").mkdir()
   with pytest.raises(ValueError, match="has no export/config.json: it is not a finished LDM run"):
-    inp.main(_argv(tiny, "work_bad_ldm", f"--ldm={tmp_path / 'half'}"))
+    inp.main(ablation_runs.script_argv(tiny, "work_bad_ldm", f"--ldm={tmp_path / 'half'}"))
   (tmp_path / "sr" / "export").mkdir(parents=True)  # a concat run's export, as far as read
   (tmp_path / "sr" / "export" / "config.json").write_text(
       '{"diffusion": {"conditioning": "concat"}}')
   with pytest.raises(ValueError, match="is a 'concat'-conditioned run; the RePaint rows need"):
-    inp.main(_argv(tiny, "work_bad_ldm", f"--ldm={tmp_path / 'sr'}"))
+    inp.main(ablation_runs.script_argv(tiny, "work_bad_ldm", f"--ldm={tmp_path / 'sr'}"))
   assert not (tiny["root"] / "work_bad_ldm").exists()  # refused before anything was trained

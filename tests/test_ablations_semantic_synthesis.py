@@ -22,44 +22,12 @@ from tests import ablation_runs
 
 pytestmark = pytest.mark.slow  # end-to-end runs of the ablation script
 
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 GUIDED = sem.guided_label(2.0)
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
   return ablation_runs.tiny_runs(tmp_path_factory.mktemp("semantic_ablation"))
-
-
-def _argv(tiny, work, *extra):
-  """The script's flags with the fixture's classifier and autoencoder; runs under root / work."""
-  return ["--scale=tiny", f"--out={tiny['root'] / 'results'}", f"--workdir={tiny['root'] / work}",
-          f"--classifier={tiny['classifier']}", f"--ae={tiny['ae']}", *extra]
-
-
-def _run(tiny, work, *extra):
-  results = sem.main(_argv(tiny, work, *extra))
-  out = tiny["root"] / "results"
-  with open(out / f"{sem.NAME}.png", "rb") as f:
-    assert f.read(8) == PNG_MAGIC
-  return results, (out / f"{sem.NAME}.md").read_text(encoding="utf-8")
-
-
-def _table(md):
-  """{first cell: [other cells]} of the markdown table body."""
-  lines = [l for l in md.splitlines() if l.startswith("| ")][1:]
-  return {c[0]: c[1:] for c in ([p.strip() for p in l.split("|")[1:-1]] for l in lines)}
-
-
-def _cell(text):
-  """seeds.summarize-like dict of a "mean ± sd" table cell."""
-  mean, sd = (float(v) for v in text.split("±"))
-  return {"mean": mean, "sd": sd}
-
-
-def _mtimes(root):
-  return {os.path.join(d, f): os.path.getmtime(os.path.join(d, f))
-          for d, _, files in os.walk(root) for f in files}
 
 
 def test_held_out_canvases_and_their_maps_are_the_training_conditioning():
@@ -81,11 +49,11 @@ def test_held_out_canvases_and_their_maps_are_the_training_conditioning():
 
 
 def test_two_seeds_report_verdict_and_reuse(tiny):
-  results, md = _run(tiny, "work_seeds", "--seeds=0,1")
+  results, md = ablation_runs.run_script(sem, tiny, "work_seeds", "--seeds=0,1")
   for heading in ("**Paper claim tested.**", "**Setup.**", "**Does this reproduction agree?**",
                   "wall time", "seeds 0, 1"):
     assert heading in md
-  table = _table(md)
+  table = ablation_runs.table(md)
   assert list(table) == [sem.MODEL, GUIDED, sem.MASK, sem.ORIGINALS, sem.FLOOR]
   for label in (sem.MODEL, GUIDED, sem.MASK, sem.ORIGINALS):  # the 8 metric columns
     assert sum("±" in c for c in table[label]) == 8, table[label]
@@ -107,12 +75,13 @@ def test_two_seeds_report_verdict_and_reuse(tiny):
   _, y, _ = sem.held_out_canvases(sem.SCALES["tiny"]["n"])
   chance = max(np.mean(np.concatenate([y // 10, y % 10]) == d) for d in range(10))
   assert results["chance"] == chance >= 0.1 and f"vs chance {chance:.3f}" in verdict
-  want = [seeds_lib.verdict(seeds_lib.compare(_cell(model[0]), {"mean": chance, "sd": 0.0}), 1)]
-  want += [seeds_lib.verdict(seeds_lib.compare(_cell(guided[i]), _cell(model[i])), 1)
+  cell = ablation_runs.cell
+  want = [seeds_lib.verdict(seeds_lib.compare(cell(model[0]), {"mean": chance, "sd": 0.0}), 1)]
+  want += [seeds_lib.verdict(seeds_lib.compare(cell(guided[i]), cell(model[i])), 1)
            for i in (0, 5)]
   parts = re.findall(r": (agrees|DISAGREES|not resolved at this scale) \(the claim: ", verdict)
   assert parts == want, verdict
-  ceiling = seeds_lib.compare(_cell(model[0]), _cell(table[sem.ORIGINALS][0]))
+  ceiling = seeds_lib.compare(cell(model[0]), cell(table[sem.ORIGINALS][0]))
   assert {1: "above it beyond", -1: "below it beyond", 0: "not resolved"}[ceiling] in verdict.split(
       "Against the ceiling")[1].split(";")[0]
 
@@ -122,10 +91,10 @@ def test_two_seeds_report_verdict_and_reuse(tiny):
   assert [r["reused"] for r in results["runs"]] == [False, False]
   assert all(r["steps"] == sem.SCALES["tiny"]["steps"] for r in results["runs"])
   assert len([f for f in os.listdir(root / "seed0" / "semantic") if f.startswith("scores_")]) == 2
-  before = _mtimes(root)
-  again, md2 = _run(tiny, "work_seeds", "--seeds=0,1")
+  before = ablation_runs.mtimes(root)
+  again, md2 = ablation_runs.run_script(sem, tiny, "work_seeds", "--seeds=0,1")
   assert [r["reused"] for r in again["runs"]] == [True, True]
-  assert _mtimes(root) == before  # nothing trained, sampled or written again
+  assert ablation_runs.mtimes(root) == before  # nothing trained, sampled or written again
   assert again["rows"][sem.MODEL]["fd"]["values"] == fd
   assert "reused runs" in md2
 
@@ -133,8 +102,8 @@ def test_two_seeds_report_verdict_and_reuse(tiny):
 def test_one_seed_without_guidance(tiny):
   """--guidance=1 drops the guided row with a note; one seed resolves nothing; a run trained by
   another invocation with the same seed is reused (seed 0 of work_seeds is not: another root)."""
-  results, md = _run(tiny, "work_one", "--guidance=1")
-  assert list(_table(md)) == [sem.MODEL, sem.MASK, sem.ORIGINALS, sem.FLOOR]
+  results, md = ablation_runs.run_script(sem, tiny, "work_one", "--guidance=1")
+  assert list(ablation_runs.table(md)) == [sem.MODEL, sem.MASK, sem.ORIGINALS, sem.FLOOR]
   assert "Guided row skipped: --guidance=1." in md and "one seed, so no verdict is resolved" in md
   assert "(the claim: above chance)" in md and "not resolved at this scale (the claim" in md
   assert not results["guided"] and [r["steps"] for r in results["runs"]] == [2]
@@ -145,7 +114,7 @@ def test_a_finished_run_on_another_autoencoder_is_refused(tiny):
   (run / "export").mkdir(parents=True)
   (run / "export" / "config.json").write_text('{"first_stage": {"workdir": "/elsewhere/ae"}}')
   with pytest.raises(ValueError, match="was trained on the autoencoder '/elsewhere/ae', not on"):
-    sem.main(_argv(tiny, "work_other_ae"))
+    sem.main(ablation_runs.script_argv(tiny, "work_other_ae"))
 
 
 @pytest.mark.parametrize("flag, match", [

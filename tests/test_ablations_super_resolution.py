@@ -22,43 +22,10 @@ from tests import ablation_runs
 
 pytestmark = pytest.mark.slow  # end-to-end runs of the ablation script
 
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
   return ablation_runs.tiny_runs(tmp_path_factory.mktemp("sr_ablation"))
-
-
-def _argv(tiny, work, *extra):
-  """The script's flags with the fixture's classifier and autoencoder; runs under root / work."""
-  return ["--scale=tiny", f"--out={tiny['root'] / 'results'}", f"--workdir={tiny['root'] / work}",
-          f"--classifier={tiny['classifier']}", f"--ae={tiny['ae']}", *extra]
-
-
-def _run(tiny, work, *extra):
-  results = sr.main(_argv(tiny, work, *extra))
-  out = tiny["root"] / "results"
-  with open(out / f"{sr.NAME}.png", "rb") as f:
-    assert f.read(8) == PNG_MAGIC
-  return results, (out / f"{sr.NAME}.md").read_text(encoding="utf-8")
-
-
-def _table(md):
-  """{first cell: [other cells]} of the markdown table body."""
-  lines = [l for l in md.splitlines() if l.startswith("| ")][1:]
-  return {c[0]: c[1:] for c in ([p.strip() for p in l.split("|")[1:-1]] for l in lines)}
-
-
-def _cell(text):
-  """seeds.summarize-like dict of a "mean ± sd" table cell."""
-  mean, sd = (float(v) for v in text.split("±"))
-  return {"mean": mean, "sd": sd}
-
-
-def _checkpoint_mtimes(root):
-  return {os.path.join(d, f): os.path.getmtime(os.path.join(d, f))
-          for d, _, files in os.walk(root) for f in files}
 
 
 def test_low_res_inputs_are_the_training_conditioning():
@@ -74,11 +41,12 @@ def test_low_res_inputs_are_the_training_conditioning():
 
 
 def test_two_seeds_report_verdict_and_reuse(tiny):
-  results, md = _run(tiny, "work_seeds", f"--ldm={tiny['ldm']}", "--seeds=0,1")
+  results, md = ablation_runs.run_script(sr, tiny, "work_seeds", f"--ldm={tiny['ldm']}",
+                                         "--seeds=0,1")
   for heading in ("**Paper claim tested.**", "**Setup.**", "**Does this reproduction agree?**",
                   "wall time", "seeds 0, 1"):
     assert heading in md
-  table = _table(md)
+  table = ablation_runs.table(md)
   sdedit = sr.sdedit_label(sr.SCALES["tiny"]["strengths"][0])
   assert list(table) == [sr.BICUBIC, sdedit, sr.LDM_SR, sr.RECON, sr.ORIGINALS, sr.FLOOR]
   for label in (sr.BICUBIC, sdedit, sr.LDM_SR, sr.RECON):  # PSNR, SSIM, FD, acc, precision, recall
@@ -94,8 +62,9 @@ def test_two_seeds_report_verdict_and_reuse(tiny):
 
   # The verdict follows from the table's own cells (PSNR, SSIM, FD: columns 0, 1, 2).
   verdict = md.split("**Does this reproduction agree?**")[1].split("**Notes.**")[0]
-  want = [seeds_lib.verdict(seeds_lib.compare(_cell(table[sr.LDM_SR][i]),
-                                              _cell(table[sr.BICUBIC][i])), -1) for i in (2, 0, 1)]
+  want = [seeds_lib.verdict(seeds_lib.compare(ablation_runs.cell(table[sr.LDM_SR][i]),
+                                              ablation_runs.cell(table[sr.BICUBIC][i])), -1)
+          for i in (2, 0, 1)]
   parts = re.findall(r": (agrees|DISAGREES|not resolved at this scale) \(the claim: LDM-SR lower\)",
                      verdict)
   assert parts == want, verdict
@@ -105,10 +74,11 @@ def test_two_seeds_report_verdict_and_reuse(tiny):
   assert sorted(os.listdir(root)) == ["seed0", "seed1"]
   assert [r["reused"] for r in results["runs"]] == [False, False]
   assert all(r["steps"] == sr.SCALES["tiny"]["sr_steps"] for r in results["runs"])
-  before = _checkpoint_mtimes(root)
-  again, md2 = _run(tiny, "work_seeds", f"--ldm={tiny['ldm']}", "--seeds=0,1")
+  before = ablation_runs.mtimes(root)
+  again, md2 = ablation_runs.run_script(sr, tiny, "work_seeds", f"--ldm={tiny['ldm']}",
+                                        "--seeds=0,1")
   assert [r["reused"] for r in again["runs"]] == [True, True]
-  assert _checkpoint_mtimes(root) == before
+  assert ablation_runs.mtimes(root) == before
   assert again["rows"][sr.LDM_SR]["fd"]["values"] == fd
   assert "reused runs" in md2
 
@@ -120,12 +90,12 @@ def test_a_finished_run_on_another_autoencoder_is_refused(tiny, tmp_path):
   (sr_run / "export").mkdir(parents=True)
   (sr_run / "export" / "config.json").write_text('{"first_stage": {"workdir": "/elsewhere/ae"}}')
   with pytest.raises(ValueError, match="was trained on the autoencoder '/elsewhere/ae', not on"):
-    sr.main(_argv(tiny, "work_other_ae", "--ldm="))
+    sr.main(ablation_runs.script_argv(tiny, "work_other_ae", "--ldm="))
 
 
 def test_without_ldm_the_sdedit_row_is_skipped_with_a_note(tiny):
-  results, md = _run(tiny, "work_no_ldm", "--ldm=")
-  assert list(_table(md)) == [sr.BICUBIC, sr.LDM_SR, sr.RECON, sr.ORIGINALS, sr.FLOOR]
+  results, md = ablation_runs.run_script(sr, tiny, "work_no_ldm", "--ldm=")
+  assert list(ablation_runs.table(md)) == [sr.BICUBIC, sr.LDM_SR, sr.RECON, sr.ORIGINALS, sr.FLOOR]
   assert "SDEdit row skipped: --ldm was empty." in md
   assert "one seed, so no verdict is resolved" in md
   assert [r["steps"] for r in results["runs"]] == [sr.SCALES["tiny"]["sr_steps"]]
@@ -147,10 +117,10 @@ def test_bad_flags_fail_before_training(tmp_path, flag, match):
 def test_ldm_flag_must_be_a_finished_image_run(tiny, tmp_path):
   (tmp_path / "half").mkdir()
   with pytest.raises(ValueError, match="has no export/config.json: it is not a finished LDM run"):
-    sr.main(_argv(tiny, "work_bad_ldm", f"--ldm={tmp_path / 'half'}"))
+    sr.main(ablation_runs.script_argv(tiny, "work_bad_ldm", f"--ldm={tmp_path / 'half'}"))
   (tmp_path / "sr" / "export").mkdir(parents=True)  # an LDM-SR run's export, as far as read
   (tmp_path / "sr" / "export" / "config.json").write_text(
       '{"diffusion": {"conditioning": "concat"}}')
   with pytest.raises(ValueError, match="is a 'concat'-conditioned run; the SDEdit row needs"):
-    sr.main(_argv(tiny, "work_bad_ldm", f"--ldm={tmp_path / 'sr'}"))
+    sr.main(ablation_runs.script_argv(tiny, "work_bad_ldm", f"--ldm={tmp_path / 'sr'}"))
   assert not (tiny["root"] / "work_bad_ldm").exists()  # refused before anything was trained
