@@ -1,12 +1,12 @@
 """Class-conditional samples of a trained MNIST LDM for the ablations: every digit, per_class
 times, from one seed; and the loading of an LDM run's pipeline.
 
-`load_image_ldm` loads and checks the image LDM of a training-free row (the --ldm flag of
-ablations 8 and 9). `sample_classes` is `LatentDiffusionPipeline.sample` (classifier-free guidance
-at any w). `sample_conditional` is the unguided case (w = 1) at half the model evaluations: it runs the
+`load_image_ldm` loads and checks the image LDM of a training-free row (the --ldm flag of ablations
+8 and 9). `sample_classes` is `LatentDiffusionPipeline.sample` (classifier-free guidance at any w).
+`sample_conditional` is the unguided case (w = 1) at half the model evaluations: it runs the
 conditional model alone through `samplers.sample`, which the pipeline's guided program cannot do
-without a second compiled program, and it takes the timestep grid as an argument. It starts from
-the pipeline's own initial noise and decodes with the pipeline.
+without a second compiled program, and it takes the timestep grid as an argument. It starts from the
+pipeline's own initial noise and decodes with the pipeline.
 """
 
 import json
