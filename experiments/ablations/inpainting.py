@@ -332,16 +332,9 @@ def _plot(out, results, floor, examples):
   labels = [l for l in results if l != ORIGINALS]
   for ax, (key, name) in zip(axes, (("fd", "FD"), ("acc", "class accuracy"),
                                     ("psnr_mask", "PSNR in mask (dB)"))):
-    ax.bar(range(len(labels)), [results[l][key]["mean"] for l in labels],
-           yerr=[results[l][key]["sd"] or 0.0 for l in labels], capsize=3,
-           color=[f"C{i}" for i in range(len(labels))])
-    if key in ("fd", "acc"):
-      ax.axhline(floor[key], color="gray", ls="--", label="real floor")
-      ax.axhline(results[ORIGINALS][key]["mean"], color="k", ls=":", label="originals")
-      ax.legend(fontsize=6)
-    ax.set_xticks(range(len(labels)))
-    ax.set_xticklabels(labels, rotation=35, ha="right", fontsize=6)
-    ax.set_ylabel(name)
+    lines = key in ("fd", "acc")
+    report.row_bars(ax, results, labels, key, name, floor=floor[key] if lines else None,
+                    reference=(results[ORIGINALS][key]["mean"], "originals") if lines else None)
   ax = axes[3]
   k = min(len(v) for v in examples.values())
   grid = np.concatenate([np.concatenate(list(v[:k]), axis=1) for v in examples.values()], axis=0)

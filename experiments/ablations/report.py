@@ -73,3 +73,21 @@ def bars(ax, names, cells, ylabel, floor=None):
     ax.legend(fontsize=7)
   ax.set_ylabel(ylabel)
   ax.tick_params(axis="x", labelrotation=20, labelsize=7)
+
+
+def row_bars(ax, results, labels, key, ylabel, floor=None, reference=None):
+  """One bar per row label, in its own colour, at results[label][key]'s mean (`seeds.summarize`)
+  with the seeds' sd as error bar; the real-vs-real floor (dashed) and reference = (value, name),
+  e.g. the originals' mean (dotted), where given; the labels slanted (long table-row names)."""
+  ax.bar(range(len(labels)), [results[l][key]["mean"] for l in labels],
+         yerr=[results[l][key]["sd"] or 0.0 for l in labels], capsize=3,
+         color=[f"C{i}" for i in range(len(labels))])
+  if floor is not None:
+    ax.axhline(floor, color="gray", ls="--", label="real floor")
+  if reference is not None:
+    ax.axhline(reference[0], color="k", ls=":", label=reference[1])
+  if floor is not None or reference is not None:
+    ax.legend(fontsize=6)
+  ax.set_xticks(range(len(labels)))
+  ax.set_xticklabels(labels, rotation=35, ha="right", fontsize=6)
+  ax.set_ylabel(ylabel)

@@ -325,15 +325,8 @@ def _plot(out, results, floor, examples):
   for ax, (key, name) in zip(axes, (("acc", "per-region class accuracy"),
                                     ("both_unseen", "both correct, unseen pairs"),
                                     ("stroke", "stroke agreement"), ("fd", "FD (halves)"))):
-    ax.bar(range(len(labels)), [results[l][key]["mean"] for l in labels],
-           yerr=[results[l][key]["sd"] or 0.0 for l in labels], capsize=3,
-           color=[f"C{i}" for i in range(len(labels))])
-    if key in ("acc", "fd"):
-      ax.axhline(floor[key], color="gray", ls="--", label="real floor")
-      ax.legend(fontsize=6)
-    ax.set_xticks(range(len(labels)))
-    ax.set_xticklabels(labels, rotation=35, ha="right", fontsize=6)
-    ax.set_ylabel(name)
+    report.row_bars(ax, results, labels, key, name,
+                    floor=floor[key] if key in ("acc", "fd") else None)
   # The first canvases (top: seen pairs, bottom: unseen), one column per row of the table.
   columns = [np.pad(np.concatenate(list(examples[l][..., 0]), axis=0), ((0, 0), (2, 2)),
                     constant_values=128) for l in examples]
