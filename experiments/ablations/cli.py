@@ -1,5 +1,6 @@
-"""Command-line flags of the ablation scripts: the common flags, the latent ablations' flags, and
-the parsers of comma-separated flag values (errors name the flag and the valid values)."""
+"""Command-line flags of the ablation scripts: the common flags, the latent ablations' flags, the
+sampler flags, and the parsers of comma-separated flag values (errors name the flag and the valid
+values)."""
 
 import argparse
 
@@ -9,6 +10,12 @@ SCALES = ("tiny", "cpu")
 LATENT_ABLATION_FLAGS = {
     "ae": ("", "Autoencoder workdir (default: the shared KL f4 c3 one, trained if missing)."),
     "variants": ("", "Comma-separated variant indices (default: all)."),
+}
+
+# The sampler flags of the concat-task ablations (8, 9, 10): every diffusion row samples alike.
+SAMPLER_FLAGS = {
+    "method": ("ddim", "Sampler of every diffusion row."),
+    "num_steps": (0, "Sampler steps (0: the scale's)."),
 }
 
 

@@ -119,8 +119,7 @@ def main(argv=None):
                              "rows (empty: skip them)."),
                         resamples=("", "Comma-separated RePaint U values, increasing (default: "
                                    "the scale's)."),
-                        method=("ddim", "Sampler of every diffusion row."),
-                        num_steps=(0, "Sampler steps (0: the scale's)."))
+                        **cli.SAMPLER_FLAGS)
   seeds = seeds_lib.parse_seeds(args.seeds, args.seed)
   scale = SCALES[args.scale]
   resamples = cli.int_list(args.resamples, "resamples") if args.resamples else scale["resamples"]

@@ -81,8 +81,7 @@ def main(argv=None):
                                   "(1: no guided row)."),
                         n=(0, "Held-out canvases (0: the scale's): half of seen pairs, half of "
                            "the unseen pairs (d, d + 3 mod 10)."),
-                        method=("ddim", "Sampler of every model row."),
-                        num_steps=(0, "Sampler steps (0: the scale's)."))
+                        **cli.SAMPLER_FLAGS)
   seeds = seeds_lib.parse_seeds(args.seeds, args.seed)  # every flag checked before any training
   scale = SCALES[args.scale]
   n, w, num_steps = _check_flags(args, scale)

@@ -69,8 +69,7 @@ def main(argv=None):
                              "row (empty: skip that row)."),
                         strengths=("", "Comma-separated SDEdit strengths in (0, 1] (default: "
                                    "the scale's)."),
-                        method=("ddim", "Sampler of every diffusion row."),
-                        num_steps=(0, "Sampler steps (0: the scale's)."))
+                        **cli.SAMPLER_FLAGS)
   seeds = seeds_lib.parse_seeds(args.seeds, args.seed)
   scale = SCALES[args.scale]
   strengths = _strengths(args.strengths) if args.strengths else scale["strengths"]
