@@ -209,7 +209,8 @@ def _write(args, scale, seeds, num_steps, results, secs, runs, sr_pipe, floor, a
       f"; c the 8x8 image on the latent grid, concatenated: UNet input {in_channels} channels), "
       f"{scale['sr_steps']} steps, batch "
       f"{training.TRAIN_SCALES[args.scale]['batch']}, concat.p_drop 0 (no guidance), EMA weights "
-      f"(decay 0.99 with LDM's warm-up); training s per seed: "
+      f"(decay {training.TRAIN_SCALES[args.scale]['ema_decay']:g} with LDM's warm-up); training s "
+      "per seed: "
       + ", ".join(report.fmt(t, 0) if t is not None else "n/a" for t in train_s)
       + (" (reused runs: recorded times)" if any(r["reused"] for r in runs) else "") + ".",
       f"Every diffusion row: {args.method}, {num_steps} steps (eta 0), seed s for seed s's noise; "
