@@ -23,6 +23,7 @@ from tests import ablation_runs
 pytestmark = pytest.mark.slow  # end-to-end runs of the ablation script
 
 GUIDED = sem.guided_label(2.0)
+RELABELLED = sem.relabelled_label(2.0)
 
 
 @pytest.fixture(scope="module")
@@ -48,14 +49,26 @@ def test_held_out_canvases_and_their_maps_are_the_training_conditioning():
   np.testing.assert_array_equal(d[7], x[1, :, 32:])  # the right half of canvas 1
 
 
+def test_relabel_keeps_the_strokes_and_renames_every_digit():
+  x, y, _ = sem.held_out_canvases(6)
+  s = sem.segmentation_maps(x, y)
+  r, y_r = sem.relabel(s, y)
+  np.testing.assert_array_equal(r > 0, s > 0)  # the same stroke pixels
+  np.testing.assert_array_equal(r[s > 0], (s[s > 0] - 1 + sem.RELABEL) % 10 + 1)
+  assert y_r.tolist() == [10 * ((a // 10 + 5) % 10) + (a % 10 + 5) % 10 for a in y.tolist()]
+  # The relabelled maps are what the degradation makes of the same canvases with the new labels.
+  np.testing.assert_array_equal(sem.segmentation_maps(x, y_r), r)
+  assert all(((b - a) % 10) == 3 for a, b in ((l // 10, l % 10) for l in y_r[3:]))  # still unseen
+
+
 def test_two_seeds_report_verdict_and_reuse(tiny):
   results, md = ablation_runs.run_script(sem, tiny, "work_seeds", "--seeds=0,1")
   for heading in ("**Paper claim tested.**", "**Setup.**", "**Does this reproduction agree?**",
                   "wall time", "seeds 0, 1"):
     assert heading in md
   table = ablation_runs.table(md)
-  assert list(table) == [sem.MODEL, GUIDED, sem.MASK, sem.ORIGINALS, sem.FLOOR]
-  for label in (sem.MODEL, GUIDED, sem.MASK, sem.ORIGINALS):  # the 8 metric columns
+  assert list(table) == [sem.MODEL, GUIDED, RELABELLED, sem.MASK, sem.ORIGINALS, sem.FLOOR]
+  for label in (sem.MODEL, GUIDED, RELABELLED, sem.MASK, sem.ORIGINALS):  # 8 metric columns
     assert sum("±" in c for c in table[label]) == 8, table[label]
   assert results["guided"]  # mnist_semantic trains p_drop 0.1: the zero map is the null c
   rows = results["rows"]
@@ -81,6 +94,15 @@ def test_two_seeds_report_verdict_and_reuse(tiny):
            for i in (0, 5)]
   parts = re.findall(r": (agrees|DISAGREES|not resolved at this scale) \(the claim: ", verdict)
   assert parts == want, verdict
+  # The control: a half is judged one digit, and the label's digit is never the shape's, so per
+  # seed "follows the label" + "follows the shape" <= 1; the verdict names the larger beyond sd.
+  control = rows[RELABELLED]
+  for a, b in zip(control["acc"]["values"], control["shape_acc"]["values"]):
+    assert a + b <= 1.0 + 1e-9
+  assert table[RELABELLED][0] == seeds_lib.cell(control["acc"])  # region acc: vs the label
+  follows = {1: "the class channels decide", -1: "the stroke shape decides",
+             0: "neither decides"}[seeds_lib.compare(control["acc"], control["shape_acc"])]
+  assert follows in verdict.split("Relabelled maps")[1]
   ceiling = seeds_lib.compare(cell(model[0]), cell(table[sem.ORIGINALS][0]))
   assert {1: "above it beyond", -1: "below it beyond", 0: "not resolved"}[ceiling] in verdict.split(
       "Against the ceiling")[1].split(";")[0]
@@ -90,7 +112,7 @@ def test_two_seeds_report_verdict_and_reuse(tiny):
   assert sorted(os.listdir(root)) == ["seed0", "seed1"]
   assert [r["reused"] for r in results["runs"]] == [False, False]
   assert all(r["steps"] == sem.SCALES["tiny"]["steps"] for r in results["runs"])
-  assert len([f for f in os.listdir(root / "seed0" / "semantic") if f.startswith("scores_")]) == 2
+  assert len([f for f in os.listdir(root / "seed0" / "semantic") if f.startswith("scores_")]) == 3
   before = ablation_runs.mtimes(root)
   again, md2 = ablation_runs.run_script(sem, tiny, "work_seeds", "--seeds=0,1")
   assert [r["reused"] for r in again["runs"]] == [True, True]
@@ -103,7 +125,8 @@ def test_one_seed_without_guidance(tiny):
   """--guidance=1 drops the guided row with a note; one seed resolves nothing; a run trained by
   another invocation with the same seed is reused (seed 0 of work_seeds is not: another root)."""
   results, md = ablation_runs.run_script(sem, tiny, "work_one", "--guidance=1")
-  assert list(ablation_runs.table(md)) == [sem.MODEL, sem.MASK, sem.ORIGINALS, sem.FLOOR]
+  assert list(ablation_runs.table(md)) == [sem.MODEL, sem.relabelled_label(1.0), sem.MASK,
+                                           sem.ORIGINALS, sem.FLOOR]
   assert "Guided row skipped: --guidance=1." in md and "one seed, so no verdict is resolved" in md
   assert "(the claim: above chance)" in md and "not resolved at this scale (the claim" in md
   assert not results["guided"] and [r["steps"] for r in results["runs"]] == [2]

@@ -19,7 +19,10 @@ shows); their maps made as training makes them (the degradation's own function).
 (`pipe.synthesize`, w = 1), the model guided against the zero map (w = --guidance; only when it
 was trained with p_drop > 0), and two references without a model: the map itself as an image
 (strokes white, background black: perfect map agreement) and the original canvases (the judge's
-ceiling). Metrics: the judge's accuracy on each 32x32 half against the map's digit, both halves
+ceiling). A control row asks whether the model reads the map's class channels or only traces its
+stroke shape (the map carries each digit's exact shape): the same maps relabelled, every stroke of
+digit d marked as digit (d + 5) mod 10, rendered at the guided row's w and judged against both the
+label and the shape's own digit. Metrics: the judge's accuracy on each 32x32 half against the map's digit, both halves
 right (seen / unseen pairs), map agreement (strokes where the map has strokes, background where it
 has background; the degradation's stroke threshold), FD of the halves against the held-out digits.
 With --seeds, mean ± sd over the seeds. Writes <out>/semantic_synthesis.md and .png.
@@ -58,6 +61,7 @@ TAG = "semantic"  # run dirs <root>/seed<s>/semantic
 SCALES = {"tiny": dict(n=10, steps=2, num_steps=3),
           "cpu": dict(n=1000, steps=2000, num_steps=50)}
 MODEL, MASK = "semantic LDM (w = 1)", "the map as an image (no model)"
+RELABEL = 5  # the control row's maps: strokes of digit d marked as digit (d + RELABEL) mod 10
 ORIGINALS, FLOOR = "original canvases (ceiling)", "real digits (floor)"
 METRICS = ("acc", "left", "right", "both_seen", "both_unseen", "stroke", "background", "fd")
 NUM_EXAMPLES = 4  # canvases shown in the figure (half seen, half unseen pairs)
@@ -73,6 +77,10 @@ CLAIM = ("LDM sec. 4.3.2 (semantic synthesis on landscapes, Fig. 8): an LDM cond
 
 def guided_label(w):
   return f"semantic LDM, guided (w = {w:g})"
+
+
+def relabelled_label(w):
+  return f"relabelled map d -> d + {RELABEL} (w = {w:g})"
 
 
 def main(argv=None):
@@ -104,6 +112,16 @@ def main(argv=None):
     per_row[label] = cells
     secs[label] = sum(c["eval_seconds"] for c in cells) / len(cells)
     examples[label] = np.asarray(cells[-1]["examples"], np.uint8)
+  # The control: maps whose strokes keep their shape but name another digit.
+  w_relabel = w if guided else 1.0
+  maps_r, y_r = relabel(maps, y)
+  cells = [_model_scores(judge, root, seed, run, pipes, maps_r, y_r, unseen,
+                         dict(method=args.method, num_steps=num_steps, guidance_scale=w_relabel),
+                         shape_labels=y)
+           for seed, run in zip(seeds, runs)]
+  per_row[relabelled_label(w_relabel)] = cells
+  secs[relabelled_label(w_relabel)] = sum(c["eval_seconds"] for c in cells) / len(cells)
+  examples[relabelled_label(w_relabel)] = np.asarray(cells[-1]["examples"], np.uint8)
   mask = map_image(maps)
   per_row[MASK] = [score(judge, mask, y, maps, unseen)] * len(seeds)
   per_row[ORIGINALS] = [score(judge, x, y, maps, unseen)] * len(seeds)
@@ -114,7 +132,7 @@ def main(argv=None):
     print(f"{label:35s} " + " ".join(f"{k} {seeds_lib.cell(s[k])}" for k in METRICS), flush=True)
   floor = judge.floor(2 * n, args.seed)
   ev = dict(n=n, steps=scale["steps"], num_steps=num_steps, w=w, guided=guided,
-            chance=chance_accuracy(y))
+            chance=chance_accuracy(y), w_relabel=w_relabel)
   _write(args, ev, seeds, results, secs, runs, examples, floor, ae_dir, clf_path, root,
          time.time() - t_start)
   return {"rows": results, "runs": runs, "floor": floor, "guided": guided,
@@ -136,6 +154,16 @@ def segmentation_maps(canvases, labels):
   training loss makes them: the degradation's own function on the [-1, 1] canvases."""
   apply = concat.get_degradation(DEGRADATION).apply
   return np.asarray(apply(None, to_float(canvases), labels))
+
+
+def relabel(maps, labels, k=RELABEL):
+  """(maps int32 [N, H, W], labels [N]) with every digit d renamed (d + k) mod 10: the same stroke
+  pixels (map value d + 1 -> (d + k) mod 10 + 1; background 0 kept) and the canvases' labels
+  10 * left + right renamed alike."""
+  maps = np.asarray(maps)
+  renamed = np.where(maps > 0, (maps - 1 + k) % 10 + 1, 0).astype(maps.dtype)
+  labels = np.asarray(labels)
+  return renamed, ((labels // 10 + k) % 10) * 10 + (labels % 10 + k) % 10
 
 
 def map_image(maps):
@@ -177,20 +205,27 @@ def score(judge, canvases, labels, maps, unseen):
           "fd": s["fd"], "precision": s["precision"], "recall": s["recall"]}
 
 
-def _model_scores(judge, root, seed, run, pipes, maps, labels, unseen, kw):
+def _model_scores(judge, root, seed, run, pipes, maps, labels, unseen, kw, shape_labels=None):
   """`score` of pipe.synthesize(key(seed), maps, **kw) with seed's run (EMA weights), cached beside
   the run; plus "examples" (NUM_EXAMPLES renders) and "eval_seconds". pipes: seed -> pipeline,
-  loaded here when first needed (one compiled program serves every w)."""
+  loaded here when first needed (one compiled program serves every w). shape_labels (the control
+  row's: the digits the strokes were drawn from, when the maps name others) adds "shape_acc", the
+  judge's accuracy on the halves against those."""
   workdir = seed_cells.seed_dir(root, seed, TAG)
   settings = {"steps": int(run["steps"]), "method": kw["method"], "k": kw["num_steps"],
               "w": float(kw["guidance_scale"]), "n": int(labels.shape[0])}
+  if shape_labels is not None:
+    settings["relabel"] = RELABEL
 
   def compute():
     if seed not in pipes:
       pipes[seed] = sampling.load_pipeline(workdir, use_ema=True, max_batch=500)
     renders = pipes[seed].synthesize(jax.random.key(seed), maps, **kw)
-    return {**score(judge, renders, labels, maps, unseen),
-            "examples": renders[_example_index(unseen)].tolist()}
+    scores = score(judge, renders, labels, maps, unseen)
+    if shape_labels is not None:
+      digits, shape_truth = halves(renders, shape_labels)
+      scores["shape_acc"] = float(np.mean(judge.predict(digits) == shape_truth))
+    return {**scores, "examples": renders[_example_index(unseen)].tolist()}
 
   return seed_cells.cached_scores(workdir, seed, settings, compute)
 
@@ -231,11 +266,12 @@ def _relation(a, b):
           0: seeds_lib.NOT_RESOLVED}[seeds_lib.compare(a, b)]
 
 
-def _verdict(results, w, guided, chance):
+def _verdict(results, w, guided, chance, w_relabel):
   """The claim's parts on differences beyond the seeds' spread (seeds.py): per-region accuracy
   above chance; its place against the ceiling and the map-as-image baseline, and the unseen pairs'
   against the seen ones' (in words, no claim); guidance raising per-region accuracy and stroke
-  agreement."""
+  agreement; the control row's renders judged as the relabelled map's digit against the shape's
+  (in words: what decides the digit drawn)."""
   m = results[MODEL]
   parts = [
       f"Per-region class accuracy {seeds_lib.cell(m['acc'])} vs chance {chance:.3f} (always the "
@@ -256,6 +292,13 @@ def _verdict(results, w, guided, chance):
       v = seeds_lib.verdict(seeds_lib.compare(g[key], m[key]), 1)
       parts.append(f"Guidance, {name}: w = {w:g} {seeds_lib.cell(g[key])} vs w = 1 "
                    f"{seeds_lib.cell(m[key])}: {v} (the claim: guided higher).")
+  r = results[relabelled_label(w_relabel)]
+  follows = {1: "the class channels decide the digit drawn",
+             -1: "the stroke shape decides the digit drawn (the class channels are not read)",
+             0: "neither decides beyond the spread"}[seeds_lib.compare(r["acc"], r["shape_acc"])]
+  parts.append(f"Relabelled maps (each stroke of digit d marked d + {RELABEL}, w = "
+               f"{w_relabel:g}): renders judged as the map's digit {seeds_lib.cell(r['acc'])}, as "
+               f"the shape's digit {seeds_lib.cell(r['shape_acc'])}: {follows}.")
   return " ".join(parts)
 
 
@@ -298,6 +341,12 @@ def _write(args, ev, seeds, results, secs, runs, examples, floor, ae_dir, clf_pa
       "construction): what the judge makes of the mask's shape alone. The map carries each "
       "digit's exact stroke shape, so a model that copies the shape can score well without "
       "reading the class channels; the FD column tells a binary mask from a rendered digit.",
+      f"{relabelled_label(ev['w_relabel'])}: the control. The same maps with every stroke of digit "
+      f"d marked as digit (d + {RELABEL}) mod 10 (pairs (a, b) become (a + {RELABEL}, b + "
+      f"{RELABEL}); the unseen half stays unseen pairs), rendered by the same runs; its columns "
+      "score the renders against the relabelled map (so its region acc is 'follows the label'); "
+      "the verdict adds the judge's accuracy against the digit the strokes were drawn from "
+      "('follows the shape').",
       f"{ORIGINALS}: the canvases the maps were made from (the ceiling of per-region accuracy; "
       "map agreement 1 by construction).",
       "The paper trains on landscape images paired with semantic maps (256^2; sampled "
@@ -313,7 +362,7 @@ def _write(args, ev, seeds, results, secs, runs, examples, floor, ae_dir, clf_pa
       header=["row", "region acc", "left acc", "right acc", "both correct, seen pairs",
               "both correct, unseen pairs", "stroke agreement", "background agreement",
               "FD (halves)", "eval s (per seed)"],
-      rows=rows, verdict=_verdict(results, ev["w"], ev["guided"], ev["chance"]),
+      rows=rows, verdict=_verdict(results, ev["w"], ev["guided"], ev["chance"], ev["w_relabel"]),
       notes=notes)
   _plot(args.out, results, floor, examples)
 
