@@ -201,3 +201,16 @@ def test_op_profile_quick_classifies_the_step():
   total = next(r for r in rows if r[0] == "sum of the op classes")
   assert abs(float(total[1]) - sum(jax_ms.values())) < 0.1
   assert abs(float(total[2]) - sum(torch_ms.values())) < 0.1
+
+
+def test_nested_grads_times_every_op_in_every_placement(capsys):
+  """nested_grads at batch 1: each op timed at top level, in cond and in scan (their results equal
+  the top level's, checked inside `measure`), and the printed table has one row per op."""
+  from experiments.benchmarks import nested_grads  # pylint: disable=import-outside-toplevel
+  results = nested_grads.main(["--batch=1", "--repeats=1"])
+  assert list(results) == list(nested_grads.ops(1))
+  assert all(set(r) == {"top", "cond", "scan"} and min(r.values()) > 0 for r in results.values())
+  lines = capsys.readouterr().out.strip().splitlines()
+  assert lines[1].split()[:4] == ["op", "top", "ms", "cond"] and len(lines) == 2 + len(results)
+  with pytest.raises(SystemExit, match="--batch=0"):
+    nested_grads.main(["--batch=0"])

@@ -130,8 +130,11 @@ def make_loss_fn(ae: nn.Module, disc: nn.Module, config, perceptual_fn: Callable
       return config.disc_weight * gan.adaptive_weight(grad_rec, grad_gan)
 
     d_factor = gan.adopt_weight(extra["step"], config.disc_start)
-    # Before disc_start the adversarial terms are multiplied by 0: skip their extra passes.
-    d_weight = jax.lax.cond(d_factor > 0, weight, lambda _: jnp.zeros((), jnp.float32), None)
+    # lambda is computed at every step and read as 0 before disc_start, not skipped by lax.cond:
+    # XLA:CPU runs a convolution's weight gradient inside a conditional (or loop) up to ~90x
+    # slower than at top level (experiments/benchmarks/nested_grads.py), so the cond cost the
+    # GAN phase ~20% of its step and saved the first phase ~4%.
+    d_weight = jnp.where(d_factor > 0, weight(None), 0.0)
     loss_g = nll_loss + reg + d_weight * d_factor * g_loss
 
     logits_real = disc.apply({"params": disc_params}, x)

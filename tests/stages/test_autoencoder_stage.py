@@ -141,3 +141,31 @@ def test_lpips_term_from_config_adds_weighted_perceptual_distance(setup, tmp_pat
   d = lpips_distance(lpips_convert.load_lpips(vgg, lin), x, x_hat)
   assert float(jnp.min(d)) > 0
   np.testing.assert_allclose(float(l1 - l0), 0.5 * 16 * 16 * float(jnp.mean(d)), rtol=1e-3)
+
+
+def _nested_convolutions(jaxpr, inside=False):
+  """Counts conv_general_dilated equations inside cond / while / scan bodies of a (closed) jaxpr."""
+  count = 0
+  for eqn in jaxpr.eqns:
+    nested = inside or eqn.primitive.name in ("cond", "while", "scan")
+    if eqn.primitive.name == "conv_general_dilated" and inside:
+      count += 1
+    for param in eqn.params.values():
+      for sub in param if isinstance(param, (tuple, list)) else (param,):
+        if hasattr(sub, "jaxpr"):
+          count += _nested_convolutions(getattr(sub.jaxpr, "jaxpr", sub.jaxpr), nested)
+        elif hasattr(sub, "eqns"):
+          count += _nested_convolutions(sub, nested)
+  return count
+
+
+def test_no_differentiated_convolution_runs_inside_control_flow(setup):
+  """XLA:CPU runs a convolution's weight gradient inside cond / scan up to ~100x slower
+  (experiments/benchmarks/nested_grads.py): the stage's gradient program keeps every convolution
+  at top level, before and after disc_start, and lambda still reads 0 before disc_start."""
+  ae, disc, params, batch = setup
+  loss_fn = ae_stage.make_loss_fn(ae, disc, _loss_config())
+  grad = jax.grad(lambda p, s: loss_fn(p, batch, jax.random.key(1), {"step": s})[0])
+  jaxpr = jax.make_jaxpr(grad)(params, jnp.int32(3)).jaxpr
+  assert sum(e.primitive.name == "conv_general_dilated" for e in jaxpr.eqns) > 10
+  assert _nested_convolutions(jaxpr) == 0
