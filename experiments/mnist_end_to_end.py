@@ -20,7 +20,6 @@ the classifier, sampling and report are process 0's, on its own first device.
 
 import json
 import os
-import subprocess
 import time
 
 from absl import app, flags, logging
@@ -28,6 +27,7 @@ import jax
 import numpy as np
 from PIL import Image
 
+from experiments import provenance
 from experiments.configs import mnist_autoencoder, mnist_ldm
 from ldm_jax import data as data_lib
 from ldm_jax import launch
@@ -122,26 +122,13 @@ def main(_):
                   "sampling_and_eval": t_end - t_ldm, "total": t_end - t0},
       "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
       "grid": grid_path,
-      "commit": _commit(),
+      "commit": provenance.git_commit(),
       "load_average": [round(x, 2) for x in os.getloadavg()],
   }
   with open(os.path.join(FLAGS.workdir, "results.json"), "w", encoding="utf-8") as f:
     json.dump(results, f, indent=1)
   print(json.dumps(results, indent=1))
   _report(results, FLAGS.report or os.path.join(FLAGS.workdir, "report.md"))
-
-
-def _commit():
-  """The checkout's commit (with "+dirty" for local changes), or "unknown" outside git."""
-  root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
-  try:
-    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
-                          text=True, check=True, timeout=10).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                           capture_output=True, text=True, check=True, timeout=10).stdout.strip()
-  except (OSError, subprocess.SubprocessError):
-    return "unknown"
-  return head + ("+dirty" if dirty else "")
 
 
 def _report(r, path):

@@ -36,7 +36,7 @@ def test_cached_scores_are_reused_per_seed_and_settings(tmp_path):
 
 def test_git_commit_is_this_repositorys_head():
   commit = training.git_commit()
-  assert commit == "unknown" or re.fullmatch(r"[0-9a-f]{4,40}", commit), commit
+  assert commit == "unknown" or re.fullmatch(r"[0-9a-f]{4,40}(\+dirty)?", commit), commit
 
 
 def test_provenance_line_counts_cells_reused_in_both_training_and_scoring():

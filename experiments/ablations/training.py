@@ -3,12 +3,12 @@ autoencoder and class-conditional LDM runs of each scale that the training ablat
 
 import json
 import os
-import subprocess
 import time
 
 import jax
 import numpy as np
 
+from experiments import provenance
 from experiments.ablations import config_overrides
 from experiments.ablations import digit_judge
 
@@ -28,13 +28,9 @@ BUDGET_W, BUDGET_ACC = 2.0, 0.90  # the budget criterion: baseline class accurac
 
 
 def git_commit():
-  """`git rev-parse --short HEAD` of the repository holding this file, or "unknown"."""
-  try:
-    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                         cwd=os.path.dirname(os.path.abspath(__file__)), timeout=30, check=True)
-  except (OSError, subprocess.SubprocessError):
-    return "unknown"
-  return out.stdout.strip() or "unknown"
+  """The checkout's short commit, with "+dirty" for local changes to tracked files
+  (experiments/provenance.py)."""
+  return provenance.git_commit()
 
 
 def train_run(get_config, workdir, overrides):

@@ -1,0 +1,32 @@
+"""experiments/provenance.py: the short commit, "+dirty" for changed tracked files only, "unknown"
+outside a checkout; checked on a throwaway git repository."""
+
+import re
+import subprocess
+
+from experiments import provenance
+
+
+def _git(repo, *args):
+  subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=repo,
+                 check=True, capture_output=True)
+
+
+def test_commit_dirty_and_unknown(tmp_path, monkeypatch):
+  monkeypatch.setattr(provenance, "ROOT", str(tmp_path))
+  assert provenance.git_commit() == "unknown"  # not a checkout
+  _git(tmp_path, "init", "-q")
+  (tmp_path / "a.txt").write_text("1")
+  _git(tmp_path, "add", "a.txt")
+  _git(tmp_path, "commit", "-q", "-m", "one")
+  head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=tmp_path, check=True,
+                        capture_output=True, text=True).stdout.strip()
+  assert provenance.git_commit() == head
+  (tmp_path / "new.txt").write_text("untracked files do not count")
+  assert provenance.git_commit() == head
+  (tmp_path / "a.txt").write_text("2")
+  assert provenance.git_commit() == head + "+dirty"
+
+
+def test_this_checkout():
+  assert re.fullmatch(r"[0-9a-f]{4,40}(\+dirty)?|unknown", provenance.git_commit())
