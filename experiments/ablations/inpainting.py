@@ -270,8 +270,8 @@ def _write(args, scale, seeds, num_steps, results, secs, runs, models, pipe, flo
       f"`{ae_dir}` (latents {'x'.join(map(str, latent))}; UNet input [z_t, m, masked-image "
       f"latents], {in_channels} channels), concat.degradation `{DEGRADATION}`, concat.p_drop "
       f"{P_DROP} (sampled unguided, w = 1), {scale['inpaint_steps']} steps, batch "
-      f"{training.TRAIN_SCALES[args.scale]['batch']}, EMA weights (decay 0.99 with LDM's "
-      "warm-up). "
+      f"{training.TRAIN_SCALES[args.scale]['batch']}, EMA weights (decay "
+      f"{training.TRAIN_SCALES[args.scale]['ema_decay']:g} with LDM's warm-up). "
       + " ".join(f"{label}: {models[label]['params']:,} UNet parameters, "
                  f"{models[label]['attention_blocks']} self-attention blocks; training s per seed "
                  f"{train_s[label]}." for label in TAGS)
