@@ -105,6 +105,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.image_every = 500           # preview grid to TensorBoard (and at the end); 0: never
   c.train.ema_decay = 0.999
   c.train.max_consecutive_bad = 20
+  c.train.cache_latents = True        # E's q(z|x) once per distinct image, kept in host memory
 
   c.sample = ml_collections.ConfigDict()  # the per-class grid written at the end
   c.sample.method = "dpmpp_2m"

@@ -59,6 +59,7 @@ def get_config(variant: str = "celebahq_ldm_vq4") -> ml_collections.ConfigDict:
     c.optim.end_lr_factor = 1.0
     c.train.save_every, c.train.log_every, c.train.image_every = 5_000, 100, 5_000
     c.train.ema_decay = 0.9999
+    c.train.cache_latents = False  # millions of images: encode each batch (the cache is in memory)
     c.sample.method, c.sample.num_steps, c.sample.per_class = "ddim", 50, 8
     c.parallel.mode = "mesh"
 

@@ -25,6 +25,7 @@ from ldm_jax.text.prompts import split_prompts
 from ldm_jax.stages import autoencoder as ae_stage
 from ldm_jax.stages import builders
 from ldm_jax.stages import export
+from ldm_jax.stages import latent_cache
 from ldm_jax.stages import latent_diffusion as ldm_stage
 from ldm_jax.stages import previews
 from ldm_jax.stages import validate
@@ -194,6 +195,9 @@ def train_latent_diffusion(config: ml_collections.ConfigDict, workdir: str) -> d
   transform = _tokenize_captions(tokenizer) if text else _drop_captions
   scale = _scale_factor(config, workdir, ae, ae_params)
   concat_section = config.get("concat") if d.conditioning == "concat" else None
+  if config.train.get("cache_latents", False):  # E(x) once per distinct image, not every step
+    cache = latent_cache.LatentCache(ae, ae_params, keep_images=concat_section is not None)
+    transform = (lambda batch, base=transform: cache(base(batch)))
   labels = ldm_stage.uses_labels(d, concat_section)  # "class", or hybrid "concat" + class
   num_class_embeds = d.num_classes + 1 if labels else None
   f = ae.downsampling_factor

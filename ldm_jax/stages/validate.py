@@ -118,6 +118,7 @@ def _train(c):
   _int(c, "train.image_every", 0)  # 0: never
   _real(c, "train.ema_decay", 0.0, 1.0, hi_open=True)
   _int(c, "train.max_consecutive_bad", 0)  # 0: never stop
+  _bool(c, "train.cache_latents")  # latent diffusion: E(x) once per distinct image
   return batch
 
 

@@ -223,3 +223,16 @@ def test_export_load_unboxes_exports_written_with_logical_axis_boxes(tmp_path):
   assert metadata == {"stage": "autoencoder"}
   np.testing.assert_array_equal(params["autoencoder"]["dense"]["kernel"], w)
   np.testing.assert_array_equal(params["autoencoder"]["dense"]["bias"], np.ones(3))
+
+
+def test_cached_latents_train_as_encoding_every_batch_does(runs, tmp_path):
+  """train.cache_latents (on in mnist_ldm, so the fixture's run used it) against the same run
+  encoding every batch in the step: the same loss at each step, up to float32 reassociation."""
+  ae_dir, ldm_dir, _, _ = runs
+  c = _tiny_ldm_config(ae_dir, 2)
+  assert c.train.cache_latents
+  c.train.cache_latents = False
+  c.train.image_every = 0
+  run.train(c, str(tmp_path / "encoded"))
+  loss = lambda d: [r["loss"] for r in metrics_lib.read_jsonl(d) if "loss" in r][:2]
+  np.testing.assert_allclose(loss(ldm_dir), loss(str(tmp_path / "encoded")), rtol=2e-4)

@@ -84,6 +84,7 @@ LDM_CASES = [
     ("sample.num_steps", 0, ">= 1"), ("sample.guidance_scale", float("inf"), "finite"),
     ("first_stage.workdir", "", "trained autoencoder run"),
     ("first_stage.scale_factor", -1.0, "[0.0, inf)"),
+    ("train.cache_latents", "yes", "True or False"),
 ]
 
 
