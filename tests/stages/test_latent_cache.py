@@ -8,19 +8,18 @@ import numpy as np
 import pytest
 
 from ldm_jax.data import to_float
-from ldm_jax.models.autoencoder import KL_TINY, VQ_TINY
+from ldm_jax.models.autoencoder import VQ_TINY
 from ldm_jax.stages import latent_cache
 from ldm_jax.stages import latent_diffusion as ldm_stage
 from tests.stages.test_latent_diffusion_stage import _diffusion_config, _unet
+from tests.stages.test_latent_diffusion_stage import first_stage  # pylint: disable=unused-import
 from ldm_jax import schedules
 
 
 @pytest.fixture(scope="module")
-def kl():
-  ae = KL_TINY(in_channels=1, out_channels=1)
-  params = ae.init(jax.random.key(0), jnp.zeros((1, 16, 16, 1)), None)["params"]
-  images = np.random.default_rng(0).integers(0, 256, (6, 16, 16, 1)).astype(np.uint8)
-  return ae, params, images
+def kl(first_stage):  # the latent diffusion stage tests' tiny KL autoencoder, 6 of its images
+  ae, params, images = first_stage
+  return ae, params, images[:6]
 
 
 def test_posterior_once_per_distinct_image(kl):
@@ -49,9 +48,9 @@ def test_posterior_once_per_distinct_image(kl):
   np.testing.assert_allclose(res["latent_mean"][2:3], want, rtol=1e-5, atol=1e-5)
 
 
-def test_loss_on_cached_latents_equals_the_loss_that_encodes(kl):
-  ae, ae_params, images = kl
-  images = np.concatenate([images, images[:2]])  # 8: the UNet's groups need nothing special
+def test_loss_on_cached_latents_equals_the_loss_that_encodes(first_stage):
+  ae, ae_params, images = first_stage
+  images = images[:8]
   unet = _unet()
   schedule = schedules.get_schedule("linear", 100)
   cfg = _diffusion_config()
