@@ -123,7 +123,7 @@ def make_loss_fn(ae: nn.Module, disc: nn.Module, config, perceptual_fn: Callable
     last = ae_params[LAST_LAYER[0]][LAST_LAYER[1]]
     z_sg, logvar_sg = jax.lax.stop_gradient(z), jax.lax.stop_gradient(logvar)
     decode_last = lambda l: decode(_replace_last(ae_params, l), z_sg)
-    def weight(_):
+    def weight():
       grad_rec = jax.grad(lambda l: nll_of(x, decode_last(l), logvar_sg)[0])(last)
       grad_gan = jax.grad(
           lambda l: gan.generator_loss(disc.apply({"params": frozen_disc}, decode_last(l))))(last)
@@ -131,10 +131,10 @@ def make_loss_fn(ae: nn.Module, disc: nn.Module, config, perceptual_fn: Callable
 
     d_factor = gan.adopt_weight(extra["step"], config.disc_start)
     # lambda is computed at every step and read as 0 before disc_start, not skipped by lax.cond:
-    # XLA:CPU runs a convolution's weight gradient inside a conditional (or loop) up to ~90x
+    # XLA:CPU runs a convolution's weight gradient inside a conditional (or loop) up to ~100x
     # slower than at top level (experiments/benchmarks/nested_grads.py), so the cond cost the
     # GAN phase ~20% of its step and saved the first phase ~4%.
-    d_weight = jnp.where(d_factor > 0, weight(None), 0.0)
+    d_weight = jnp.where(d_factor > 0, weight(), 0.0)
     loss_g = nll_loss + reg + d_weight * d_factor * g_loss
 
     logits_real = disc.apply({"params": disc_params}, x)
