@@ -76,7 +76,8 @@ def perceptual_from_config(config) -> Callable | None:
   return lpips_convert.perceptual_fn(lpips_convert.load_lpips(vgg, lin))
 
 
-def make_loss_fn(ae: nn.Module, disc: nn.Module, config, perceptual_fn: Callable | None = None):
+def make_loss_fn(ae: nn.Module, disc: nn.Module, config, perceptual_fn: Callable | None = None,
+                 *, adversarial: bool = True):
   """Builds `loss_fn(params, batch, rng, extra) -> (loss, metrics)` for the train step.
 
   Args:
@@ -86,6 +87,10 @@ def make_loss_fn(ae: nn.Module, disc: nn.Module, config, perceptual_fn: Callable
       disc_loss, perceptual_weight.
     perceptual_fn: optional (x, x_hat) -> [B] perceptual distance (e.g. LPIPS with user-supplied
       weights); used when config.perceptual_weight > 0.
+    adversarial: False builds the loss of the steps before disc_start, L_nll + reg, without running
+      the discriminator: there d(step) = 0, so it has the full loss' value and gradients (up to
+      float32 reassociation) at the cost of the autoencoder alone. Valid only before disc_start
+      (`ldm_jax.train.parallel.data_parallel`'s early_loss runs it there).
   The `extra` dict must hold "step" (int32 []) for the disc_start switch.
   """
   gan.check_disc_loss(config.disc_loss)
@@ -116,6 +121,9 @@ def make_loss_fn(ae: nn.Module, disc: nn.Module, config, perceptual_fn: Callable
     reg = reg_weight * reg_loss
     x_hat = decode(ae_params, z)
     nll_loss, rec_mean = nll_of(x, x_hat, logvar)
+    metrics.update(rec_loss=rec_mean, nll_loss=nll_loss, logvar=logvar)
+    if not adversarial:  # d(step) = 0: no discriminator forward, no lambda (read as 0, logged so)
+      return nll_loss + reg, dict(metrics, d_weight=jnp.float32(0), disc_factor=jnp.float32(0))
 
     frozen_disc = jax.lax.stop_gradient(disc_params)
     g_loss = gan.generator_loss(disc.apply({"params": frozen_disc}, x_hat))
@@ -141,8 +149,7 @@ def make_loss_fn(ae: nn.Module, disc: nn.Module, config, perceptual_fn: Callable
     logits_fake = disc.apply({"params": disc_params}, jax.lax.stop_gradient(x_hat))
     d_loss = gan.discriminator_loss(logits_real, logits_fake, config.disc_loss)
     loss = loss_g + d_factor * d_loss
-    metrics.update(rec_loss=rec_mean, nll_loss=nll_loss, g_loss=g_loss, d_loss=d_loss,
-                   d_weight=d_weight, disc_factor=d_factor, logvar=logvar,
+    metrics.update(g_loss=g_loss, d_loss=d_loss, d_weight=d_weight, disc_factor=d_factor,
                    logits_real=jnp.mean(logits_real), logits_fake=jnp.mean(logits_fake))
     return loss, metrics
 

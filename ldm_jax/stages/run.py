@@ -49,12 +49,13 @@ def _data(config, split=None, **kw):
 
 
 def _fit(config, workdir, loss_fn, init_params_fn, metadata, extra=None, images_fn=None,
-         check_data=None, transform=None, export_files=None):
+         check_data=None, transform=None, export_files=None, early_loss=None):
   """The part both stages share: parallel step, state, checkpoints, `fit`, export.
   images_fn: a `previews` function, written to TensorBoard every config.train.image_every steps.
   check_data: called with the data iterator before anything compiles (raises ValueError).
   transform: the data iterator's batch transform (captions -> token ids).
-  export_files: {name: bytes} written into the export beside the params (a tokenizer)."""
+  export_files: {name: bytes} written into the export beside the params (a tokenizer).
+  early_loss: (until, loss_fn) run before step `until` (`parallel.data_parallel`)."""
   devices = builders.devices(config)
   tx, lr_schedule = builders.optimizer(config)
   mesh = parallel.make_mesh(config.parallel.num_fsdp, devices)
@@ -68,7 +69,8 @@ def _fit(config, workdir, loss_fn, init_params_fn, metadata, extra=None, images_
                               ema_decay=config.train.ema_decay, lr_schedule=lr_schedule,
                               param_names=param_names, extra_names=extra_names,
                               rules=config.parallel.get("axis_rules", axis_rules.DEFAULT_RULES),
-                              compiler_options=_cpu_options(config, metadata["stage"]))
+                              compiler_options=_cpu_options(config, metadata["stage"]),
+                              early_loss=early_loss)
   data = _data(config, num_devices=len(devices), transform=transform)
   if check_data is not None:
     try:
@@ -112,11 +114,16 @@ def _cpu_options(config, stage):
 
 def train_autoencoder(config: ml_collections.ConfigDict, workdir: str) -> dict:
   ae, disc = builders.autoencoder(config.model), builders.discriminator(config.disc)
-  loss_fn = ae_stage.make_loss_fn(ae, disc, config.loss, ae_stage.perceptual_from_config(config.loss))
+  perceptual_fn = ae_stage.perceptual_from_config(config.loss)
+  loss_fn = ae_stage.make_loss_fn(ae, disc, config.loss, perceptual_fn)
+  # Before disc_start the discriminator's terms are multiplied by 0: a second program without them.
+  early = (ae_stage.make_loss_fn(ae, disc, config.loss, perceptual_fn, adversarial=False)
+           if config.loss.disc_start > 0 else None)
   shape = (1, config.data.image_size, config.data.image_size, config.data.channels)
   init_fn = lambda rng: ae_stage.init_params(ae, disc, rng, shape)
   ema_params, result = _fit(config, workdir, loss_fn, init_fn, metadata={"stage": "autoencoder"},
-                            images_fn=_autoencoder_preview(config, ae))
+                            images_fn=_autoencoder_preview(config, ae),
+                            early_loss=(config.loss.disc_start, early) if early else None)
   summary = evaluate_autoencoder(config, ae, ema_params["autoencoder"])
   summary.update(steps=result.step, final_metrics=result.metrics)
   _write_json(workdir, "eval.json", summary)

@@ -122,7 +122,7 @@ def fit(dp: DataParallel, state, data, *, num_steps: int, checkpoints=None,
         if watcher.should_stop(step):
           save(step)
           raise preemption.Preempted(step)
-        state, device_metrics = dp.step(state, dp.put_batch(next(data)))
+        state, device_metrics = dp.step(state, dp.put_batch(next(data)), at=step)
         step += 1
         metrics = dp.fetch_metrics(device_metrics)
         if bar is not None:

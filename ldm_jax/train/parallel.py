@@ -97,7 +97,10 @@ def global_batch(host_batch: PyTree, mesh: Mesh) -> PyTree:
 class DataParallel(NamedTuple):
   """A compiled step and the layout conversions of one parallel mode (see module docstring).
 
-  step(state, device_batch) -> (state, device_metrics)   the state argument is donated.
+  step(state, device_batch, at=None) -> (state, device_metrics)
+                                                         the state argument is donated; `at`, the
+                                                         host's count of steps taken, picks the
+                                                         early loss' program before its end.
   put_batch(host_batch) -> device_batch                  host numpy [b_process, ...] in.
   create_state(init_params_fn, rng, extra=None) -> state created directly in the layout.
   to_global(state) / from_global(global_state)           layout <-> checkpoint layout.
@@ -123,10 +126,17 @@ def data_parallel(loss_fn: LossFn, tx: optax.GradientTransformation, *, mode: st
                   donate: bool = True, param_names: PyTree | None = None,
                   extra_names: PyTree | None = None,
                   rules=axis_rules.DEFAULT_RULES,
-                  compiler_options: dict | None = None) -> DataParallel:
+                  compiler_options: dict | None = None,
+                  early_loss: tuple[int, LossFn] | None = None) -> DataParallel:
   """Builds the step of `mode` ("pmap" or "mesh") around `train_step(loss_fn, tx, ...)`.
   param_names / extra_names / rules: the mesh layout (see `state_shardings`); pmap replicates.
-  compiler_options: XLA options of the step's program (`ldm_jax.xla_cpu.compiler_options`)."""
+  compiler_options: XLA options of the step's program (`ldm_jax.xla_cpu.compiler_options`).
+  early_loss: (until, loss_fn_early): `step(state, batch, at=s)` with s < until runs a second
+    program built from loss_fn_early, which must give loss_fn's loss and gradients at those steps
+    at a lower cost (the autoencoder without its discriminator before disc_start). Each program
+    compiles on its first use; a step without `at` always runs loss_fn's. A lax.cond on the step
+    inside one program would not do: XLA:CPU runs a convolution's weight gradient inside a
+    conditional ~100x slower (experiments/benchmarks/nested_grads.py)."""
   if mode not in MODES:
     raise ValueError(f"parallel mode {mode!r}; valid choices: {MODES}")
   mesh = make_mesh() if mesh is None else mesh
@@ -135,10 +145,25 @@ def data_parallel(loss_fn: LossFn, tx: optax.GradientTransformation, *, mode: st
   kw = dict(loss_fn=loss_fn, tx=tx, ema_decay=ema_decay, ema_warmup=ema_warmup,
             lr_schedule=lr_schedule)
   if mode == "pmap":
-    return _pmap_parallel(mesh, kw, donate, compiler_options)
-  layout = dict(param_names=param_names, extra_names=extra_names,
-                rules=axis_rules.check_rules(rules))
-  return _mesh_parallel(mesh, kw, donate, layout, compiler_options)
+    dp = _pmap_parallel(mesh, kw, donate, compiler_options)
+    build = lambda kw_early: _pmap_parallel(mesh, kw_early, donate, compiler_options).step
+  else:
+    layout = dict(param_names=param_names, extra_names=extra_names,
+                  rules=axis_rules.check_rules(rules))
+    dp = _mesh_parallel(mesh, kw, donate, layout, compiler_options)
+    build = lambda kw_early: _mesh_parallel(mesh, kw_early, donate, layout, compiler_options).step
+  if early_loss is None:
+    return dp._replace(step=_phased(dp.step, None, 0))
+  until, loss_fn_early = early_loss
+  return dp._replace(step=_phased(dp.step, build(dict(kw, loss_fn=loss_fn_early)), int(until)))
+
+
+def _phased(step, step_early, until: int) -> Callable:
+  """`step(state, batch, at=None)` that runs `step_early` for host steps `at` < `until`."""
+  def call(state, batch, at=None):
+    early = step_early is not None and at is not None and at < until
+    return (step_early if early else step)(state, batch)
+  return call
 
 
 def _mesh_parallel(mesh: Mesh, kw: dict, donate: bool, layout: dict,

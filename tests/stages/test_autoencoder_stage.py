@@ -169,3 +169,31 @@ def test_no_differentiated_convolution_runs_inside_control_flow(setup):
   jaxpr = jax.make_jaxpr(grad)(params, jnp.int32(3)).jaxpr
   assert sum(e.primitive.name == "conv_general_dilated" for e in jaxpr.eqns) > 10
   assert _nested_convolutions(jaxpr) == 0
+
+
+def _convolutions(loss_fn, params, batch):
+  grad = jax.grad(lambda p: loss_fn(p, batch, jax.random.key(1), {"step": jnp.int32(3)})[0])
+  return sum(e.primitive.name == "conv_general_dilated" for e in jax.make_jaxpr(grad)(params).eqns)
+
+
+@pytest.mark.parametrize("make_ae", [KL_TINY, VQ_TINY])
+def test_the_early_loss_is_the_full_loss_before_disc_start_without_the_discriminator(make_ae):
+  """adversarial=False (the program run before disc_start): same loss, metrics and gradients as
+  the full loss there, discriminator gradients exactly 0, and ~half the convolutions."""
+  ae, disc = make_ae(in_channels=1, out_channels=1), PATCHGAN_TINY()
+  params = ae_stage.init_params(ae, disc, jax.random.key(0), (1, 16, 16, 1))
+  batch = {"image": np.random.default_rng(0).integers(0, 256, (4, 16, 16, 1)).astype(np.uint8)}
+  full = ae_stage.make_loss_fn(ae, disc, _loss_config())
+  early = ae_stage.make_loss_fn(ae, disc, _loss_config(), adversarial=False)
+  run = lambda f: jax.jit(jax.value_and_grad(
+      lambda p: f(p, batch, jax.random.key(1), {"step": jnp.int32(3)}), has_aux=True))(params)
+  (loss_f, m_f), g_f = run(full)
+  (loss_e, m_e), g_e = run(early)
+  np.testing.assert_allclose(float(loss_e), float(loss_f), rtol=1e-6)
+  assert set(m_e) < set(m_f) and "d_loss" not in m_e
+  for k in m_e:
+    np.testing.assert_allclose(float(m_e[k]), float(m_f[k]), rtol=1e-6, err_msg=k)
+  for a, b in zip(jax.tree.leaves(g_e), jax.tree.leaves(g_f)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
+  assert all(np.all(np.asarray(g) == 0) for g in jax.tree.leaves(g_e["discriminator"]))
+  assert _convolutions(early, params, batch) < 0.6 * _convolutions(full, params, batch)  # 83 vs 155

@@ -80,6 +80,8 @@ def test_autoencoder_run_trains_evaluates_and_exports(runs):
   # disc_start = 2: the adversarial terms are off at the first step (factor read before the update).
   factors = [r["disc_factor"] for r in rows if "loss" in r]
   assert factors == [0.0, 0.0, 1.0]
+  # Steps before disc_start run the program without the discriminator (no d_loss is computed).
+  assert ["d_loss" in r for r in rows if "loss" in r] == [False, False, True]
   config, params, meta = export.load(ae_dir)
   assert meta["stage"] == "autoencoder" and set(params) == {"autoencoder", "discriminator", "logvar"}
   assert tuple(config.model.block_out_channels) == (8, 16)
