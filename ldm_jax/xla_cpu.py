@@ -1,6 +1,7 @@
 """Per-program XLA:CPU convolution back end: which library runs a stage's convolutions on a CPU host.
 
-  compiler_options(choice, stage)  -> {option: value} for jax.jit(..., compiler_options=...) or None
+  compiler_options(choice, stage, widest=None) -> {option: value} for jax.jit(compiler_options=)
+                                                 or None
 
 jaxlib 0.10 sends CPU convolutions to YNNPACK, which runs a convolution's weight gradient as a
 direct convolution with a window the size of the whole activation. Eigen's convolutions (the
@@ -9,15 +10,20 @@ the program (`experiments/benchmarks/cpu_setup.py`, README "CPU setup"; 2 cores,
 devices, step time over YNNPACK's): on the first 2-core machine the MNIST autoencoder stage step
 was 0.50x with single-threaded Eigen convolutions under load and 0.95x idle; on the 2026-12-04
 machine (AVX-512, 2.5x faster) it was 1.11x, and the LDM step and sampling were 1.06-1.24x
-slower with Eigen on both. So "auto" keeps jaxlib's default, and the other choices stay for
-machines where they measure faster. They are compile-time options of one program
+slower with Eigen on both. Wider networks turn it round (`train_throughput.py --models=larger`,
+2026-12-04, idle, pmap on 2 devices, batch 16 at 32x32x4, UNets of block_out_channels (c, 2c,
+2c)): Eigen's train step is 1.18x faster at c = 64 (widest 128, 6.8M params), 1.26x at c = 96
+(15M), 1.44x at c = 128 (27M), and its guided sampling 1.26-1.28x at c = 128. So "auto" picks Eigen
+for a network whose widest convolution has >= EIGEN_FROM_CHANNELS = 128 channels (`widest`), and
+jaxlib's default below (the MNIST UNet and autoencoder: 64); autoencoders that wide were not timed,
+the rule follows the UNets'. The other choices stay for machines that measure otherwise. They are compile-time options of one program
 (`DebugOptions`), so a stage chooses its own without restarting the process:
 
   choice          convolutions                    compiler options
   "ynnpack"       YNNPACK (jaxlib's default)      none
   "eigen"         Eigen, multi-threaded           ynn fusions: individual dots only
   "eigen_1thread" Eigen, one thread per device    the same + xla_cpu_multi_thread_eigen=False
-  "auto"          "ynnpack" for every stage (the measured choice above)
+  "auto"          "eigen" where widest >= 128, else "ynnpack" (the measured choice above)
 
 Nothing changes on GPU/TPU backends, and an XLA_FLAGS that sets either option is the user's
 choice: it is left to apply (XLA_FLAGS are the defaults that compiler options override).
@@ -28,7 +34,8 @@ import os
 import jax
 
 CHOICES = ("auto", "ynnpack", "eigen", "eigen_1thread")
-STAGES = ("autoencoder", "latent_diffusion")
+STAGES = ("autoencoder", "latent_diffusion", "sampling")
+EIGEN_FROM_CHANNELS = 128
 _YNN = "xla_cpu_experimental_ynn_fusion_type"
 _THREADS = "xla_cpu_multi_thread_eigen"
 # YNNPACK keeps the dots (jaxlib's default set minus LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION: the
@@ -51,14 +58,23 @@ def check_choice(choice: str, key: str = "parallel.cpu_convolutions") -> str:
   return choice
 
 
-def resolve(choice: str, stage: str, local_devices: int, cores: int | None = None) -> str:  # pylint: disable=unused-argument
-  """The concrete back end of `choice` for `stage` on `local_devices` devices of `cores` cores
-  ("auto" resolves to "ynnpack" everywhere since 2026-12-04; the layout is kept in the signature
-  for a measured choice that depends on it)."""
+def resolve(choice: str, stage: str, local_devices: int, cores: int | None = None,  # pylint: disable=unused-argument
+            widest: int | None = None) -> str:
+  """The concrete back end of `choice` for `stage` on `local_devices` devices of `cores` cores, for
+  a network whose widest convolution has `widest` channels (None: unknown, taken as narrow).
+  "auto" is "eigen" from EIGEN_FROM_CHANNELS on, else "ynnpack" (module docstring); the device
+  layout stays in the signature for a measured choice that depends on it."""
   check_choice(choice)
   if stage not in STAGES:
     raise ValueError(f"stage {stage!r}; valid choices: {', '.join(STAGES)}")
-  return "ynnpack" if choice == "auto" else choice
+  if choice != "auto":
+    return choice
+  return "eigen" if widest is not None and widest >= EIGEN_FROM_CHANNELS else "ynnpack"
+
+
+def widest(block_out_channels) -> int:
+  """The widest convolution of a UNet / autoencoder from its block_out_channels."""
+  return max(int(c) for c in block_out_channels)
 
 
 def user_flags(xla_flags: str | None = None) -> list[str]:
@@ -67,9 +83,10 @@ def user_flags(xla_flags: str | None = None) -> list[str]:
   return [o for o in (_YNN, _THREADS) if o in flags]
 
 
-def compiler_options(choice: str, stage: str) -> dict | None:
-  """Compiler options for the train step of `stage` on this process's backend, or None."""
+def compiler_options(choice: str, stage: str, widest: int | None = None) -> dict | None:
+  """Compiler options for `stage`'s programs (a train step, the pipeline's sampling) on this
+  process's backend, for a network whose widest convolution has `widest` channels, or None."""
   check_choice(choice)
   if jax.default_backend() != "cpu" or user_flags():
     return None
-  return OPTIONS[resolve(choice, stage, jax.local_device_count())]
+  return OPTIONS[resolve(choice, stage, jax.local_device_count(), widest=widest)]

@@ -51,7 +51,8 @@ def test_quick_run_prints_expected_rows():
 
   assert tuple(rows[len(peaks) + 1]) == COLUMNS  # the throughput table's header
   body = [r for r in rows if len(r) == len(COLUMNS) and r[0] != "model"]
-  assert [r[1] for r in body] == ["jax jit, 1 device", "jax pmap, 2 devices",
+  # JAX rows name the convolution back end the CLI's "auto" gives this (narrow) UNet.
+  assert [r[1] for r in body] == ["jax jit, 1 device (ynnpack)", "jax pmap, 2 devices (ynnpack)",
                                   "torch eager, 2 threads", "torch.compile, 2 threads"]
   for r in body:
     assert r[0] == "larger 4x4x4" and r[2] == "4"
@@ -121,6 +122,9 @@ def test_sampling_quick_run_prints_ratios_and_target():
     assert jax_ips > 0 and torch_ips > 0 and r[9:12] == ["nan"] * 3 and r[13] == "nan"
     assert abs(float(r[12]) - jax_ips / torch_ips) <= 0.02 * float(r[12]) + 0.01
   assert "Target (issue 14): sampling >= 1.5x torch" in out.stdout
+  assert "mnist: JAX convolutions ynnpack" in out.stdout  # the pipeline's choice for a narrow UNet
+  assert re.search(r"Load average \(1/5/15 min\): [\d.]+/[\d.]+/[\d.]+ at start, [\d.]+/[\d.]+/[\d.]+ at end",
+                   out.stdout)
   assert re.search(r"mnist ddim-2, batch 2: [\d.]+x torch eager \((met|missed[^)]*)\)\n", out.stdout)
 
 

@@ -43,22 +43,26 @@ def test_options_compile_the_same_program_as_the_measured_xla_flags():
   assert _hashes([xla_cpu.OPTIONS["eigen_1thread"]]) == [eigen]
 
 
-@pytest.mark.parametrize("choice, stage, local_devices, cores, want", [
-    ("auto", "autoencoder", 2, 2, "ynnpack"),          # jaxlib's default wherever measured
-    ("auto", "autoencoder", 1, 2, "ynnpack"),          # (2026-12-04, README "CPU setup")
-    ("auto", "latent_diffusion", 2, 2, "ynnpack"),
-    ("eigen", "latent_diffusion", 2, 2, "eigen"),      # an explicit choice is kept
-    ("ynnpack", "autoencoder", 2, 2, "ynnpack"),
+@pytest.mark.parametrize("choice, stage, local_devices, cores, widest, want", [
+    ("auto", "autoencoder", 2, 2, 64, "ynnpack"),      # the MNIST networks: jaxlib's default
+    ("auto", "autoencoder", 1, 2, 64, "ynnpack"),      # (2026-12-04, README "CPU setup")
+    ("auto", "latent_diffusion", 2, 2, 64, "ynnpack"),
+    ("auto", "latent_diffusion", 2, 2, None, "ynnpack"),  # width unknown: as narrow
+    ("auto", "latent_diffusion", 2, 2, 127, "ynnpack"),
+    ("auto", "latent_diffusion", 2, 2, 128, "eigen"),  # widest 128-256: Eigen 1.18-1.44x faster
+    ("auto", "sampling", 1, 2, 256, "eigen"),
+    ("eigen", "latent_diffusion", 2, 2, 64, "eigen"),  # an explicit choice is kept
+    ("ynnpack", "autoencoder", 2, 2, 512, "ynnpack"),
 ])
-def test_resolve(choice, stage, local_devices, cores, want):
-  assert xla_cpu.resolve(choice, stage, local_devices, cores) == want
+def test_resolve(choice, stage, local_devices, cores, widest, want):
+  assert xla_cpu.resolve(choice, stage, local_devices, cores, widest=widest) == want
 
 
 def test_bad_choice_or_stage_names_the_valid_ones():
   with pytest.raises(ValueError, match="parallel.cpu_convolutions='mkl'; valid choices: auto, "
                      "ynnpack, eigen, eigen_1thread"):
     xla_cpu.compiler_options("mkl", "autoencoder")
-  with pytest.raises(ValueError, match="stage 'vae'; valid choices: autoencoder, latent_diffusion"):
+  with pytest.raises(ValueError, match="stage 'vae'; valid choices: autoencoder, latent_diffusion, sampling"):
     xla_cpu.resolve("auto", "vae", 2)
 
 
@@ -70,7 +74,43 @@ def test_this_process_gets_the_resolved_options_and_names_them():
   assert xla_cpu.name(options) == "eigen_1thread"
   assert xla_cpu.compiler_options("auto", "autoencoder") is None
   assert xla_cpu.compiler_options("auto", "latent_diffusion") is None
+  assert xla_cpu.compiler_options("auto", "latent_diffusion", widest=320) == xla_cpu.OPTIONS["eigen"]
   assert xla_cpu.name(None) == "ynnpack"
+
+
+def test_each_stage_of_a_run_and_the_pipeline_choose_by_their_network_width(monkeypatch):
+  """The train step (stages/run.py) reads config.model's widest block, the pipeline its UNet's:
+  the MNIST networks (64) keep jaxlib's default, a 128-wide UNet gets Eigen, and its samples are
+  the default's up to float32 reassociation."""
+  from experiments.configs import mnist_autoencoder, mnist_ldm  # pylint: disable=import-outside-toplevel
+  from ldm_jax import schedules  # pylint: disable=import-outside-toplevel
+  from ldm_jax.models import autoencoder, unet  # pylint: disable=import-outside-toplevel
+  from ldm_jax.pipeline import LatentDiffusionPipeline, random_params  # pylint: disable=import-outside-toplevel
+  from ldm_jax.stages import run  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  ldm = mnist_ldm.get_config()
+  assert run._cpu_options(mnist_autoencoder.get_config(), "autoencoder") is None  # pylint: disable=protected-access
+  assert run._cpu_options(ldm, "latent_diffusion") is None  # pylint: disable=protected-access
+  ldm.model.block_out_channels = (64, 128)
+  assert run._cpu_options(ldm, "latent_diffusion") == xla_cpu.OPTIONS["eigen"]  # pylint: disable=protected-access
+
+  ae = autoencoder.KL_TINY(in_channels=1, out_channels=1, z_channels=4)
+  ae_params = random_params(ae, jnp.zeros((1, 16, 16, 1)))
+  def pipeline(channels):
+    net = unet.UNET_TINY(in_channels=4, out_channels=4, block_out_channels=channels)
+    return LatentDiffusionPipeline(net, random_params(net, jnp.zeros((1, 8, 8, 4)), jnp.zeros((1,))),
+                                   ae, ae_params, schedules.get_schedule("scaled_linear"),
+                                   scale_factor=1.0, latent_shape=(8, 8, 4), shard=False)
+  assert pipeline((32, 64)).unet_compiler_options is None
+  wide = pipeline((32, 128))
+  assert wide.unet_compiler_options == xla_cpu.OPTIONS["eigen"]
+  z_eigen = wide.sample(jax.random.key(0), 2, num_steps=3, output="latent")
+  monkeypatch.setattr(LatentDiffusionPipeline, "unet_compiler_options", None)
+  default = pipeline((32, 128))
+  assert default.unet_compiler_options is None
+  z_default = default.sample(jax.random.key(0), 2, num_steps=3, output="latent")
+  np.testing.assert_allclose(z_eigen, z_default, rtol=1e-4, atol=1e-4)
 
 
 def test_xla_flags_that_set_the_back_end_are_never_overridden(monkeypatch):

@@ -64,6 +64,7 @@ from ldm_jax.models import autoencoder  # pylint: disable=wrong-import-position
 from ldm_jax.models import unet as unet_lib  # pylint: disable=wrong-import-position
 from ldm_jax.pipeline import LatentDiffusionPipeline, random_params  # pylint: disable=wrong-import-position
 from ldm_jax import schedules  # pylint: disable=wrong-import-position
+from ldm_jax import xla_cpu  # pylint: disable=wrong-import-position
 
 SAMPLERS = (("ddim", 2), ("dpmpp_2m", 2)) if FLAGS.quick else (("ddim", 50), ("dpmpp_2m", 20))
 TARGET = 1.5  # issue 14: JAX samples/s >= 1.5x torch's
@@ -178,6 +179,8 @@ def main():
   names = FLAGS.models.split(",")
   batches = [int(b) for b in FLAGS.batch.split(",")]
   rows, nan = [], float("nan")
+  load = lambda: "/".join(f"{v:.1f}" for v in os.getloadavg())
+  load_start = load()
   print(f"JAX {jax.__version__} on {jax.device_count()} x {jax.devices()[0].device_kind}; "
         f"{os.cpu_count()} CPU cores", flush=True)
   for name, batch in zip(names, batches):
@@ -186,6 +189,8 @@ def main():
     n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(pipe.unet_params))
     eager = None if FLAGS.skip_torch else torch_unet(cfg, compiled=False)
     compiled = None if FLAGS.skip_torch or FLAGS.skip_torch_compile else torch_unet(cfg, compiled=True)
+    print(f"{name}: JAX convolutions {xla_cpu.name(pipe.unet_compiler_options)} (the pipeline's "
+          "\"auto\" for this UNet's width)", flush=True)
     for method, steps in SAMPLERS:
       first, steady = time_jax(pipe, batch, method, steps, FLAGS.repeats, num_classes)
       timed = lambda m: (nan, nan) if m is None else time_torch(m, cfg, num_classes, batch, method, steps,
@@ -198,6 +203,7 @@ def main():
   print("\n| " + " | ".join(HEADER) + " |\n|" + "---|" * len(HEADER))
   for r in rows:
     print("| " + " | ".join(f"{v:.3g}" if isinstance(v, float) else str(v) for v in r) + " |")
+  print(f"\nLoad average (1/5/15 min): {load_start} at start, {load()} at end.")
   print("\nTraces per program:", "one 'denoise' compile per (model, sampler); later calls with new keys, "
         "labels and guidance scales reuse it. torch.compile first call: the compile happens in the "
         "first sampler's first call; the second sampler reuses the compiled UNet.")

@@ -7,7 +7,9 @@
 What one "step" is (the same on both sides): t ~ U{0..T-1}, eps ~ N(0, I), z_t = sqrt(abar_t) z +
 sqrt(1 - abar_t) eps, the UNet's eps-prediction, the MSE to eps (Rombach et al. 2022 eq. 2), its
 gradient and one AdamW update (lr 1e-4, weight decay 0.01), on random latents z [B, H, W, C].
-  * "jax jit, 1 dev": `ldm_jax.diffusion.training_loss` + optax.adamw under `jax.jit` (donated).
+  * "jax jit, 1 dev": `ldm_jax.diffusion.training_loss` + optax.adamw under `jax.jit` (donated),
+    compiled with the convolution back end the CLI's "auto" picks for the UNet's width (named in
+    the row, e.g. "(eigen)"; `ldm_jax.xla_cpu`; XLA_FLAGS that set it win).
   * "jax pmap, N dev": the same step under `jax.pmap` over N simulated XLA CPU devices, each on
     B / N examples, gradients averaged with `lax.pmean` (XLA runs a convolution on one core, so
     one device per core is how JAX data parallelism uses all cores of a CPU).
@@ -74,6 +76,7 @@ import optax  # pylint: disable=wrong-import-position
 
 from experiments.configs import mnist_autoencoder, mnist_ldm  # pylint: disable=wrong-import-position
 from ldm_jax import diffusion  # pylint: disable=wrong-import-position
+from ldm_jax import xla_cpu  # pylint: disable=wrong-import-position
 from ldm_jax.convert import diffusers_vae  # pylint: disable=wrong-import-position
 from ldm_jax.convert.diffusers_unet import unet_config_from_module  # pylint: disable=wrong-import-position
 from ldm_jax.models import unet as unet_lib  # pylint: disable=wrong-import-position
@@ -274,20 +277,29 @@ def _random_batch(latent, batch, num_classes, seed=0):
 
 
 def time_jax_unet(unet, params, latent, num_classes, batch, num_devices, steps):
-  """Times the UNet step on `num_devices` devices (jit for 1, pmap otherwise)."""
+  """Times the UNet step on `num_devices` devices (jit for 1, pmap otherwise), compiled with the
+  convolution back end the CLI's "auto" gives this UNet (`ldm_jax.xla_cpu`; XLA_FLAGS win)."""
+  options = xla_cpu.compiler_options("auto", "latent_diffusion",
+                                     widest=xla_cpu.widest(unet.block_out_channels))
   tx = optax.adamw(LR, weight_decay=WEIGHT_DECAY)
   loss_fn = unet_loss(unet, make_schedule())
   z, y = _random_batch(latent, batch, num_classes)
   opt_state = tx.init(params)
   rng = jax.random.key(0)
   if num_devices == 1:
-    f = jax.jit(make_step(loss_fn, tx), donate_argnums=(0, 1))
+    f = jax.jit(make_step(loss_fn, tx), donate_argnums=(0, 1), compiler_options=options)
     state = [jax.tree.map(jnp.array, params), opt_state]
     args = (jnp.asarray(z), None if y is None else jnp.asarray(y))
     keys = [rng]
   else:
     devs = jax.devices()[:num_devices]
     f = jax.pmap(make_step(loss_fn, tx, "data"), axis_name="data", devices=devs, donate_argnums=(0, 1))
+    if options:  # jax.pmap takes no compiler options; its lowering's compile does (first call)
+      pmapped, compiled = f, []
+      def f(*a):
+        if not compiled:
+          compiled.append(pmapped.lower(*a).compile(options))
+        return compiled[0](*a)
     rep = lambda tree: jax.tree.map(
         lambda x: _on_devices(np.broadcast_to(np.asarray(x), (num_devices,) + np.shape(x)), devs), tree)
     shard = lambda x: None if x is None else _on_devices(x.reshape((num_devices, -1) + x.shape[1:]), devs)
@@ -478,7 +490,9 @@ def unet_group(args, name, batch, peak):
   jax_runs = []
   for n in sorted({1, args.cpu_devices}):
     first, med = time_jax_unet(unet, params, latent, ncls, batch, n, args.steps)
-    impl = "jax jit, 1 device" if n == 1 else f"jax pmap, {n} devices"
+    conv = xla_cpu.name(xla_cpu.compiler_options("auto", "latent_diffusion",
+                                                 widest=xla_cpu.widest(unet.block_out_channels)))
+    impl = ("jax jit, 1 device" if n == 1 else f"jax pmap, {n} devices") + f" ({conv})"
     jax_runs.append(dict(impl=impl, first=first, med=med))
   _progress(args, *common, torch_runs + jax_runs)
   return (*_group(args, "UNet step", *common, jax_runs, torch_runs), unet, common)

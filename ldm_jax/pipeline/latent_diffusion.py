@@ -45,6 +45,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from ldm_jax import diffusion
 from ldm_jax import images as images_lib
 from ldm_jax import samplers
+from ldm_jax import xla_cpu
 from ldm_jax.diffusion import concat
 from ldm_jax.models import precision
 from ldm_jax.models.pooled_text import PooledText
@@ -297,6 +298,15 @@ class LatentDiffusionPipeline(ConcatTasks):
   def _count(self, name):
     self.trace_counts[name] += 1
 
+  @property
+  def unet_compiler_options(self) -> dict | None:
+    """The XLA:CPU convolution back end of the programs that run the UNet (denoise, likelihood):
+    `ldm_jax.xla_cpu`'s "auto" for the UNet's width (None off CPU or where XLA_FLAGS set it; a
+    denoiser module without block_out_channels counts as narrow)."""
+    channels = getattr(self.unet, "block_out_channels", None)
+    return xla_cpu.compiler_options("auto", "sampling",
+                                    widest=xla_cpu.widest(channels) if channels else None)
+
   def _program(self, key, build):
     if key not in self._programs:
       self._programs[key] = build()
@@ -459,7 +469,8 @@ class LatentDiffusionPipeline(ConcatTasks):
     fn = self._program(key, lambda: programs.denoise_program(
         self.unet, self._tables(method, num_steps), self._count, method=method,
         kind=self._model_kind, prediction_type=self.prediction_type,
-        inpaint=known_mask is not None, resample=resample, trajectory=bool(return_trajectory)))
+        inpaint=known_mask is not None, resample=resample, trajectory=bool(return_trajectory),
+        compiler_options=self.unet_compiler_options))
     per_sample = {"index": index, "noise": noise, "cond": cond, "null": null, "w": w, "z0": z0,
                   "mask": known_mask}
     scalars = (jnp.float32(eta), jnp.int32(start), jnp.float32(noise_weight))
@@ -509,7 +520,8 @@ class LatentDiffusionPipeline(ConcatTasks):
     rng = checks.rng_key(rng)
     fn = self._program(("likelihood", chunk), lambda: programs.likelihood_program(
         self.unet, self.schedule, self._count, kind=self.conditioning,
-        prediction_type=self.prediction_type, timesteps_per_chunk=chunk))
+        prediction_type=self.prediction_type, timesteps_per_chunk=chunk,
+        compiler_options=self.unet_compiler_options))
     per_sample = {"index": np.arange(n, dtype=np.int32), "z": z, "cond": cond}
 
     def call(placement, take):

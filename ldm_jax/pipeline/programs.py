@@ -33,13 +33,14 @@ def noise_program(latent_shape, on_trace):
 
 
 def denoise_program(unet, tables, on_trace, *, method, kind, prediction_type, inpaint, resample,
-                    trajectory):
+                    trajectory, compiler_options=None):
   """fn(params, rng, index, noise, cond, null_cond, w, eta, start, z0, noise_weight, known_mask)
   -> final latents [B, h, w, c] (and, if `trajectory`, {"x_t", "x0_pred"} [B, S, h, w, c]).
 
   tables: `samplers.make_tables(schedule, method=method, num_steps=S, **grid)`. The start state is
   built by `driver.initial_state` from z0, noise and the traced `start` step; with `inpaint` the
-  region where known_mask [B, h, w, 1] = 1 is held to z0.
+  region where known_mask [B, h, w, 1] = 1 is held to z0. compiler_options: the XLA:CPU
+  convolution back end for the UNet (`ldm_jax.xla_cpu`; None: the defaults).
   """
   def fn(params, rng, index, noise, cond, null_cond, w, eta, start, z0, noise_weight, known_mask):
     on_trace("denoise")
@@ -53,10 +54,11 @@ def denoise_program(unet, tables, on_trace, *, method, kind, prediction_type, in
       return out
     return out[0], {k: jnp.moveaxis(out[1][k], 1, 0) for k in ("x_t", "x0_pred")}  # [B, S, ...]
 
-  return jax.jit(fn)
+  return jax.jit(fn, compiler_options=compiler_options)
 
 
-def likelihood_program(unet, schedule, on_trace, *, kind, prediction_type, timesteps_per_chunk):
+def likelihood_program(unet, schedule, on_trace, *, kind, prediction_type, timesteps_per_chunk,
+                       compiler_options=None):
   """fn(params, rng, index, z0, cond) -> (prior_bpd [B], terms_bpd [B, T]): the variational bound
   of the conditional latent model on latents z0 (`diffusion.vlb_terms`, Gaussian decoder); sample
   b's noise comes from its own key fold_in(fold_in(rng, index_b), LIKELIHOOD_NOISE)."""
@@ -67,7 +69,7 @@ def likelihood_program(unet, schedule, on_trace, *, kind, prediction_type, times
                               z0, keys, prediction_type=prediction_type, decoder="gaussian",
                               timesteps_per_chunk=timesteps_per_chunk)
     return out.prior_bpd, out.terms_bpd
-  return jax.jit(fn)
+  return jax.jit(fn, compiler_options=compiler_options)
 
 
 def _latents(ae, params, x, scale, shift):

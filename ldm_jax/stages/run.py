@@ -104,8 +104,10 @@ def _fit(config, workdir, loss_fn, init_params_fn, metadata, extra=None, images_
 
 
 def _cpu_options(config, stage):
-  """The step's XLA:CPU convolution back end (`ldm_jax.xla_cpu`; None off CPU or under XLA_FLAGS)."""
-  return xla_cpu.compiler_options(config.parallel.get("cpu_convolutions", "auto"), stage)
+  """The step's XLA:CPU convolution back end (`ldm_jax.xla_cpu`; None off CPU or under XLA_FLAGS),
+  by the width of the stage's network (the autoencoder or the UNet: config.model)."""
+  return xla_cpu.compiler_options(config.parallel.get("cpu_convolutions", "auto"), stage,
+                                  widest=xla_cpu.widest(config.model.block_out_channels))
 
 
 # ---------------------------------------------------------------------------------------------
