@@ -84,3 +84,26 @@ def test_check_first_stage_refuses_a_run_on_another_autoencoder(tmp_path):
   with pytest.raises(ValueError, match=r"trained on the autoencoder '/some/ae', not on "
                      r"'/other/ae' \(--ae\); .* to train an LDM-SR on this one"):
     training.check_first_stage(str(tmp_path), "/other/ae", "LDM-SR")
+
+
+def test_a_stretch_killed_before_its_end_counts_up_to_its_last_checkpoint(tmp_path, monkeypatch):
+  """A cell killed mid-training (its STRETCH file left behind) and then resumed records the killed
+  stretch's time up to its last checkpoint beside the resumed one's, and removes the file."""
+  import os  # pylint: disable=import-outside-toplevel
+  import time  # pylint: disable=import-outside-toplevel
+  from ldm_jax.stages import run  # pylint: disable=import-outside-toplevel
+  monkeypatch.setattr(run, "train", lambda config, workdir: {"steps": config.train.num_steps})
+  start = time.time() - 100.0
+  (tmp_path / training.STRETCH).write_text(json.dumps({"start": start, "earlier": 5.0}))
+  (tmp_path / "checkpoints" / "300").mkdir(parents=True)
+  os.utime(tmp_path / "checkpoints" / "300", (start + 40.0, start + 40.0))  # saved 40 s in
+  resumed = training.train_run(mnist_autoencoder.get_config, str(tmp_path), {"train.num_steps": 6})
+  assert 45.0 <= resumed["seconds"] < 46.0  # 5 earlier + 40 killed + this stretch's
+  assert not (tmp_path / training.STRETCH).exists()
+  assert json.loads((tmp_path / "eval.json").read_text())["train_seconds"] == resumed["seconds"]
+  # Killed before any checkpoint: nothing of that stretch is kept, so nothing is added.
+  (tmp_path / "eval.json").unlink()
+  (tmp_path / training.STRETCH).write_text(json.dumps({"start": time.time() - 50.0, "earlier": 0.0}))
+  (tmp_path / "checkpoints" / "300").rmdir()
+  assert training.train_run(mnist_autoencoder.get_config, str(tmp_path),
+                            {"train.num_steps": 6})["seconds"] < 1.0

@@ -37,8 +37,8 @@ def train_run(get_config, workdir, overrides):
   """Trains (or resumes, or reuses) a stage in `workdir` with `run.train`; returns its summary
   (eval.json, which also records "train_seconds" and the git "commit" of the code that trained it)
   plus "seconds" (the wall time of its training, over every stretch of a resumed run: this call's
-  plus the earlier ones, or the one recorded by a reused run; None if a run recorded none) and
-  "reused"."""
+  plus the earlier ones, a killed one up to its last checkpoint (STRETCH), or the one recorded by
+  a reused run; None if a run recorded none) and "reused"."""
   from ldm_jax.stages import run  # pylint: disable=import-outside-toplevel
   config = config_overrides.apply_overrides(get_config(), overrides)
   eval_path = os.path.join(workdir, "eval.json")
@@ -53,16 +53,44 @@ def train_run(get_config, workdir, overrides):
       # (None for runs trained before eval.json recorded it; reports print "n/a")
       return {**summary, "seconds": summary.get("train_seconds"), "reused": True}
   # A run resumed from a shorter one (eval.json below the steps): its wall time adds to the earlier
-  # stretches' (unknown if they recorded none).
+  # stretches' (unknown if they recorded none), and so does a stretch killed before its end.
   earlier = summary.get("train_seconds") if os.path.exists(eval_path) else 0.0
+  earlier = _add_killed_stretch(workdir, earlier)
   t0 = time.time()
+  _write_json(os.path.join(workdir, STRETCH), {"start": t0, "earlier": earlier})
   summary = run.train(config, workdir)
   seconds = None if earlier is None else earlier + time.time() - t0
   summary = {**summary, "train_seconds": seconds, "commit": git_commit()}
+  _write_json(eval_path, summary)
   if jax.process_index() == 0:
-    with open(eval_path, "w", encoding="utf-8") as f:
-      json.dump(summary, f, indent=1, default=float)
+    os.remove(os.path.join(workdir, STRETCH))
   return {**summary, "seconds": summary["train_seconds"], "reused": False}
+
+
+STRETCH = "train_stretch.json"  # {"start": time, "earlier": seconds}: a stretch under way
+
+
+def _write_json(path, obj):
+  if jax.process_index() == 0:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+      json.dump(obj, f, indent=1, default=float)
+
+
+def _add_killed_stretch(workdir, earlier):
+  """`earlier` plus the seconds of a stretch that was killed before it ended (its STRETCH file is
+  still there): from its start to its last checkpoint, the work the resumed run keeps (0 when it
+  saved none). A killed stretch's own `earlier` wins: it already counted the stretches before it."""
+  path = os.path.join(workdir, STRETCH)
+  if not os.path.exists(path):
+    return earlier
+  with open(path, encoding="utf-8") as f:
+    killed = json.load(f)
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  saved = [e.stat().st_mtime for e in os.scandir(ckpt_dir)] if os.path.isdir(ckpt_dir) else []
+  if killed["earlier"] is None:
+    return None
+  return killed["earlier"] + max(0.0, max(saved, default=killed["start"]) - killed["start"])
 
 
 def autoencoder_dir(workdir, scale, kind, f, c, seed):
