@@ -10,27 +10,29 @@ import pytest
 from ldm_jax import xla_cpu
 
 YNN_OFF = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
-# Prints one hash of the compiled program per options dict in argv[1] (a conv's fwd + both grads,
-# big enough that jaxlib gives it to YNNPACK by default).
+# Prints the hash of the compiled program for the options dict in argv[1] (a conv's fwd + both
+# grads, big enough that jaxlib gives it to YNNPACK by default, and a GroupNorm-like variance over
+# positions, a reduction YNNPACK also fuses by default). One compile per process: instruction
+# names carry a per-process counter, so a second compile in the same process hashes differently.
 _PROGRAM = r"""
 import hashlib, re, sys
 import jax, jax.numpy as jnp
 x, w = jnp.ones((16, 32, 32, 64)), jnp.ones((3, 3, 64, 64))
 conv = lambda w, x: jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",
                                                  dimension_numbers=("NHWC", "HWIO", "NHWC"))
-grads = jax.grad(lambda w, x: jnp.mean(conv(w, x) ** 2), argnums=(0, 1))
-for options in eval(sys.argv[1]):
-  text = jax.jit(grads, compiler_options=options).lower(w, x).compile().as_text()
-  print(hashlib.md5(re.sub(r"\s+", " ", text).encode()).hexdigest())
+loss = lambda w, x: jnp.mean(jnp.var(conv(w, x), axis=(1, 2))) + jnp.mean(conv(w, x) ** 2)
+grads = jax.grad(loss, argnums=(0, 1))
+text = jax.jit(grads, compiler_options=eval(sys.argv[1])).lower(w, x).compile().as_text()
+print(hashlib.md5(re.sub(r"\s+", " ", text).encode()).hexdigest())
 """
 
 
 def _hashes(options_list, extra_flags=""):
   base = os.environ.get("XLA_FLAGS", "")
   env = dict(os.environ, XLA_FLAGS=f"{base} {extra_flags}".strip(), JAX_PLATFORMS="cpu")
-  out = subprocess.run([sys.executable, "-c", _PROGRAM, repr(options_list)], env=env,
-                       capture_output=True, text=True, timeout=300, check=True)
-  return out.stdout.split()
+  return [subprocess.run([sys.executable, "-c", _PROGRAM, repr(options)], env=env,
+                         capture_output=True, text=True, timeout=300, check=True).stdout.strip()
+          for options in options_list]
 
 
 def test_options_compile_the_same_program_as_the_measured_xla_flags():
@@ -69,7 +71,8 @@ def test_bad_choice_or_stage_names_the_valid_ones():
 def test_this_process_gets_the_resolved_options_and_names_them():
   assert jax.default_backend() == "cpu" and jax.local_device_count() == 8  # tests/conftest.py
   options = xla_cpu.compiler_options("eigen_1thread", "autoencoder")
-  assert options == {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT",
+  assert options == {"xla_cpu_experimental_ynn_fusion_type":
+                     "LIBRARY_FUSION_TYPE_REDUCE,LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT",
                      "xla_cpu_multi_thread_eigen": False}
   assert xla_cpu.name(options) == "eigen_1thread"
   assert xla_cpu.compiler_options("auto", "autoencoder") is None
