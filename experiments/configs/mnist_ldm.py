@@ -121,7 +121,8 @@ def get_config() -> ml_collections.ConfigDict:
   # logical axes"); arrays no rule shards fall back to their largest fsdp-divisible dimension
   c.parallel.axis_rules = axis_rules.DEFAULT_RULES
   # CPU hosts: the step's convolution library, "auto" | "ynnpack" | "eigen" | "eigen_1thread"
-  # (ldm_jax/xla_cpu.py; auto: the measured choice per stage; XLA_FLAGS that set it win)
+  # (ldm_jax/xla_cpu.py; auto: the measured choice by network width, YNNPACK for these; XLA_FLAGS
+  # that set it win)
   c.parallel.cpu_convolutions = "auto"
 
   c.distributed = distributed.default_config()  # multi-process runs (README: pods and clusters)
