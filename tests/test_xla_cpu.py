@@ -85,18 +85,24 @@ def test_each_stage_of_a_run_and_the_pipeline_choose_by_their_network_width(monk
   """The train step (stages/run.py) reads config.model's widest block, the pipeline its UNet's:
   the MNIST networks (64) keep jaxlib's default, a 128-wide UNet gets Eigen, and its samples are
   the default's up to float32 reassociation."""
-  from experiments.configs import mnist_autoencoder, mnist_ldm  # pylint: disable=import-outside-toplevel
+  from experiments.configs import mnist_autoencoder, mnist_ldm, paper_autoencoder  # pylint: disable=import-outside-toplevel
   from ldm_jax import schedules  # pylint: disable=import-outside-toplevel
   from ldm_jax.models import autoencoder, unet  # pylint: disable=import-outside-toplevel
   from ldm_jax.pipeline import LatentDiffusionPipeline, random_params  # pylint: disable=import-outside-toplevel
-  from ldm_jax.stages import run  # pylint: disable=import-outside-toplevel
+  from ldm_jax.stages import builders, run  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
-  ldm = mnist_ldm.get_config()
-  assert run._cpu_options(mnist_autoencoder.get_config(), "autoencoder") is None  # pylint: disable=protected-access
-  assert run._cpu_options(ldm, "latent_diffusion") is None  # pylint: disable=protected-access
+  options = run._cpu_options  # pylint: disable=protected-access
+  ae_config, ldm = mnist_autoencoder.get_config(), mnist_ldm.get_config()
+  build_unet = lambda c: builders.unet(c.model, in_channels=3, num_class_embeds=10)
+  assert options(ae_config, "autoencoder", builders.autoencoder(ae_config.model)) is None
+  assert options(ldm, "latent_diffusion", build_unet(ldm)) is None
   ldm.model.block_out_channels = (64, 128)
-  assert run._cpu_options(ldm, "latent_diffusion") == xla_cpu.OPTIONS["eigen"]  # pylint: disable=protected-access
+  assert options(ldm, "latent_diffusion", build_unet(ldm)) == xla_cpu.OPTIONS["eigen"]
+  # A preset's width counts though the config does not spell it out (KL_F8: up to 512 channels).
+  paper = paper_autoencoder.get_config("kl_f8")
+  assert "block_out_channels" not in paper.model
+  assert options(paper, "autoencoder", builders.autoencoder(paper.model)) == xla_cpu.OPTIONS["eigen"]
 
   ae = autoencoder.KL_TINY(in_channels=1, out_channels=1, z_channels=4)
   ae_params = random_params(ae, jnp.zeros((1, 16, 16, 1)))

@@ -49,13 +49,14 @@ def _data(config, split=None, **kw):
 
 
 def _fit(config, workdir, loss_fn, init_params_fn, metadata, extra=None, images_fn=None,
-         check_data=None, transform=None, export_files=None, early_loss=None):
+         check_data=None, transform=None, export_files=None, early_loss=None, network=None):
   """The part both stages share: parallel step, state, checkpoints, `fit`, export.
   images_fn: a `previews` function, written to TensorBoard every config.train.image_every steps.
   check_data: called with the data iterator before anything compiles (raises ValueError).
   transform: the data iterator's batch transform (captions -> token ids).
   export_files: {name: bytes} written into the export beside the params (a tokenizer).
-  early_loss: (until, loss_fn) run before step `until` (`parallel.data_parallel`)."""
+  early_loss: (until, loss_fn) run before step `until` (`parallel.data_parallel`).
+  network: the stage's autoencoder or UNet module, whose width picks the CPU convolutions."""
   devices = builders.devices(config)
   tx, lr_schedule = builders.optimizer(config)
   mesh = parallel.make_mesh(config.parallel.num_fsdp, devices)
@@ -69,7 +70,7 @@ def _fit(config, workdir, loss_fn, init_params_fn, metadata, extra=None, images_
                               ema_decay=config.train.ema_decay, lr_schedule=lr_schedule,
                               param_names=param_names, extra_names=extra_names,
                               rules=config.parallel.get("axis_rules", axis_rules.DEFAULT_RULES),
-                              compiler_options=_cpu_options(config, metadata["stage"]),
+                              compiler_options=_cpu_options(config, metadata["stage"], network),
                               early_loss=early_loss)
   data = _data(config, num_devices=len(devices), transform=transform)
   if check_data is not None:
@@ -103,11 +104,13 @@ def _fit(config, workdir, loss_fn, init_params_fn, metadata, extra=None, images_
   return ema_params, result
 
 
-def _cpu_options(config, stage):
+def _cpu_options(config, stage, network=None):
   """The step's XLA:CPU convolution back end (`ldm_jax.xla_cpu`; None off CPU or under XLA_FLAGS),
-  by the width of the stage's network (the autoencoder or the UNet: config.model)."""
+  by the width of the stage's built network (a preset's block_out_channels need not be in the
+  config); None or a module without block_out_channels counts as narrow."""
+  channels = getattr(network, "block_out_channels", None)
   return xla_cpu.compiler_options(config.parallel.get("cpu_convolutions", "auto"), stage,
-                                  widest=xla_cpu.widest(config.model.block_out_channels))
+                                  widest=xla_cpu.widest(channels) if channels else None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -125,7 +128,8 @@ def train_autoencoder(config: ml_collections.ConfigDict, workdir: str) -> dict:
   init_fn = lambda rng: ae_stage.init_params(ae, disc, rng, shape)
   ema_params, result = _fit(config, workdir, loss_fn, init_fn, metadata={"stage": "autoencoder"},
                             images_fn=_autoencoder_preview(config, ae),
-                            early_loss=(config.loss.disc_start, early) if early else None)
+                            early_loss=(config.loss.disc_start, early) if early else None,
+                            network=ae)
   summary = evaluate_autoencoder(config, ae, ema_params["autoencoder"])
   summary.update(steps=result.step, final_metrics=result.metrics)
   _write_json(workdir, "eval.json", summary)
@@ -263,7 +267,7 @@ def train_latent_diffusion(config: ml_collections.ConfigDict, workdir: str) -> d
   files = {"tokenizer.json": tokenizer.to_str().encode()} if text else None
   _, result = _fit(config, workdir, loss_fn, init_fn, metadata, extra=extra,
                    images_fn=preview, check_data=lambda it: _check_conditioning(d, it, labels),
-                   transform=transform, export_files=files)
+                   transform=transform, export_files=files, network=unet)
   summary = {"steps": result.step, "final_metrics": result.metrics, "latent_scale_factor": scale}
   _write_json(workdir, "eval.json", summary)
   return summary
