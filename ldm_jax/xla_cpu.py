@@ -75,9 +75,11 @@ def resolve(choice: str, stage: str, local_devices: int, cores: int | None = Non
   return "eigen" if widest is not None and widest >= EIGEN_FROM_CHANNELS else "ynnpack"
 
 
-def widest(block_out_channels) -> int:
-  """The widest convolution of a UNet / autoencoder from its block_out_channels."""
-  return max(int(c) for c in block_out_channels)
+def widest(network) -> int | None:
+  """The widest block of a UNet / autoencoder module (its block_out_channels), or None for one
+  without them (a stand-in denoiser, no network): `resolve` takes that as narrow."""
+  channels = getattr(network, "block_out_channels", None)
+  return max(int(c) for c in channels) if channels else None
 
 
 def user_flags(xla_flags: str | None = None) -> list[str]:

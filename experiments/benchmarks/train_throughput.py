@@ -276,11 +276,9 @@ def _random_batch(latent, batch, num_classes, seed=0):
   return z, y
 
 
-def time_jax_unet(unet, params, latent, num_classes, batch, num_devices, steps):
-  """Times the UNet step on `num_devices` devices (jit for 1, pmap otherwise), compiled with the
-  convolution back end the CLI's "auto" gives this UNet (`ldm_jax.xla_cpu`; XLA_FLAGS win)."""
-  options = xla_cpu.compiler_options("auto", "latent_diffusion",
-                                     widest=xla_cpu.widest(unet.block_out_channels))
+def time_jax_unet(unet, params, latent, num_classes, batch, num_devices, steps, options=None):
+  """Times the UNet step on `num_devices` devices (jit for 1, pmap otherwise), compiled with XLA
+  `options` (the convolution back end, `ldm_jax.xla_cpu`)."""
   tx = optax.adamw(LR, weight_decay=WEIGHT_DECAY)
   loss_fn = unet_loss(unet, make_schedule())
   z, y = _random_batch(latent, batch, num_classes)
@@ -293,13 +291,8 @@ def time_jax_unet(unet, params, latent, num_classes, batch, num_devices, steps):
     keys = [rng]
   else:
     devs = jax.devices()[:num_devices]
-    f = jax.pmap(make_step(loss_fn, tx, "data"), axis_name="data", devices=devs, donate_argnums=(0, 1))
-    if options:  # jax.pmap takes no compiler options; its lowering's compile does (first call)
-      pmapped, compiled = f, []
-      def f(*a):
-        if not compiled:
-          compiled.append(pmapped.lower(*a).compile(options))
-        return compiled[0](*a)
+    f = parallel.compiled_with(jax.pmap(make_step(loss_fn, tx, "data"), axis_name="data",
+                                        devices=devs, donate_argnums=(0, 1)), options)
     rep = lambda tree: jax.tree.map(
         lambda x: _on_devices(np.broadcast_to(np.asarray(x), (num_devices,) + np.shape(x)), devs), tree)
     shard = lambda x: None if x is None else _on_devices(x.reshape((num_devices, -1) + x.shape[1:]), devs)
@@ -488,11 +481,11 @@ def unet_group(args, name, batch, peak):
   for r in torch_runs:
     _check_params(f"{common[0]} UNet", r["params"], n_params)
   jax_runs = []
+  # The convolution back end the CLI's "auto" gives this UNet (XLA_FLAGS that set it win).
+  options = xla_cpu.compiler_options("auto", "latent_diffusion", widest=xla_cpu.widest(unet))
   for n in sorted({1, args.cpu_devices}):
-    first, med = time_jax_unet(unet, params, latent, ncls, batch, n, args.steps)
-    conv = xla_cpu.name(xla_cpu.compiler_options("auto", "latent_diffusion",
-                                                 widest=xla_cpu.widest(unet.block_out_channels)))
-    impl = ("jax jit, 1 device" if n == 1 else f"jax pmap, {n} devices") + f" ({conv})"
+    first, med = time_jax_unet(unet, params, latent, ncls, batch, n, args.steps, options)
+    impl = ("jax jit, 1 device" if n == 1 else f"jax pmap, {n} devices") + f" ({xla_cpu.name(options)})"
     jax_runs.append(dict(impl=impl, first=first, med=med))
   _progress(args, *common, torch_runs + jax_runs)
   return (*_group(args, "UNet step", *common, jax_runs, torch_runs), unet, common)

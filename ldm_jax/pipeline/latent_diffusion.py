@@ -303,9 +303,7 @@ class LatentDiffusionPipeline(ConcatTasks):
     """The XLA:CPU convolution back end of the programs that run the UNet (denoise, likelihood):
     `ldm_jax.xla_cpu`'s "auto" for the UNet's width (None off CPU or where XLA_FLAGS set it; a
     denoiser module without block_out_channels counts as narrow)."""
-    channels = getattr(self.unet, "block_out_channels", None)
-    return xla_cpu.compiler_options("auto", "sampling",
-                                    widest=xla_cpu.widest(channels) if channels else None)
+    return xla_cpu.compiler_options("auto", "sampling", widest=xla_cpu.widest(self.unet))
 
   def _program(self, key, build):
     if key not in self._programs:

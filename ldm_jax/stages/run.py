@@ -108,9 +108,8 @@ def _cpu_options(config, stage, network=None):
   """The step's XLA:CPU convolution back end (`ldm_jax.xla_cpu`; None off CPU or under XLA_FLAGS),
   by the width of the stage's built network (a preset's block_out_channels need not be in the
   config); None or a module without block_out_channels counts as narrow."""
-  channels = getattr(network, "block_out_channels", None)
   return xla_cpu.compiler_options(config.parallel.get("cpu_convolutions", "auto"), stage,
-                                  widest=xla_cpu.widest(channels) if channels else None)
+                                  widest=xla_cpu.widest(network))
 
 
 # ---------------------------------------------------------------------------------------------

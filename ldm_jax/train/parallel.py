@@ -152,17 +152,15 @@ def data_parallel(loss_fn: LossFn, tx: optax.GradientTransformation, *, mode: st
                   rules=axis_rules.check_rules(rules))
     dp = _mesh_parallel(mesh, kw, donate, layout, compiler_options)
     build = lambda kw_early: _mesh_parallel(mesh, kw_early, donate, layout, compiler_options).step
-  if early_loss is None:
-    return dp._replace(step=_phased(dp.step, None, 0))
-  until, loss_fn_early = early_loss
-  return dp._replace(step=_phased(dp.step, build(dict(kw, loss_fn=loss_fn_early)), int(until)))
+  until, step_early = ((0, dp.step) if early_loss is None else
+                       (int(early_loss[0]), build(dict(kw, loss_fn=early_loss[1]))))
+  return dp._replace(step=_phased(dp.step, step_early, until))
 
 
 def _phased(step, step_early, until: int) -> Callable:
   """`step(state, batch, at=None)` that runs `step_early` for host steps `at` < `until`."""
   def call(state, batch, at=None):
-    early = step_early is not None and at is not None and at < until
-    return (step_early if early else step)(state, batch)
+    return (step_early if at is not None and at < until else step)(state, batch)
   return call
 
 
@@ -191,7 +189,7 @@ def _mesh_parallel(mesh: Mesh, kw: dict, donate: bool, layout: dict,
       compiler_options=compiler_options)
 
 
-def _compiled_with(fn, compiler_options: dict | None):
+def compiled_with(fn, compiler_options: dict | None):
   """`fn` (a pmapped function) compiled with `compiler_options`, once per argument layout
   (`jax.pmap` takes no compiler options; its lowering's `compile` does)."""
   if not compiler_options:
@@ -221,7 +219,7 @@ def _pmap_parallel(mesh: Mesh, kw: dict, donate: bool,
   shardings_of = lambda abstract: state_shardings(abstract, mesh, fsdp=False)
   pstep = jax.pmap(lambda st, b: train_step(st, b, axis_name="data", **kw), axis_name="data",
                    donate_argnums=(0,) if donate else (), devices=local if subset else None)
-  pstep = _compiled_with(pstep, compiler_options)
+  pstep = compiled_with(pstep, compiler_options)
 
   def to_global(state):
     def leaf(x):
