@@ -216,29 +216,42 @@ def test_schedules(tiny):
 
 
 def test_autoencoders_then_downsampling(tiny):
-  """Ablation 2 trains the f = 8 autoencoder that ablation 1 then reuses (not retrained), both over
+  """Ablation 2 trains the f = 4 autoencoder that ablation 1 then reuses (not retrained), both over
   two seeds (ablation 2: the autoencoder's training seed; ablation 1: the LDM's, on seed 0's
-  autoencoder)."""
-  results, md = _run(autoencoders, tiny, "autoencoders", "--configs=KL:8:4,VQ:2:2", "--seeds=0,1")
+  autoencoder). KL f4 c3 is ablation 2's convergence baseline (also trained for twice the steps)
+  and LDM-4 ablation 1's budget baseline, so both checks run."""
+  results, md = _run(autoencoders, tiny, "autoencoders", "--configs=KL:4:3,VQ:2:2", "--seeds=0,1")
   _check_report(md)
   assert _table_rows(md) == ["KL", "VQ"]
   kind, f, c, s = results[0]
-  assert (kind, f, c) == ("KL", 8, 4) and s["psnr"]["n"] == 2
+  assert (kind, f, c) == ("KL", 4, 3) and s["psnr"]["n"] == 2
   assert s["psnr"]["values"][0] != s["psnr"]["values"][1]  # two training seeds
   assert results[1][3]["rate"]["mean"] == 4.0 * 16 * 16 / (32 * 32)  # VQ bound: log2(16 codes) per 16x16 position
   assert np.isfinite(s["psnr"]["mean"]) and -1 <= s["ssim"]["mean"] <= 1 and s["rfd"]["mean"] > 0
   assert 0.0 <= s["acc"]["mean"] <= 1.0 and s["rate"]["mean"] > 0
   assert _body_row(md, "KL").count("±") == 7, md
+  ae_steps = training.TRAIN_SCALES["tiny"]["ae_steps"]
+  long_psnr = []
   for seed in (0, 1):
-    assert (tiny["root"] / "work" / "autoencoders" / "tiny" / f"seed{seed}" / "KL_f8_c4" / "eval.json").exists()
+    seed_root = tiny["root"] / "work" / "autoencoders" / "tiny" / f"seed{seed}"
+    assert (seed_root / "KL_f4_c3" / "eval.json").exists()
+    long_eval = json.loads((seed_root / f"KL_f4_c3_steps{2 * ae_steps}" / "eval.json").read_text())
+    assert long_eval["steps"] == 2 * ae_steps
+    long_psnr.append(long_eval["psnr"])
+  check = [l for l in md.splitlines() if "Convergence check:" in l]
+  gain = np.mean(long_psnr) - s["psnr"]["mean"]
+  assert len(check) == 1 and f"trained for {2 * ae_steps} instead of {ae_steps} steps" in check[0]
+  assert f"a gain of {gain:.2f} ± " in check[0], (check, gain)
+  assert ("**flattened**" if gain < autoencoders.FLAT_DB else "**not flattened**") in check[0]
+  assert "0 of 6 cells reused" in md, md  # 2 seeds x (2 configs + the doubled baseline)
 
-  results, md = _run(downsampling, tiny, "downsampling", "--factors=8", "--seeds=0,1")
+  results, md = _run(downsampling, tiny, "downsampling", "--factors=4", "--seeds=0,1")
   _check_report(md)
-  assert _table_rows(md) == ["LDM-8", "real (floor)"]
+  assert _table_rows(md) == ["LDM-4", "real (floor)"]
   (r,) = results
   assert r["s"]["throughput"]["mean"] > 0 and r["steps"] == training.TRAIN_SCALES["tiny"]["ldm_steps"]
   assert r["reused_autoencoder"] and r["psnr"] == s["psnr"]["values"][0]  # seed 0's autoencoder
-  assert r["s"]["fd"]["n"] == 2 and _body_row(md, "LDM-8").count("±") == 6, md
-  assert "Budget check: not run (LDM-4" in md and "0 of 2 cells reused" in md
-  again, md2 = _run(downsampling, tiny, "downsampling", "--factors=8", "--seeds=0,1")
+  assert r["s"]["fd"]["n"] == 2 and _body_row(md, "LDM-4").count("±") == 6, md
+  assert "Budget check: the baseline (LDM-4) guided at w = 2" in md and "0 of 2 cells reused" in md
+  again, md2 = _run(downsampling, tiny, "downsampling", "--factors=4", "--seeds=0,1")
   assert "2 of 2 cells reused" in md2 and again[0]["s"]["fd"] == r["s"]["fd"], md2

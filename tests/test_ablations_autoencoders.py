@@ -40,3 +40,19 @@ def test_autoencoder_verdict_on_f_and_c_resolves_only_beyond_the_spread():
   assert "f=4: c=1 -> c=3 PSNR 20.00 ± 0.14 -> 25.00 ± 0.14: agrees (more channels help)" in clear
   wrong = autoencoders._verdict([row(4, 1, 26.0, 0.1), row(4, 3, 20.0, 0.1)])  # pylint: disable=protected-access
   assert "DISAGREES (more channels help)" in wrong, wrong
+
+
+def test_convergence_check_says_flattened_only_below_the_threshold():
+  at = lambda *psnr: [{"psnr": p} for p in psnr]
+  gain, word, line = autoencoders.convergence_check(at(24.0, 24.2, 24.1), [24.1, 24.3, 24.3], 600)
+  assert word == "flattened" and abs(gain["mean"] - 0.1333333) < 1e-6, gain
+  assert "trained for 1200 instead of 600 steps" in line and "**flattened**" in line, line
+  assert "within the seeds' spread" in line, line
+  gain, word, line = autoencoders.convergence_check(at(24.0, 24.2, 24.1), [25.0, 25.1, 25.2], 600)
+  assert word == "not flattened" and "**not flattened**" in line, line
+  assert "(beyond the seeds' spread)" in line, line
+  # the gain is paired by seed: a steady 0.3 dB per seed is "not flattened" even though
+  # the seeds spread more than that
+  gain, word, _ = autoencoders.convergence_check(at(23.0, 24.0, 25.0), [23.3, 24.3, 25.3], 600)
+  assert word == "not flattened" and abs(gain["sd"]) < 1e-9 and abs(gain["mean"] - 0.3) < 1e-9
+  assert autoencoders.FLAT_DB == 0.25

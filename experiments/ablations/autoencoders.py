@@ -7,7 +7,10 @@ rFD: Frechet distance between the classifier features of the reconstructions and
 held-out images. With --seeds every autoencoder is trained once per seed (its training seed; runs in
 <workdir>/autoencoders/<scale>/seed<s>/<kind>_f<f>_c<c>, shared with the other ablations, which
 use --seed's; scores cached beside each run): mean ± sd cells, verdicts only beyond the spread
-(seeds.py). Writes <out>/autoencoders.md and <out>/autoencoders.png.
+(seeds.py). Convergence check: the baseline (KL f4 c3, the LDM recipe's first stage) is also
+trained for twice the steps with each seed (`<...>/KL_f4_c3_steps<2n>`); the report says whether
+doubling raised its held-out PSNR by less than FLAT_DB ("flattened"). Writes
+<out>/autoencoders.md and <out>/autoencoders.png.
 """
 
 if __name__ == "__main__":
@@ -21,6 +24,7 @@ import jax.numpy as jnp  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 
 from experiments.ablations import cli  # pylint: disable=wrong-import-position
+from experiments.ablations import config_overrides  # pylint: disable=wrong-import-position
 from experiments.ablations import digit_judge  # pylint: disable=wrong-import-position
 from experiments.ablations import report  # pylint: disable=wrong-import-position
 from experiments.ablations import seed_cells  # pylint: disable=wrong-import-position
@@ -40,6 +44,11 @@ GRID = {"tiny": (("KL", 2, 2), ("KL", 4, 3), ("VQ", 4, 3)),
 # LDM Table 8, KL minus VQ-256 PSNR at matched f / c: f = 4, c = 3: 27.53 - 26.43; f = 8, c = 4:
 # 24.19 - 22.35.
 PAPER_VQ256_GAP_DB = {4: 1.10, 8: 1.84}
+# The convergence check (issue 18): the LDM recipe's first stage (mnist_autoencoder: KL, f = 4,
+# c = 3) is also trained for twice the scale's steps with each seed; the budget counts as
+# converged ("flattened") when doubling it raises the mean held-out PSNR by less than FLAT_DB.
+BASELINE = ("KL", 4, 3)
+FLAT_DB = 0.25
 CLAIM = ("LDM Table 8: at fixed c, PSNR / SSIM fall and rFD rises with f; more latent channels c "
          "recover quality (f = 32 KL: R-FID 7.3 at c = 16 -> 2.04 at c = 64); VQ reconstructs "
          "'slightly' worse than KL at matched f / c.")
@@ -104,6 +113,7 @@ def main(argv=None):
   x, y = digit_judge.split(digit_judge.HELD_OUT)
   sc = training.TRAIN_SCALES[args.scale]
   per_seed = {config: [] for config in grid}
+  doubled = []  # the baseline's PSNR at twice the steps, per seed (the convergence check)
   cells = []
   for seed in seeds:
     for kind, f, c in grid:
@@ -116,6 +126,14 @@ def main(argv=None):
                                      "train_s": run["seconds"]})
       print(f"seed {seed} {kind} f={f} c={c}: PSNR {run['psnr']:.2f} SSIM {run['ssim']:.3f} rFD "
             f"{ev['rfd']:.3f}{' (reused)' if run['reused'] and ev['reused'] else ''}", flush=True)
+      if (kind, f, c) == BASELINE:
+        long_run = training.autoencoder_run(
+            f"{ae_dir}_steps{2 * sc['ae_steps']}", args.scale, f=f, z_channels=c, kind=kind,
+            seed=seed, extra=config_overrides.run_overrides(2 * sc["ae_steps"], sc["batch"], seed))
+        cells.append((long_run, {"commit": long_run.get("commit"), "reused": long_run["reused"]}))
+        doubled.append(long_run["psnr"])
+        print(f"seed {seed} {kind} f={f} c={c} at {2 * sc['ae_steps']} steps: PSNR "
+              f"{long_run['psnr']:.2f}", flush=True)
 
   # (kind, f, c, {metric: summary over the seeds})
   results = [(*config, seeds_lib.summarize_scores(v)) for config, v in per_seed.items()]
@@ -123,6 +141,11 @@ def main(argv=None):
   metrics = ("psnr", "ssim", "rfd", "acc", "rate", "z_std", "train_s")
   rows = [[kind, f, c, f"{32 // f}x{32 // f}x{c}", *(seeds_lib.cell(s.get(k)) for k in metrics)]
           for kind, f, c, s in results]
+  if doubled:
+    _, _, check_line = convergence_check(per_seed[BASELINE], doubled, sc["ae_steps"])
+  else:
+    check_line = (f"Convergence check: not run ({_label(BASELINE)}, the LDM recipe's first "
+                  "stage, is not among --configs).")
   wall = time.time() - t_start
   report.write_report(
       args.out, NAME, title="Ablation 2: autoencoder zoo (MNIST, held-out split)", claim=CLAIM,
@@ -143,13 +166,40 @@ def main(argv=None):
              f"rFD scale: the real-vs-real FD at this N (train subset vs held-out) is "
              f"{floor['fd']:.3f}; a perfect autoencoder has rFD 0.",
              "No LDM is trained here, so the guided-accuracy budget check of the LDM ablations does "
-             "not apply.",
+             "not apply; the budget is checked by the held-out PSNR instead:",
+             check_line,
              seed_cells.provenance_line(cells, wall)],
       header=["kind", "f", "c", "latent", "PSNR dB", "SSIM", "rFD", "class acc of rec.",
               "rate bits/px", "latent std", "train s"],
       rows=rows, verdict=_verdict(results))
   _plot(args.out, results)
   return results
+
+
+def _label(config):
+  """"KL f4 c3" of a (kind, f, c) config."""
+  kind, f, c = config
+  return f"{kind} f{f} c{c}"
+
+
+def convergence_check(at_budget, doubled_psnr, steps):
+  """Whether the scale's autoencoder budget has flattened: the baseline's held-out PSNR per seed at
+  `steps` (at_budget: its per-seed score dicts) vs at 2 x steps (doubled_psnr, same seeds).
+  Returns (the gain's summary over the seeds, "flattened" | "not flattened", the report line):
+  flattened iff the mean gain is below FLAT_DB."""
+  base = seeds_lib.summarize(s["psnr"] for s in at_budget)
+  long = seeds_lib.summarize(doubled_psnr)
+  gain = seeds_lib.summarize(np.asarray(long["values"]) - np.asarray(base["values"]))
+  word = "flattened" if gain["mean"] < FLAT_DB else "not flattened"
+  spread = {1: "beyond the seeds' spread", -1: "a loss beyond the seeds' spread",
+            0: "within the seeds' spread"}[seeds_lib.compare(long, base)]
+  cell = seeds_lib.cell
+  line = (f"Convergence check: the baseline ({_label(BASELINE)}, the LDM recipe's "
+          f"first stage) trained for {2 * steps} instead of {steps} steps reaches held-out PSNR "
+          f"{cell(long, 2)} vs {cell(base, 2)} dB: a gain of {cell(gain, 2)} dB ({spread}); "
+          f"criterion: a mean gain below {FLAT_DB:g} dB from doubling the steps: **{word}**.")
+  print(line, flush=True)
+  return gain, word, line
 
 
 def _scores(judge, ae_dir, x, y):
@@ -202,7 +252,7 @@ def _verdict(results):
 
 def _plot(out, results):
   plt, fig, (ax1, ax2) = report.figure(2)
-  names = [f"{k} f{f} c{c}" for k, f, c, _ in results]
+  names = [_label(r[:3]) for r in results]
   report.bars(ax1, names, [r[3]["psnr"] for r in results], "PSNR (dB)")
   report.bars(ax2, names, [r[3]["rfd"] for r in results], "rFD (classifier features)")
   for ax in (ax1, ax2):
