@@ -171,7 +171,18 @@ def test_prediction_weighting(tiny):
   results, md = _run(prediction_weighting, tiny, "prediction_weighting", *argv,
                      workdir="work_seeds")
   _check_report(md)
-  assert _table_rows(md) == ["eps, simple"] * 2 + ["v, simple"] * 2 + ["real (floor)"]
+  many = prediction_weighting.ANCESTRAL_STEPS["tiny"]
+  assert _table_rows(md) == (["eps, simple"] * 2 + ["v, simple"] * 2
+                             + [f"eps, simple: DDPM {many} steps", "real (floor)"])
+  # the sampler check: the final eps model sampled by DDPM (x0 did not run, so no comparison)
+  check = [l for l in md.splitlines() if l.startswith(f"| eps, simple: DDPM {many} steps | 2 |")]
+  assert len(check) == 1 and check[0].count("±") == 4, md  # FD, acc, precision, recall
+  assert "Sampled as DDPM did" not in md
+  for seed in (0, 1):
+    ddpm = (tiny["root"] / "work_seeds" / "prediction_weighting" / "tiny" / f"seed{seed}"
+            / "epsilon_simple" / f"scores_seed{seed}_steps2_ema1_ddpm{many}_n20_w1_decay2.json")
+    ddim = ddpm.parent / f"scores_seed{seed}_steps2_ema1_ddim3_n20_w1_decay2.json"
+    assert json.loads(ddpm.read_text())["fd"] != json.loads(ddim.read_text())["fd"]
   assert [(label, step) for label, step, _ in results] == [
       ("eps, simple", 1), ("eps, simple", 2), ("v, simple", 1), ("v, simple", 2)]
   assert results[2][2]["fd"]["values"] != results[3][2]["fd"]["values"]  # different models
@@ -179,13 +190,13 @@ def test_prediction_weighting(tiny):
   assert results[3][2]["bpd"]["n"] == 2 and results[3][2]["bpd_se"]["mean"] > 0
   rows = [l for l in md.splitlines() if l.startswith("| v, simple |")]
   assert [r.count("±") for r in rows] == [6, 8], md  # loss, FD, acc, prec., recall, (bpd, se,) s
-  assert "0 of 8 cells reused" in md
+  assert "0 of 10 cells reused" in md
   _check_seed_cells(tiny["root"] / "work_seeds" / "prediction_weighting" / "tiny", (0, 1),
                     ("epsilon_simple", "v_prediction_simple"), md,
                     key="steps2_ema1_ddim3_n20_w1_decay2")
   again, md2 = _run(prediction_weighting, tiny, "prediction_weighting", *argv,
                     workdir="work_seeds")
-  assert "8 of 8 cells reused" in md2, md2
+  assert "10 of 10 cells reused" in md2, md2
   assert [s["fd"]["values"] for _, _, s in again] == [s["fd"]["values"] for _, _, s in results]
   assert [s["train_s"]["values"] for _, _, s in again] == [
       s["train_s"]["values"] for _, _, s in results]

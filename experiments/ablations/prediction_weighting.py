@@ -12,6 +12,7 @@ LDM recipe) always runs: it is the budget check's baseline. Writes <out>/predict
 <out>/prediction_weighting.png.
 """
 
+import json
 import os
 
 if __name__ == "__main__":
@@ -33,6 +34,11 @@ VARIANTS = (("eps, simple", "epsilon", "simple"), ("eps, min-SNR-5", "epsilon", 
             ("x0, simple", "sample", "simple"), ("x0, min-SNR-5", "sample", "min_snr"),
             ("v, simple", "v_prediction", "simple"), ("v, min-SNR-5", "v_prediction", "min_snr"))
 CHECKPOINTS = {"tiny": (1, 2), "cpu": (500, 1000, 2000)}
+# The sampler check: the final eps and x0 models (L_simple) also sampled as DDPM does, ancestral
+# with many steps (DDPM sec. 4 samples all T = 1000; 250 of them here), in case the few-step DDIM
+# of the table favours one target.
+ANCESTRAL = ("eps, simple", "x0, simple")
+ANCESTRAL_STEPS = {"tiny": 4, "cpu": 250}
 CLAIM = ("DDPM (Ho et al. 2020, sec. 3.2/4.2): eps + L_simple gives the best samples, x0 "
          "prediction 'worse sample quality'; v-prediction (Salimans & Ho 2022) ~ eps; Min-SNR-gamma "
          "weighting (Hang et al. 2023, gamma = 5) converges faster ('3.4x' on ImageNet).")
@@ -72,6 +78,15 @@ def main(argv=None):
       if (pred, weighting) == VARIANTS[0][1:]:
         baseline.append((seed, workdir, last))
   _, _, budget = seed_cells.budget_check(judge, baseline, args.scale, VARIANTS[0][0])
+  # the sampler check, on each seed's final models (the runs now hold step `last`)
+  ancestral = {}
+  for label, pred, weighting in variants:
+    if label in ANCESTRAL:
+      scores = [_ancestral_scores(judge, seed_cells.seed_dir(root, seed, f"{pred}_{weighting}"),
+                                  args.scale, seed, last) for seed in seeds]
+      cells.extend(({"commit": s["commit"], "seconds": 0.0, "reused": s["reused"]}, s)
+                   for s in scores)
+      ancestral[label] = seeds_lib.summarize_scores(scores)
 
   # (label, step, {metric: summary over the seeds}); bpd only at the final checkpoint
   results = [(label, step, seeds_lib.summarize_scores(v)) for (label, step), v in per_seed.items()]
@@ -80,6 +95,10 @@ def main(argv=None):
   metrics = ("loss", "fd", "acc", "precision", "recall", "bpd", "bpd_se", "train_s")
   rows = [[label, step, *(seeds_lib.cell(s[k]) if k in s else "-" for k in metrics)]
           for label, step, s in results]
+  many = ANCESTRAL_STEPS[args.scale]
+  rows += [[f"{label}: DDPM {many} steps", last,
+            *(seeds_lib.cell(s[k]) if k in s and k != "train_s" else "-" for k in metrics)]
+           for label, s in ancestral.items()]
   rows.append(["real (floor)", "-", "-", floor["fd"], floor["acc"], floor["precision"],
                floor["recall"], "-", "-", "-"])
   wall = time.time() - t_start
@@ -93,6 +112,9 @@ def main(argv=None):
              "schedule; Min-SNR weight min(SNR, 5) expressed for each target by "
              "`ldm_jax.diffusion.losses`.",
              seed_cells.seeds_line(seeds, root), seed_cells.eval_line(args.scale, clf_path),
+             f"Sampler check (rows \"...: DDPM {many} steps\"): the final {' and '.join(ANCESTRAL)} "
+             f"models sampled ancestrally (DDPM, {many} of the T = 1,000 steps, same N, seeds and "
+             "weights), as DDPM's comparison sampled, in case few-step DDIM favours one target.",
              f"Latent bits/dim (final checkpoint; its se: the standard error over images, mean over "
              f"the seeds): the variational bound on -log p(z | label) of the first "
              f"{sc['bpd_images']} held-out images' scaled latents, all T levels, one noise draw each "
@@ -102,10 +124,28 @@ def main(argv=None):
              budget, report.floor_line(floor, n), seed_cells.provenance_line(cells, wall)],
       header=["target, weighting", "train steps", "train loss", "FD", "class acc", "precision",
               "recall", "latent bits/dim", "its se", "train s (cumulative)"],
-      rows=rows, verdict=_verdict(results, checkpoints),
+      rows=rows, verdict=_verdict(results, checkpoints, ancestral, many),
       notes=["Train losses are on different targets/weights and are not comparable across rows."])
   _plot(args.out, results, floor)
   return results
+
+
+def _ancestral_scores(judge, workdir, scale, seed, last):
+  """Scores of the final model in workdir (trained to `last`) sampled by DDPM's ancestral sampler
+  with ANCESTRAL_STEPS (the sampler check), cached in the run beside the DDIM scores."""
+  sc = training.TRAIN_SCALES[scale]
+  with open(os.path.join(workdir, "eval.json"), encoding="utf-8") as f:
+    trained = json.load(f)["steps"]
+  if trained != last:
+    raise ValueError(f"{workdir} holds step {trained}, not the final checkpoint {last}: the "
+                     "sampler check scores the final model only.")
+  many = ANCESTRAL_STEPS[scale]
+  settings = {"steps": last, "ema": int(sc["use_ema"]), "ddpm": many, "n": 10 * sc["per_class"],
+              "w": 1.0, "decay": last}
+  return seed_cells.cached_scores(
+      workdir, seed, settings,
+      lambda: evaluation.evaluate_ldm(judge, workdir, scale, seed=seed, method="ddpm",
+                                      num_steps=many, use_ema=sc["use_ema"]))
 
 
 def _checkpoint(judge, workdir, ae_dir, scale, seed, step, last, extra):
@@ -132,8 +172,9 @@ def _checkpoint(judge, workdir, ae_dir, scale, seed, step, last, extra):
   return seed_cells.cached_scores(workdir, seed, settings, compute)
 
 
-def _verdict(results, checkpoints):
-  """eps vs x0, v ~ eps and Min-SNR vs simple on FD, each resolved only beyond the seeds' spread."""
+def _verdict(results, checkpoints, ancestral=None, many=None):
+  """eps vs x0, v ~ eps and Min-SNR vs simple on FD, each resolved only beyond the seeds' spread;
+  ancestral: {label: summaries} of the sampler check (DDPM with `many` steps), eps vs x0 again."""
   last = checkpoints[-1]
   fd = {(label, step): s["fd"] for label, step, s in results}
   cell = seeds_lib.cell
@@ -143,6 +184,11 @@ def _verdict(results, checkpoints):
   if "eps, simple" in final and "x0, simple" in final:
     word = seeds_lib.verdict(seeds_lib.compare(final["eps, simple"], final["x0, simple"]), -1)
     parts.append(f"eps vs x0 (simple): {word} (eps better).")
+  if ancestral and all(k in ancestral for k in ("eps, simple", "x0, simple")):
+    eps, x0 = ancestral["eps, simple"]["fd"], ancestral["x0, simple"]["fd"]
+    word = seeds_lib.verdict(seeds_lib.compare(eps, x0), -1)
+    parts.append(f"Sampled as DDPM did (ancestral, {many} steps): eps {cell(eps)} vs x0 "
+                 f"{cell(x0)}: {word} (eps better).")
   if "eps, simple" in final and "v, simple" in final:
     # an equality claim: only a difference can be resolved, and it contradicts "v ~ eps"
     differ = seeds_lib.compare(final["v, simple"], final["eps, simple"]) != 0
