@@ -59,6 +59,23 @@ def test_ldm_run_overrides_of_the_cpu_budget(tmp_path, monkeypatch):
   assert training.TRAIN_SCALES["cpu"]["per_class"] * 10 == 1000 and training.TRAIN_SCALES["cpu"]["use_ema"]
 
 
+def test_autoencoder_run_overrides_of_the_scale(tmp_path, monkeypatch):
+  """Autoencoder cells: the scale's ae_steps at its peak learning rate ae_lr with cosine decay over
+  the run (or `steps`, e.g. the convergence check's 2x), keys the config accepts."""
+  seen = []
+  monkeypatch.setattr(training, "train_run", lambda get_config, workdir, o: seen.append(o))
+  training.autoencoder_run(str(tmp_path), "cpu", seed=2)
+  training.autoencoder_run(str(tmp_path), "cpu", steps=1200, kind="VQ")
+  cpu, doubled = seen
+  assert (cpu["train.num_steps"], cpu["optim.learning_rate"], cpu["optim.decay_steps"],
+          cpu["seed"]) == (600, 1.5e-3, 600, 2)
+  assert (doubled["train.num_steps"], doubled["optim.decay_steps"],
+          doubled["optim.learning_rate"]) == (1200, 1200, 1.5e-3)
+  for o in (cpu, doubled):
+    config = config_overrides.apply_overrides(mnist_autoencoder.get_config(), o)
+    assert config.optim.learning_rate == 1.5e-3 and config.train.num_steps == o["train.num_steps"]
+
+
 def test_ldm_run_trains_the_config_it_is_given(tmp_path, monkeypatch):
   """get_config picks the config (mnist_semantic's for semantic synthesis); the scale's overrides
   apply to it all the same, and they fit its locked keys."""

@@ -24,7 +24,6 @@ import jax.numpy as jnp  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 
 from experiments.ablations import cli  # pylint: disable=wrong-import-position
-from experiments.ablations import config_overrides  # pylint: disable=wrong-import-position
 from experiments.ablations import digit_judge  # pylint: disable=wrong-import-position
 from experiments.ablations import report  # pylint: disable=wrong-import-position
 from experiments.ablations import seed_cells  # pylint: disable=wrong-import-position
@@ -129,7 +128,7 @@ def main(argv=None):
       if (kind, f, c) == BASELINE:
         long_run = training.autoencoder_run(
             f"{ae_dir}_steps{2 * sc['ae_steps']}", args.scale, f=f, z_channels=c, kind=kind,
-            seed=seed, extra=config_overrides.run_overrides(2 * sc["ae_steps"], sc["batch"], seed))
+            seed=seed, steps=2 * sc["ae_steps"])
         cells.append((long_run, {"commit": long_run.get("commit"), "reused": long_run["reused"]}))
         doubled.append(long_run["psnr"])
         print(f"seed {seed} {kind} f={f} c={c} at {2 * sc['ae_steps']} steps: PSNR "
@@ -149,7 +148,8 @@ def main(argv=None):
   wall = time.time() - t_start
   report.write_report(
       args.out, NAME, title="Ablation 2: autoencoder zoo (MNIST, held-out split)", claim=CLAIM,
-      setup=[f"Each autoencoder: {sc['ae_steps']} steps, batch {sc['batch']}, L1 "
+      setup=[f"Each autoencoder: {sc['ae_steps']} steps, batch {sc['batch']}, peak learning rate "
+             f"{sc['ae_lr']:g} (cosine decay), L1 "
              "reconstruction + KL 1e-6 (KL) or codebook loss (VQ, 256 codes at cpu scale), no "
              "GAN and no LPIPS (no pretrained weights here), no attention; scored with its EMA "
              "weights.",

@@ -105,7 +105,8 @@ def main(argv=None):
              f"without a budget {sc['ldm_steps']}); batch {sc['batch']}, EMA decay "
              f"{sc['ema_decay']:g}, same UNet family (parameter count nearly equal: only in/out "
              "convs depend on c).",
-             f"Autoencoders: {sc['ae_steps']} steps each (KL, L1, no GAN), seed {args.seed} for "
+             f"Autoencoders: {sc['ae_steps']} steps each at peak learning rate {sc['ae_lr']:g} (KL, "
+             f"L1, no GAN), seed {args.seed} for "
              "every LDM seed: only the LDM cells vary by seed. f = 1 is a one-level learned "
              "autoencoder, not an identity (see the script docstring).",
              seed_cells.seeds_line(seeds, root), seed_cells.eval_line(args.scale, clf_path),
