@@ -56,3 +56,36 @@ def test_convergence_check_says_flattened_only_below_the_threshold():
   gain, word, _ = autoencoders.convergence_check(at(23.0, 24.0, 25.0), [23.3, 24.3, 25.3], 600)
   assert word == "not flattened" and abs(gain["sd"]) < 1e-9 and abs(gain["mean"] - 0.3) < 1e-9
   assert autoencoders.FLAT_DB == 0.25
+
+
+def test_autoencoder_verdict_names_a_collapsed_codebook():
+  def row(kind, psnr, **extra):
+    s = {"psnr": seeds.summarize([psnr - 0.1, psnr + 0.1])}
+    s.update({k: seeds.summarize([v, v]) for k, v in extra.items()})
+    return (kind, 4, 3, s)
+  collapsed = autoencoders._verdict([row("KL", 24.0), row("VQ", 18.0, perplexity=3.0, codebook_size=256)])  # pylint: disable=protected-access
+  assert "codebook collapsed (code perplexity 3.0 ± 0.0 of 256 codes)" in collapsed, collapsed
+  used = autoencoders._verdict([row("KL", 24.0), row("VQ", 18.0, perplexity=120.0, codebook_size=256)])  # pylint: disable=protected-access
+  assert "collapsed" not in used and "not in size" in used, used
+  # the threshold is a fraction of K: 3 of 16 codes is not collapsed
+  small = autoencoders._verdict([row("KL", 24.0), row("VQ", 18.0, perplexity=3.0, codebook_size=16)])  # pylint: disable=protected-access
+  assert "collapsed" not in small and autoencoders.COLLAPSED == 0.1
+
+
+def test_reconstruct_counts_the_codes_a_vq_autoencoder_uses(tmp_path):
+  """reconstruct's codebook use of a VQ first stage equals a count over its own encode indices."""
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from experiments.ablations import training  # pylint: disable=import-outside-toplevel
+  from ldm_jax import data as data_lib  # pylint: disable=import-outside-toplevel
+  from ldm_jax.stages import export  # pylint: disable=import-outside-toplevel
+  run = training.autoencoder_run(str(tmp_path / "vq"), "tiny", f=2, z_channels=2, kind="VQ")
+  images = np.random.default_rng(0).integers(0, 256, (40, 32, 32, 1), dtype=np.uint8)
+  x_hat, stats = autoencoders.reconstruct(str(tmp_path / "vq"), images, batch=16)
+  ae, params, _ = export.load_first_stage(str(tmp_path / "vq"))
+  idx = np.asarray(ae.apply({"params": params}, data_lib.to_float(images), method="encode").indices)
+  _, counts = np.unique(idx, return_counts=True)
+  freq = counts / counts.sum()
+  assert stats["codes_used"] == counts.size and stats["codebook_size"] == ae.num_embeddings == 16
+  np.testing.assert_allclose(stats["perplexity"], np.exp(-np.sum(freq * np.log(freq))), rtol=1e-6)
+  assert 1.0 <= stats["perplexity"] <= counts.size and x_hat.shape == images.shape
+  assert np.isfinite(run["psnr"])

@@ -47,6 +47,7 @@ PAPER_VQ256_GAP_DB = {4: 1.10, 8: 1.84}
 # c = 3) is also trained for twice the scale's steps with each seed; the budget counts as
 # converged ("flattened") when doubling it raises the mean held-out PSNR by less than FLAT_DB.
 BASELINE = ("KL", 4, 3)
+COLLAPSED = 0.1  # a codebook whose code perplexity is below this fraction of K counts as collapsed
 FLAT_DB = 0.25
 CLAIM = ("LDM Table 8: at fixed c, PSNR / SSIM fall and rFD rises with f; more latent channels c "
          "recover quality (f = 32 KL: R-FID 7.3 at c = 16 -> 2.04 at c = 64); VQ reconstructs "
@@ -54,35 +55,44 @@ CLAIM = ("LDM Table 8: at fixed c, PSNR / SSIM fall and rFD rises with f; more l
 
 
 def reconstruct(ae_workdir, images_uint8, batch=500):
-  """(uint8 reconstructions decode(mean or quantised code of encode(x)), the latent std, the rate
-  in bits per pixel dimension): KL rate averaged over the images, or the VQ bound log2 K per
-  latent position (`ldm_jax.metrics.rate`)."""
+  """(uint8 reconstructions decode(mean or quantised code of encode(x)), their latent statistics):
+  "z_std", the latent std; "rate" in bits per pixel dimension, the KL rate averaged over the images
+  or the VQ bound log2 K per latent position (`ldm_jax.metrics.rate`); VQ also "codes_used", the
+  distinct codes the images select, and "perplexity", exp of the entropy of the code frequencies
+  (K = "codebook_size" for a uniformly used codebook, 1 for a collapsed one)."""
   from ldm_jax.stages import export  # pylint: disable=import-outside-toplevel
   ae, params, _ = export.load_first_stage(ae_workdir)
   vq = ae.regularizer == "vq_loss"
 
   @jax.jit
   def rec(p, x):
-    z = ae.apply({"params": p}, x, method="latents")  # KL: the posterior mean; VQ: h
-    x_hat = ae.apply({"params": p}, z, method="decode")
     if vq:  # the rate is the codebook's bound, below
-      return x_hat, z, jnp.zeros((x.shape[0],))
+      enc = ae.apply({"params": p}, x, method="encode")
+      x_hat = ae.apply({"params": p}, enc.latents, method="decode")  # snaps h to the codebook
+      return x_hat, enc.latents, jnp.zeros((x.shape[0],)), enc.indices
     mean, logvar = ae.apply({"params": p}, x, method="encode")
-    return x_hat, z, rate_lib.kl_rate_bits(mean, logvar)
+    x_hat = ae.apply({"params": p}, mean, method="decode")  # KL: the posterior mean
+    return x_hat, mean, rate_lib.kl_rate_bits(mean, logvar), jnp.zeros((x.shape[0],), jnp.int32)
 
-  outs, zs, rates = [], [], []
+  outs, zs, rates, codes = [], [], [], []
   for i in range(0, images_uint8.shape[0], batch):
-    x_hat, z, bits = rec(params, data_lib.to_float(images_uint8[i:i + batch]))
+    x_hat, z, bits, idx = rec(params, data_lib.to_float(images_uint8[i:i + batch]))
     outs.append(np.asarray(np.clip(np.round((np.asarray(x_hat) + 1.0) * 127.5), 0, 255), np.uint8))
     zs.append(np.asarray(z, np.float64))
     rates.append(np.asarray(bits, np.float64))
+    codes.append(np.asarray(idx).ravel())
   z = np.concatenate(zs)
   pixel_dims = int(np.prod(images_uint8.shape[1:]))
+  stats = {"z_std": float(np.std(z))}
   if vq:
-    rate = rate_lib.vq_rate_bits(z.shape[1] * z.shape[2], ae.num_embeddings) / pixel_dims
+    stats["rate"] = rate_lib.vq_rate_bits(z.shape[1] * z.shape[2], ae.num_embeddings) / pixel_dims
+    _, counts = np.unique(np.concatenate(codes), return_counts=True)
+    freq = counts / counts.sum()
+    stats.update(codebook_size=float(ae.num_embeddings), codes_used=float(counts.size),
+                 perplexity=float(np.exp(-np.sum(freq * np.log(freq)))))
   else:
-    rate = float(np.mean(np.concatenate(rates))) / pixel_dims
-  return np.concatenate(outs), float(np.std(z)), rate
+    stats["rate"] = float(np.mean(np.concatenate(rates))) / pixel_dims
+  return np.concatenate(outs), stats
 
 
 def parse_grid(spec):
@@ -137,8 +147,9 @@ def main(argv=None):
   # (kind, f, c, {metric: summary over the seeds})
   results = [(*config, seeds_lib.summarize_scores(v)) for config, v in per_seed.items()]
   floor = judge.floor(x.shape[0], args.seed)
-  metrics = ("psnr", "ssim", "rfd", "acc", "rate", "z_std", "train_s")
-  rows = [[kind, f, c, f"{32 // f}x{32 // f}x{c}", *(seeds_lib.cell(s.get(k)) for k in metrics)]
+  metrics = ("psnr", "ssim", "rfd", "acc", "rate", "codes_used", "perplexity", "z_std", "train_s")
+  rows = [[kind, f, c, f"{32 // f}x{32 // f}x{c}",
+           *(seeds_lib.cell(s[k]) if k in s else "-" for k in metrics)]
           for kind, f, c, s in results]
   if doubled:
     _, _, check_line = convergence_check(per_seed[BASELINE], doubled, sc["ae_steps"])
@@ -162,7 +173,9 @@ def main(argv=None):
              f"classifier `{clf_path}`; latent std of the posterior mean (VQ: pre-quantisation).",
              "Rate in bits per pixel dimension (`ldm_jax.metrics.rate`): KL autoencoders "
              "KL(q(z|x) || N(0, I)) averaged over the held-out images; VQ the bound log2 K per "
-             "latent position (K codes). 8 bits would store the pixels themselves.",
+             "latent position (K codes). 8 bits would store the pixels themselves. VQ codebook "
+             "use on the held-out images: the distinct codes selected and the perplexity "
+             "exp(H) of their frequencies (K if used uniformly, 1 if collapsed).",
              f"rFD scale: the real-vs-real FD at this N (train subset vs held-out) is "
              f"{floor['fd']:.3f}; a perfect autoencoder has rFD 0.",
              "No LDM is trained here, so the guided-accuracy budget check of the LDM ablations does "
@@ -170,7 +183,7 @@ def main(argv=None):
              check_line,
              seed_cells.provenance_line(cells, wall)],
       header=["kind", "f", "c", "latent", "PSNR dB", "SSIM", "rFD", "class acc of rec.",
-              "rate bits/px", "latent std", "train s"],
+              "rate bits/px", "codes used", "code perplexity", "latent std", "train s"],
       rows=rows, verdict=_verdict(results))
   _plot(args.out, results)
   return results
@@ -204,11 +217,10 @@ def convergence_check(at_budget, doubled_psnr, steps):
 
 def _scores(judge, ae_dir, x, y):
   """rFD, class accuracy, latent std and rate of an autoencoder's reconstructions of x."""
-  x_hat, z_std, rate = reconstruct(ae_dir, x)
+  x_hat, stats = reconstruct(ae_dir, x)
   rfd = frechet.frechet_distance_from_stats(frechet.stats_from_features(judge.features(x_hat)),
                                             judge.real_stats)
-  return {"rfd": float(rfd), "acc": float(np.mean(judge.predict(x_hat) == y)), "z_std": z_std,
-          "rate": rate}
+  return {"rfd": float(rfd), "acc": float(np.mean(judge.predict(x_hat) == y)), **stats}
 
 
 def _verdict(results):
@@ -245,6 +257,11 @@ def _verdict(results):
       if word == "agrees" and paper is not None and gap > 2 * paper:
         word = (f"agrees in direction (KL better), not in size: the paper's gap with 256 codes is "
                 f"{paper:.1f} dB")
+      perplexity, k = r[3].get("perplexity"), r[3].get("codebook_size", {}).get("mean")
+      if perplexity is not None and perplexity["mean"] < COLLAPSED * k:
+        word += (f"; but its codebook collapsed (code perplexity {cell(perplexity, 1)} of "
+                 f"{k:.0f} codes), so the gap measures the collapse more than VQ "
+                 "regularisation")
       parts.append(f"KL vs VQ at f={r[1]}, c={r[2]}: PSNR {cell(kl_psnr, 2)} vs {cell(vq_psnr, 2)} "
                    f"(gap {gap:.2f} dB): {word} (KL slightly better).")
   return " ".join(parts) if parts else "Too few autoencoders to compare."
