@@ -266,3 +266,26 @@ def test_autoencoders_then_downsampling(tiny):
   assert "Budget check: the baseline (LDM-4) guided at w = 2" in md and "0 of 2 cells reused" in md
   again, md2 = _run(downsampling, tiny, "downsampling", "--factors=4", "--seeds=0,1")
   assert "2 of 2 cells reused" in md2 and again[0]["s"]["fd"] == r["s"]["fd"], md2
+
+
+def test_downsampling_at_equal_wall_clock(tiny):
+  """With a budget each f trains budget x (its calibration run's steps/s) steps, calibrated once
+  (before any LDM) and reused by a rerun."""
+  argv = ("--factors=8,4", "--seeds=0", "--budget_s=3")
+  results, md = _run(downsampling, tiny, "downsampling", *argv, workdir="work_budget")
+  root = tiny["root"] / "work_budget" / "downsampling" / "tiny"
+  n = downsampling.CALIBRATION_STEPS["tiny"]
+  calib_time = {}
+  for r in results:
+    calib = json.loads((root / f"calib_f{r['f']}" / "eval.json").read_text())
+    assert calib["steps"] == n
+    assert r["steps"] == max(n, int(3.0 * calib["final_metrics"]["steps_per_sec"])), (r, calib)
+    cell = json.loads((root / "seed0" / f"ldm_f{r['f']}" / "eval.json").read_text())
+    assert cell["steps"] == r["steps"]
+    calib_time[r["f"]] = (root / f"calib_f{r['f']}" / "eval.json").stat().st_mtime
+    assert calib_time[r["f"]] < (root / "seed0" / "ldm_f8" / "eval.json").stat().st_mtime
+  assert "every f calibrated back to back" in md and "Training budget per f: 3 s" in md
+  again, _ = _run(downsampling, tiny, "downsampling", *argv, workdir="work_budget")
+  assert [r["steps"] for r in again] == [r["steps"] for r in results]
+  for f, t in calib_time.items():  # not calibrated again
+    assert (root / f"calib_f{f}" / "eval.json").stat().st_mtime == t

@@ -4,9 +4,10 @@ Figs. 6/7, Table 6): sample quality per training second and sampling throughput.
   nice -n 19 python -m experiments.ablations.downsampling --scale=cpu [--budget_s=180]
 
 Latents 32x32x1, 16x16x2, 8x8x3, 4x4x4 (the channel counts of the paper's LDM-f; h w c shrinks with
-f). For each f: an autoencoder (shared with autoencoders.py), then a
-short calibration run measures the LDM's training steps/s, then a fresh LDM is trained for
-budget_s x steps/s steps (same UNet family, seed and batch), sampled, and timed.
+f). For each f: an autoencoder (shared with autoencoders.py); then, back to back so that the load
+is the same for every f, a short calibration run per f measures the LDM's training steps/s; then
+for each f a fresh LDM is trained for budget_s x steps/s steps (same UNet family, seed and batch),
+sampled, and timed.
 
 f = 1 deviation: the stage code has no identity first stage, so "pixel space" is a one-level
 (no downsampling) KL autoencoder with c = 1: the denoiser runs on 32x32x1 maps like a pixel-space
@@ -38,7 +39,7 @@ from experiments.ablations import training  # pylint: disable=wrong-import-posit
 NAME = "downsampling"
 FACTORS = {1: 1, 2: 2, 4: 3, 8: 4}  # f -> latent channels c: the paper's LDM-f z-shapes (tab. 13), c = 1 at f = 1 (gray)
 BUDGETS = {"tiny": 0.0, "cpu": 180.0}  # seconds of LDM training per f (0: the scale's ldm_steps)
-CALIBRATION_STEPS = {"tiny": 3, "cpu": 30}
+CALIBRATION_STEPS = {"tiny": 3, "cpu": 90}  # steps/s measured over the last third
 BASELINE_F = 4  # the LDM recipe's factor: the budget check's baseline
 CLAIM = ("LDM sec. 4.1: small f (LDM-1, -2) trains slowly, too large f stagnates at the "
          "autoencoder's fidelity, LDM-4..16 strike the balance (FID gap of 38 between LDM-1 and LDM-8 "
@@ -56,19 +57,23 @@ def main(argv=None):
   root = os.path.join(args.workdir, NAME, args.scale)
   judge, clf_path = digit_judge.load_judge(args.classifier, args.workdir)
 
+  # Every f's autoencoder, then every f's step count, before any LDM cell trains: the
+  # calibrations run back to back under the same load, so the equal wall-clock budget holds
+  # between the f's even when the machine's load changes later.
+  ae_dirs, aes, step_counts = {}, {}, {}
+  for f in factors:
+    # shared with autoencoders.py (its --seed run)
+    ae_dirs[f] = training.autoencoder_dir(args.workdir, args.scale, "KL", f, FACTORS[f], args.seed)
+    aes[f] = training.autoencoder_run(ae_dirs[f], args.scale, f=f, z_channels=FACTORS[f],
+                                      seed=args.seed)
+  for f in factors:
+    step_counts[f] = sc["ldm_steps"]
+    if budget > 0:  # equal wall-clock: this f's steps/s (once, for every seed)
+      step_counts[f] = _calibrated_steps(root, f, ae_dirs[f], args.scale, args.seed, budget)
+
   results, cells, baseline = [], [], []
   for f in factors:
-    c = FACTORS[f]
-    # shared with autoencoders.py (its --seed run)
-    ae_dir = training.autoencoder_dir(args.workdir, args.scale, "KL", f, c, args.seed)
-    ae = training.autoencoder_run(ae_dir, args.scale, f=f, z_channels=c, seed=args.seed)
-    steps = sc["ldm_steps"]
-    if budget > 0:  # equal wall-clock: calibrate this f's steps/s first (once, for every seed)
-      # steps/s of the last logging window: the first one includes compilation.
-      calib = training.ldm_run(os.path.join(root, f"calib_f{f}"), ae_dir, args.scale,
-                               seed=args.seed, steps=CALIBRATION_STEPS[args.scale],
-                               extra={"train.log_every": CALIBRATION_STEPS[args.scale] // 3})
-      steps = max(CALIBRATION_STEPS[args.scale], int(budget * float(calib["final_metrics"]["steps_per_sec"])))
+    c, ae_dir, ae, steps = FACTORS[f], ae_dirs[f], aes[f], step_counts[f]
     per_seed = []
     for seed in seeds:
       ldm_dir = seed_cells.seed_dir(root, seed, f"ldm_f{f}")
@@ -101,7 +106,8 @@ def main(argv=None):
       args.out, NAME, title="Ablation 1: downsampling factor at equal training wall-clock (MNIST)",
       claim=CLAIM,
       setup=[f"Training budget per f: {budget:.0f} s of LDM steps (0: no budget, fixed steps; else steps = budget x steps/s measured "
-             f"by a {CALIBRATION_STEPS[args.scale]}-step calibration run with seed {args.seed}; "
+             f"by a {CALIBRATION_STEPS[args.scale]}-step calibration run with seed {args.seed}, "
+             "over its last third, every f calibrated back to back before any LDM trains; "
              f"without a budget {sc['ldm_steps']}); batch {sc['batch']}, EMA decay "
              f"{sc['ema_decay']:g}, same UNet family (parameter count nearly equal: only in/out "
              "convs depend on c).",
@@ -117,6 +123,16 @@ def main(argv=None):
       rows=rows, verdict=_verdict(results))
   _plot(args.out, results, floor)
   return results
+
+
+def _calibrated_steps(root, f, ae_dir, scale, seed, budget):
+  """LDM-f's steps in `budget` seconds: budget x the steps/s of a short calibration run's last
+  logging window (a third of its steps; the first windows include compilation), at least the
+  calibration's own steps. The run is kept in <root>/calib_f<f>, so a rerun reuses its count."""
+  n = CALIBRATION_STEPS[scale]
+  calib = training.ldm_run(os.path.join(root, f"calib_f{f}"), ae_dir, scale, seed=seed, steps=n,
+                           extra={"train.log_every": max(1, n // 3)})
+  return max(n, int(budget * float(calib["final_metrics"]["steps_per_sec"])))
 
 
 def _scores(judge, ldm_dir, scale, seed, steps):
