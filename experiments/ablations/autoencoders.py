@@ -47,8 +47,8 @@ PAPER_VQ256_GAP_DB = {4: 1.10, 8: 1.84}
 # c = 3) is also trained for twice the scale's steps with each seed; the budget counts as
 # converged ("flattened") when doubling it raises the mean held-out PSNR by less than FLAT_DB.
 BASELINE = ("KL", 4, 3)
-COLLAPSED = 0.1  # a codebook whose code perplexity is below this fraction of K counts as collapsed
 FLAT_DB = 0.25
+COLLAPSED = 0.1  # a codebook whose code perplexity is below this fraction of K counts as collapsed
 CLAIM = ("LDM Table 8: at fixed c, PSNR / SSIM fall and rFD rises with f; more latent channels c "
          "recover quality (f = 32 KL: R-FID 7.3 at c = 16 -> 2.04 at c = 64); VQ reconstructs "
          "'slightly' worse than KL at matched f / c.")
