@@ -1,9 +1,13 @@
 """The autoencoder-zoo ablation's own flag parser and verdict (experiments/ablations/autoencoders.py)."""
 
+import numpy as np
 import pytest
 
 from experiments.ablations import autoencoders
 from experiments.ablations import seeds
+from experiments.ablations import training
+from ldm_jax import data as data_lib
+from ldm_jax.stages import export
 
 
 def test_parse_grid():
@@ -74,10 +78,6 @@ def test_autoencoder_verdict_names_a_collapsed_codebook():
 
 def test_reconstruct_counts_the_codes_a_vq_autoencoder_uses(tmp_path):
   """reconstruct's codebook use of a VQ first stage equals a count over its own encode indices."""
-  import numpy as np  # pylint: disable=import-outside-toplevel
-  from experiments.ablations import training  # pylint: disable=import-outside-toplevel
-  from ldm_jax import data as data_lib  # pylint: disable=import-outside-toplevel
-  from ldm_jax.stages import export  # pylint: disable=import-outside-toplevel
   run = training.autoencoder_run(str(tmp_path / "vq"), "tiny", f=2, z_channels=2, kind="VQ")
   images = np.random.default_rng(0).integers(0, 256, (40, 32, 32, 1), dtype=np.uint8)
   x_hat, stats = autoencoders.reconstruct(str(tmp_path / "vq"), images, batch=16)

@@ -60,16 +60,15 @@ def main(argv=None):
   # Every f's autoencoder, then every f's step count, before any LDM cell trains: the
   # calibrations run back to back under the same load, so the equal wall-clock budget holds
   # between the f's even when the machine's load changes later.
-  ae_dirs, aes, step_counts = {}, {}, {}
+  ae_dirs, aes = {}, {}
   for f in factors:
     # shared with autoencoders.py (its --seed run)
     ae_dirs[f] = training.autoencoder_dir(args.workdir, args.scale, "KL", f, FACTORS[f], args.seed)
     aes[f] = training.autoencoder_run(ae_dirs[f], args.scale, f=f, z_channels=FACTORS[f],
                                       seed=args.seed)
-  for f in factors:
-    step_counts[f] = sc["ldm_steps"]
-    if budget > 0:  # equal wall-clock: this f's steps/s (once, for every seed)
-      step_counts[f] = _calibrated_steps(root, f, ae_dirs[f], args.scale, args.seed, budget)
+  # equal wall-clock: each f's steps/s (once, for every seed); no budget: the scale's steps
+  step_counts = {f: (_calibrated_steps(root, f, ae_dirs[f], args.scale, args.seed, budget)
+                     if budget > 0 else sc["ldm_steps"]) for f in factors}
 
   results, cells, baseline = [], [], []
   for f in factors:

@@ -12,13 +12,14 @@ from experiments import provenance
 from experiments.ablations import config_overrides
 from experiments.ablations import digit_judge
 
-# Per scale: autoencoder steps and peak learning rate (ae_lr: at cpu scale 3.3x the config's 4.5e-4,
-# measured: KL f4 c3 at 600 steps 26.6 dB held-out PSNR vs 23.9 dB), LDM steps and batch, samples per class and sampler steps for evaluation
-# (N = 10 per_class), held-out images of the likelihood evaluation, the LDM's EMA decay and whether
-# the training ablations evaluate its EMA weights, and how often an LDM run checkpoints (so a run
-# interrupted in one session resumes in the next; 0: at the end only). cpu: the budget of issue 18
-# (EMA weights, N = 1,000; the class-conditional baseline should reach >= 90% class accuracy at
-# w = 2, which every report checks: seed_cells.budget_check).
+# Per scale: autoencoder steps and peak learning rate (ae_lr: at cpu scale 3.3x the config's
+# 4.5e-4, measured: KL f4 c3 at 600 steps 26.6 dB held-out PSNR vs 23.9 dB), LDM steps and batch,
+# samples per class and sampler steps for evaluation (N = 10 per_class), held-out images of the
+# likelihood evaluation, the LDM's EMA decay and whether the training ablations evaluate its EMA
+# weights, and how often an LDM run checkpoints (so a run interrupted in one session resumes in the
+# next; 0: at the end only). cpu: the budget of issue 18 (EMA weights, N = 1,000; the
+# class-conditional baseline should reach >= 90% class accuracy at w = 2, which every report
+# checks: seed_cells.budget_check).
 TRAIN_SCALES = {
     "tiny": dict(ae_steps=2, ae_lr=4.5e-4, ldm_steps=2, batch=8, per_class=2, sample_steps=3,
                  lr=1e-3, bpd_images=4, ema_decay=0.99, use_ema=True, save_every=0),
