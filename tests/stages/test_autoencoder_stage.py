@@ -92,14 +92,28 @@ def test_before_disc_start_the_adversarial_terms_are_off(setup):
   assert all(np.all(g == 0) for g in jax.tree.leaves(grads["discriminator"]))
 
 
-def test_vq_variant_uses_codebook_loss():
+def test_vq_variant_is_the_mean_pixel_loss_plus_the_weighted_codebook_loss():
+  """VQLPIPSWithDiscriminator: L = mean over every pixel of |x - x_hat| + w_codebook * vq_loss,
+  no log-variance (its gradient is exactly 0), before disc_start. The per-pixel sum of the KL form
+  would be H * W * C = 256 times larger here."""
   ae = VQ_TINY(in_channels=1, out_channels=1)
   disc = PATCHGAN_TINY()
   params = ae_stage.init_params(ae, disc, jax.random.key(0), (1, 16, 16, 1))
+  params["logvar"] = jnp.float32(0.7)  # would scale the nll and add 0.7 if the KL form were used
   batch = {"image": np.random.default_rng(0).integers(0, 256, (2, 16, 16, 1)).astype(np.uint8)}
   loss_fn = ae_stage.make_loss_fn(ae, disc, _loss_config(codebook_weight=2.0))
-  loss, m = jax.jit(lambda p: loss_fn(p, batch, jax.random.key(1), {"step": jnp.int32(0)}))(params)
-  np.testing.assert_allclose(float(loss), float(m["nll_loss"] + 2.0 * m["vq_loss"]), rtol=1e-6)
+  run = jax.jit(jax.value_and_grad(
+      lambda p: loss_fn(p, batch, jax.random.key(1), {"step": jnp.int32(0)}), has_aux=True))
+  (loss, m), grads = run(params)
+  x = to_float(batch["image"])
+  z, vq_loss = ae.apply({"params": params["autoencoder"]}, x, jax.random.key(1),
+                        method="regularized_latents")
+  x_hat = ae.apply({"params": params["autoencoder"]}, z, method="decode_code")
+  rec = np.mean(np.abs(np.asarray(x, np.float64) - np.asarray(x_hat, np.float64)))
+  np.testing.assert_allclose(float(m["nll_loss"]), rec, rtol=1e-5)
+  np.testing.assert_allclose(float(m["vq_loss"]), float(vq_loss), rtol=1e-6)
+  np.testing.assert_allclose(float(loss), rec + 2.0 * float(vq_loss), rtol=1e-5)
+  assert float(grads["logvar"]) == 0.0
 
 
 def test_bad_options_raise_with_valid_choices(setup):
