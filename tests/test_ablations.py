@@ -282,6 +282,7 @@ def test_downsampling_at_equal_wall_clock(tiny):
     assert r["steps"] == max(n, int(3.0 * calib["final_metrics"]["steps_per_sec"])), (r, calib)
     cell = json.loads((root / "seed0" / f"ldm_f{r['f']}" / "eval.json").read_text())
     assert cell["steps"] == r["steps"]
+    assert r["s"]["train_s"]["values"] == [cell["train_seconds"]]  # measured, not steps / rate
     calib_time[r["f"]] = (root / f"calib_f{r['f']}" / "eval.json").stat().st_mtime
     assert calib_time[r["f"]] < (root / "seed0" / "ldm_f8" / "eval.json").stat().st_mtime
   assert "every f calibrated back to back" in md and "Training budget per f: 3 s" in md

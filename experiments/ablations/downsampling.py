@@ -80,7 +80,7 @@ def main(argv=None):
       ev = _scores(judge, ldm_dir, args.scale, seed, run["steps"])
       sps = float(run["final_metrics"]["steps_per_sec"])
       cells.append((run, ev))
-      per_seed.append({**ev, "sps": sps, "train_s": steps / sps})
+      per_seed.append({**ev, "sps": sps, "train_s": run["seconds"]})
       if f == BASELINE_F:
         baseline.append((seed, ldm_dir, run["steps"]))
       print(f"seed {seed} f={f}: {steps} steps at {sps:.2f}/s, FD {ev['fd']:.3f} acc {ev['acc']:.3f}, "
@@ -115,7 +115,9 @@ def main(argv=None):
              "every LDM seed: only the LDM cells vary by seed. f = 1 is a one-level learned "
              "autoencoder, not an identity (see the script docstring).",
              seed_cells.seeds_line(seeds, root), seed_cells.eval_line(args.scale, clf_path),
-             "Throughput = images/s of a second (compiled) sampling call incl. decoding.",
+             "Train s = a cell's measured training wall time, compilation included; train "
+             "steps/s = its last logging window's rate. Throughput = images/s of a second "
+             "(compiled) sampling call incl. decoding.",
              budget_line, report.floor_line(floor, n), seed_cells.provenance_line(cells, wall)],
       header=["model", "latent", "AE PSNR", "train steps", "train steps/s", "train s", "FD",
               "class acc", "recall", "sampling img/s"],
