@@ -1,4 +1,5 @@
-"""experiments/provenance.py: the short commit, "+dirty" for changed tracked files only, "unknown"
+"""experiments/provenance.py: the short commit, "+dirty" for changed tracked files only
+(not the results under experiments/results/), "unknown"
 outside a checkout; checked on a throwaway git repository."""
 
 import re
@@ -24,6 +25,15 @@ def test_commit_dirty_and_unknown(tmp_path, monkeypatch):
   assert provenance.git_commit() == head
   (tmp_path / "new.txt").write_text("untracked files do not count")
   assert provenance.git_commit() == head
+  results = tmp_path / "experiments" / "results"
+  results.mkdir(parents=True)
+  (results / "r.md").write_text("a report")
+  _git(tmp_path, "add", "experiments")
+  _git(tmp_path, "commit", "-q", "-m", "two")
+  head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=tmp_path, check=True,
+                        capture_output=True, text=True).stdout.strip()
+  (results / "r.md").write_text("the report rewritten by its rerun")
+  assert provenance.git_commit() == head  # a run's own outputs are not code
   (tmp_path / "a.txt").write_text("2")
   assert provenance.git_commit() == head + "+dirty"
 
