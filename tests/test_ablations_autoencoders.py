@@ -26,7 +26,12 @@ def test_autoencoder_verdict_separates_direction_and_size():
   def row(kind, f, c, psnr, sd=0.1):
     return (kind, f, c, {"psnr": seeds.summarize([psnr - sd, psnr + sd])})
   close = autoencoders._verdict([row("KL", 4, 3, 24.0), row("VQ", 4, 3, 23.5)])  # pylint: disable=protected-access
-  assert "(gap 0.50 dB): agrees (KL slightly better)" in close, close
+  assert ("(gap 0.50 dB): agrees (the paper's gap with 256 codes is 1.1 dB; up to 2x it counts "
+          "as the same size) (KL slightly better)") in close, close
+  edge = autoencoders._verdict([row("KL", 8, 4, 24.0), row("VQ", 8, 4, 20.4)])  # pylint: disable=protected-access
+  assert "(gap 3.60 dB): agrees (the paper's gap with 256 codes is 1.8 dB; up to 2x" in edge, edge
+  beyond = autoencoders._verdict([row("KL", 8, 4, 24.0), row("VQ", 8, 4, 20.2)])  # pylint: disable=protected-access
+  assert "not in size: the paper's gap with 256 codes is 1.8 dB, and more than 2x" in beyond
   far = autoencoders._verdict([row("KL", 4, 3, 24.0), row("VQ", 4, 3, 18.0)])  # pylint: disable=protected-access
   assert "agrees in direction (KL better), not in size" in far and "1.1 dB" in far
   worse = autoencoders._verdict([row("KL", 8, 4, 20.0), row("VQ", 8, 4, 21.0)])  # pylint: disable=protected-access
