@@ -255,11 +255,11 @@ def _verdict(results):
       gap = kl_psnr["mean"] - vq_psnr["mean"]
       word = verdict(compare(kl_psnr, vq_psnr), +1)
       paper = PAPER_VQ256_GAP_DB.get(r[1])
-      if word == "agrees" and paper is not None and gap > SIZE_FACTOR * paper:
+      if word == "agrees" and paper is not None:
         word = (f"agrees in direction (KL better), not in size: the paper's gap with 256 codes is "
-                f"{paper:.1f} dB, and more than {SIZE_FACTOR:g}x it counts as another size")
-      elif word == "agrees" and paper is not None:
-        word = (f"agrees (the paper's gap with 256 codes is {paper:.1f} dB; up to {SIZE_FACTOR:g}x "
+                f"{paper:.1f} dB, and more than {SIZE_FACTOR:g}x it counts as another size"
+                if gap > SIZE_FACTOR * paper else
+                f"agrees (the paper's gap with 256 codes is {paper:.1f} dB; up to {SIZE_FACTOR:g}x "
                 "it counts as the same size)")
       perplexity, k = r[3].get("perplexity"), r[3].get("codebook_size", {}).get("mean")
       if perplexity is not None and perplexity["mean"] < COLLAPSED * k:
