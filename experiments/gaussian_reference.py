@@ -77,10 +77,12 @@ def analytic_bound(schedule, mu, cov):
 
 
 def sampler_moments(method, num_steps, schedule, mu, cov, *, samples, rng, x_rng,
-                    prediction_type="v_prediction", timestep_spacing="trailing", **kw):
+                    prediction_type="v_prediction", timestep_spacing="trailing",
+                    compiler_options=None, **kw):
   """(mean [D], covariance [D, D]) float64 of `method`'s output driven by the exact model: exact
   for the deterministic samplers (an affine map of x_T: 0 and the unit vectors are pushed
-  through), else over `samples` draws of x_T ~ N(0, I) from x_rng (rng: the sampler's key)."""
+  through), else over `samples` draws of x_T ~ N(0, I) from x_rng (rng: the sampler's key).
+  compiler_options: `jax.jit`'s, for the sampling program."""
   D = len(mu)
   deterministic = method in DETERMINISTIC and kw.get("eta", 0.0) == 0.0
   x_T = (jnp.concatenate([jnp.zeros((1, D)), jnp.eye(D)]) if deterministic
@@ -88,7 +90,8 @@ def sampler_moments(method, num_steps, schedule, mu, cov, *, samples, rng, x_rng
   model_fn = exact_denoiser(schedule, mu, cov, prediction_type)
   run = jax.jit(lambda x, key: samplers.sample(
       model_fn, schedule, x, key, method=method, num_steps=num_steps,
-      prediction_type=prediction_type, timestep_spacing=timestep_spacing, **kw))
+      prediction_type=prediction_type, timestep_spacing=timestep_spacing, **kw),
+      compiler_options=compiler_options)
   x0 = np.asarray(run(x_T, rng), np.float64)
   if deterministic:
     A = (x0[1:] - x0[0]).T
