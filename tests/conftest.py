@@ -33,6 +33,14 @@ def ae_dir(tmp_path_factory):
   return cli_runs.tiny_autoencoder_export(str(tmp_path_factory.mktemp("ae")))
 
 
+@pytest.fixture(scope="session")
+def ablation_tiny(tmp_path_factory):
+  """tests/ablation_runs.py's tiny runs (digit classifier, autoencoder, class LDM), trained once
+  per worker for every ablation-script module; each script writes under its own NAME there."""
+  from tests import ablation_runs  # pylint: disable=import-outside-toplevel  (imports JAX)
+  return ablation_runs.tiny_runs(tmp_path_factory.mktemp("ablations"))
+
+
 @pytest.fixture(scope="module", autouse=True)
 def _free_compiled_programs():
   """Drops JAX's in-memory compiled programs after each test module. Without it a pytest worker

@@ -1,8 +1,8 @@
 """End-to-end runs of tiny versions of every ablation script (experiments/ablations/): each writes its
 markdown table with the expected rows and a PNG plot.
 
-One session fixture trains a quick digit classifier, a tiny KL autoencoder and a tiny
-class-conditional LDM (2 steps each); the sampling ablations read that LDM and the training
+conftest.py's `ablation_tiny` trains a quick digit classifier, a tiny KL autoencoder and a tiny
+class-conditional LDM (2 steps each), once per worker; the sampling ablations read that LDM and the training
 ablations reuse its autoencoder. The training ablations run a subset of their variants.
 """
 
@@ -29,9 +29,9 @@ pytestmark = pytest.mark.slow  # end-to-end runs of every ablation script
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.fixture(scope="session")
-def tiny(tmp_path_factory):
-  return ablation_runs.tiny_runs(tmp_path_factory.mktemp("ablations"))
+@pytest.fixture(scope="module")
+def tiny(ablation_tiny):  # conftest.py: one set per worker
+  return ablation_tiny
 
 
 def _run(module, tiny, name, *extra, workdir="work"):

@@ -3,9 +3,9 @@ and mean ± sd cells, a verdict that follows from the table, the same masks for 
 seed, the attention ablation (attention blocks with, none without), reuse of the trained runs on
 a rerun, and clear errors for bad flags.
 
-The module fixture is tests/ablation_runs.py's (a quick digit classifier, the tiny KL autoencoder
-and class-conditional LDM, 2 steps each; the same programs as the other ablation tests, so the
-persistent compilation cache serves them).
+The runs come from conftest.py's `ablation_tiny` (tests/ablation_runs.py: a quick digit classifier,
+the tiny KL autoencoder and class-conditional LDM, 2 steps each), trained once per worker for every
+ablation-script module.
 """
 
 import os
@@ -27,8 +27,8 @@ pytestmark = pytest.mark.slow  # end-to-end runs of the ablation script
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-  return ablation_runs.tiny_runs(tmp_path_factory.mktemp("inpaint_ablation"))
+def tiny(ablation_tiny):  # conftest.py: one set per worker
+  return ablation_tiny
 
 
 def test_eval_masks_depend_on_the_image_index_alone():

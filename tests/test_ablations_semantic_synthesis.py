@@ -3,9 +3,8 @@ report's rows and mean ± sd cells, a verdict that follows from the table, maps 
 loss makes c, the no-model references' known scores, reuse of the trained runs and their cached
 scores on a rerun, and clear errors for bad flags before anything is trained.
 
-The module fixture is tests/ablation_runs.py's (a quick digit classifier, the tiny KL f = 4
-autoencoder, 2 steps; the same programs as the other ablation tests, so the persistent compilation
-cache serves them).
+The runs come from conftest.py's `ablation_tiny` (tests/ablation_runs.py: a quick digit classifier,
+the tiny KL f = 4 autoencoder, 2 steps), trained once per worker for every ablation-script module.
 """
 
 import os
@@ -27,8 +26,8 @@ RELABELLED = sem.relabelled_label(2.0)
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-  return ablation_runs.tiny_runs(tmp_path_factory.mktemp("semantic_ablation"))
+def tiny(ablation_tiny):  # conftest.py: one set per worker
+  return ablation_tiny
 
 
 def test_held_out_canvases_and_their_maps_are_the_training_conditioning():

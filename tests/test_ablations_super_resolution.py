@@ -2,9 +2,9 @@
 rows and mean ± sd cells, a verdict that follows from the table, inputs made as the training loss
 makes c, reuse of the trained LDM-SR runs on a rerun, and clear errors for bad flags.
 
-The module fixture trains what tests/test_ablations.py's session fixture trains (a quick digit
-classifier, the tiny KL autoencoder and class-conditional LDM, 2 steps each; same programs, so the
-persistent compilation cache serves them).
+The runs come from conftest.py's `ablation_tiny` (tests/ablation_runs.py: a quick digit classifier,
+the tiny KL autoencoder and class-conditional LDM, 2 steps each), trained once per worker for every
+ablation-script module.
 """
 
 import os
@@ -24,8 +24,8 @@ pytestmark = pytest.mark.slow  # end-to-end runs of the ablation script
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-  return ablation_runs.tiny_runs(tmp_path_factory.mktemp("sr_ablation"))
+def tiny(ablation_tiny):  # conftest.py: one set per worker
+  return ablation_tiny
 
 
 def test_low_res_inputs_are_the_training_conditioning():
