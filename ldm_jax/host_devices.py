@@ -15,7 +15,8 @@ import os
 FAST_COMPILE_FLAGS = "--xla_backend_optimization_level=0"
 # XLA's default level (3), for one program under FAST_COMPILE_FLAGS: `jax.jit(f,
 # compiler_options=OPTIMIZED_PROGRAM)`. For the few programs that run far longer than they compile:
-# the closed-form Gaussian sampler checks (1,000 steps over 20,000 draws) take 38 s at -O0, 1.4 s here.
+# the closed-form Gaussian sampler checks (1,000 steps over 20,000 draws) take 38 s at -O0, 1.4 s
+# here.
 OPTIMIZED_PROGRAM = {"xla_backend_optimization_level": 3}
 
 

@@ -2,8 +2,8 @@
 markdown table with the expected rows and a PNG plot.
 
 conftest.py's `ablation_tiny` trains a quick digit classifier, a tiny KL autoencoder and a tiny
-class-conditional LDM (2 steps each), once per worker; the sampling ablations read that LDM and the training
-ablations reuse its autoencoder. The training ablations run a subset of their variants.
+class-conditional LDM (2 steps each), once per worker; the sampling ablations read that LDM and the
+training ablations reuse its autoencoder. The training ablations run a subset of their variants.
 """
 
 import json
@@ -22,7 +22,6 @@ from experiments.ablations import scale_factor
 from experiments.ablations import schedules
 from experiments.ablations import seeds
 from experiments.ablations import training
-from tests import ablation_runs
 
 pytestmark = pytest.mark.slow  # end-to-end runs of every ablation script
 
